@@ -1,0 +1,271 @@
+"""Configuration dataclasses: what a recipe YAML (or the command line) may say.
+
+Three dataclasses, parsed together by :func:`hf_finetune.parser.parse_train_args` through
+transformers' ``HfArgumentParser``:
+
+* :class:`ModelArguments`: which checkpoint to start from;
+* :class:`DataArguments`: where the images come from and how they are prepared;
+* :class:`FinetuneTrainingArguments`: ``transformers.TrainingArguments`` with fine-tuning defaults
+  and the fine-tuning options (head learning-rate multiplier, freezing, BatchNorm handling).
+
+Every field has ``metadata={"help": ...}``; checks live in ``__post_init__`` and raise
+:class:`~hf_finetune.errors.ConfigError` naming the field, the bad value and the fix.
+Keys follow the transformers example scripts where one exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .errors import ConfigError
+
+__all__ = ["ModelArguments", "DataArguments", "FinetuneTrainingArguments", "AUGMENTATIONS", "BATCHNORM_MODES"]
+
+AUGMENTATIONS = ("rrc_flip", "flip", "none")
+BATCHNORM_MODES = ("auto", "train", "freeze")
+
+
+def _check(condition: bool, key: str, value, expected: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: got {value!r}; expected {expected}")
+
+
+@dataclass
+class ModelArguments:
+    """Which pretrained checkpoint to fine-tune."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id (org/name) or local folder of a transformers image classifier or a timm checkpoint "
+            "(config.json with 'architecture'), e.g. google/vit-base-patch16-224 or timm/resnet50.a1_in1k."
+        },
+    )
+    model_revision: str = field(
+        default="main", metadata={"help": "Branch, tag or commit of the checkpoint on the Hub."}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where downloaded checkpoints and datasets are cached."}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run modelling code shipped inside the checkpoint. Off unless you trust its author."},
+    )
+
+    def __post_init__(self):
+        _check(
+            self.model_name_or_path is not None and str(self.model_name_or_path).strip() != "",
+            "model_name_or_path",
+            self.model_name_or_path,
+            "a Hub id like 'timm/resnet18.a1_in1k' or a local checkpoint folder",
+        )
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from and how they become tensors."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A dataset on the Hub (or a local dataset folder) loaded by datasets."}
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The configuration of dataset_name, if it has several."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Name of the training split of dataset_name."})
+    validation_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of the validation split; by default the first of validation, val, valid, test that "
+            "exists, else a stratified split of train (see train_val_split)."
+        },
+    )
+    train_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "An image folder: CLASS/*.jpg, or with train/ and val/ (or validation/, test/) subfolders "
+            "each holding CLASS/*.jpg."
+        },
+    )
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "An image folder CLASS/*.jpg used as the validation split."}
+    )
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "A CSV or JSONL file of (image path, label) rows; relative paths are read from its folder."},
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "A CSV or JSONL file of (image path, label) rows for validation."}
+    )
+    image_column_name: str | None = field(
+        default=None, metadata={"help": "The image column; found automatically (image, img, path, ...) if unset."}
+    )
+    label_column_name: str | None = field(
+        default=None, metadata={"help": "The label column; found automatically (label, labels, target, ...) if unset."}
+    )
+    train_val_split: float = field(
+        default=0.15,
+        metadata={"help": "Fraction of train held out (stratified, seeded) when there is no validation split."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only this many training images (seeded shuffle); for quick runs."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only this many validation images (seeded shuffle)."}
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Train and evaluate at this square size instead of the checkpoint's own input size."},
+    )
+    augmentation: str = field(
+        default="rrc_flip",
+        metadata={
+            "help": "Training augmentation: rrc_flip (random-resized-crop + horizontal flip), flip (resize, "
+            "center crop, flip) or none (the evaluation transform).",
+            "choices": list(AUGMENTATIONS),
+        },
+    )
+    crop_scale_min: float = field(
+        default=0.25,
+        metadata={
+            "help": "Smallest area fraction of random-resized-crop (ImageNet training uses 0.08; fine-tuning on "
+            "few images does better keeping more of the object)."
+        },
+    )
+    hflip_prob: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip in training."})
+
+    def __post_init__(self):
+        sources = [self.dataset_name, self.train_dir, self.train_file]
+        _check(
+            sum(s is not None for s in sources) == 1,
+            "dataset_name/train_dir/train_file",
+            {k: v for k, v in zip(("dataset_name", "train_dir", "train_file"), sources) if v is not None} or None,
+            "exactly one of dataset_name (Hub id), train_dir (image folder) or train_file (CSV/JSONL)",
+        )
+        _check(0.0 < self.train_val_split < 1.0, "train_val_split", self.train_val_split, "a fraction in (0, 1)")
+        for key in ("max_train_samples", "max_eval_samples", "image_size"):
+            value = getattr(self, key)
+            _check(value is None or (isinstance(value, int) and value > 0), key, value, "a positive integer")
+        _check(self.augmentation in AUGMENTATIONS, "augmentation", self.augmentation, f"one of {list(AUGMENTATIONS)}")
+        _check(0.0 < self.crop_scale_min <= 1.0, "crop_scale_min", self.crop_scale_min, "a fraction in (0, 1]")
+        _check(0.0 <= self.hflip_prob <= 1.0, "hflip_prob", self.hflip_prob, "a probability in [0, 1]")
+
+
+# Fine-tuning defaults that differ from TrainingArguments' own. Applied as field defaults below, so
+# a recipe or flag still overrides each of them.
+_FINETUNE_DEFAULTS = {
+    "output_dir": "outputs/hf-finetune",
+    "num_train_epochs": 3.0,
+    "learning_rate": 1e-4,
+    "weight_decay": 0.01,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.1,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_strategy": "steps",
+    "logging_steps": 10,
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "accuracy",
+    "eval_on_start": True,
+    "remove_unused_columns": False,
+}
+
+
+@dataclass
+class FinetuneTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with fine-tuning defaults and the fine-tuning options.
+
+    Defaults that differ from transformers': 3 epochs, lr 1e-4 with cosine decay and 10% warm-up,
+    evaluation and checkpoint every epoch, best model (validation accuracy) restored at the end,
+    evaluation before the first step (epoch 0: the accuracy before fine-tuning), no reporting service.
+    """
+
+    output_dir: str | None = field(
+        default=_FINETUNE_DEFAULTS["output_dir"],
+        metadata={"help": "Where the fine-tuned model, its processor, metrics and checkpoints are written."},
+    )
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Number of passes over the training images."})
+    learning_rate: float = field(
+        default=1e-4, metadata={"help": "Learning rate of the pretrained body; the new head gets head_lr_multiplier x this."}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not applied to norms and biases)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warm-up."})
+    warmup_steps: float = field(
+        default=0.1, metadata={"help": "Warm-up length: steps (an integer >= 1) or a ratio of all steps (in [0, 1))."}
+    )
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to write a checkpoint: no, steps, epoch or best."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the training loss every this many steps."})
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep at most this many checkpoints (the best one is always kept)."}
+    )
+    load_best_model_at_end: bool = field(
+        default=True, metadata={"help": "Restore the checkpoint with the best metric_for_best_model at the end."}
+    )
+    metric_for_best_model: str | None = field(
+        default="accuracy", metadata={"help": "Validation metric that picks the best checkpoint."}
+    )
+    eval_on_start: bool = field(
+        default=True, metadata={"help": "Evaluate before the first step: the accuracy before fine-tuning (epoch 0)."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay false: images are transformed on the fly from their column."}
+    )
+
+    # --- fine-tuning options -------------------------------------------------------------------------
+    head_lr_multiplier: float = field(
+        default=10.0,
+        metadata={"help": "The re-initialised head learns this many times faster than the pretrained body."},
+    )
+    freeze_layers: int = field(
+        default=0,
+        metadata={
+            "help": "Freeze the stem and the first N stages/blocks of the body (found from the model's "
+            "structure); -1 freezes the whole body (linear probe)."
+        },
+    )
+    freeze_patterns: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Also freeze parameters whose name matches any of these regular expressions."},
+    )
+    batchnorm: str = field(
+        default="auto",
+        metadata={
+            "help": "BatchNorm running statistics: auto (train them, after correcting TF-style momentum such as "
+            "transformers' MobileNet 0.997 to PyTorch's 1-0.997), train (as loaded), freeze (keep the "
+            "pretrained statistics; affine weights still learn).",
+            "choices": list(BATCHNORM_MODES),
+        },
+    )
+
+    def __post_init__(self):
+        _check(self.head_lr_multiplier > 0, "head_lr_multiplier", self.head_lr_multiplier, "a positive number")
+        _check(self.freeze_layers >= -1, "freeze_layers", self.freeze_layers, "-1 (whole body) or a count >= 0")
+        _check(self.batchnorm in BATCHNORM_MODES, "batchnorm", self.batchnorm, f"one of {list(BATCHNORM_MODES)}")
+        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number")
+        _check(self.num_train_epochs > 0, "num_train_epochs", self.num_train_epochs, "a positive number")
+        for key in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            _check(getattr(self, key) > 0, key, getattr(self, key), "a positive integer")
+        _check(not (self.bf16 and self.fp16), "bf16/fp16", "both true", "at most one mixed-precision mode")
+        if isinstance(self.freeze_patterns, str):
+            self.freeze_patterns = [self.freeze_patterns]
+        import re
+
+        for pattern in self.freeze_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ConfigError(f"freeze_patterns: {pattern!r} is not a valid regular expression ({err})") from None
+        try:
+            super().__post_init__()
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"training arguments: {first}") from None
