@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny random checkpoints (transformers-native and timm) and tiny image folders.
+
+Real-weight tests use ../shared (see ../shared/README.md) and skip with a reason where it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HF_FINETUNE_SHARED", ROOT.parent / "shared"))
+SHARED_MODELS = SHARED / "models"
+SHARED_DATA = SHARED / "data"
+
+requires_shared = pytest.mark.skipif(
+    not (SHARED_MODELS.is_dir() and SHARED_DATA.is_dir()),
+    reason=f"real checkpoints and photos not found at {SHARED} (see ../shared/README.md)",
+)
+
+SOURCE_LABELS = ["tench", "goldfish", "great white shark", "hotdog, hot dog, red hot", "ant, emmet, pismire", "cat", "dog"]
+
+
+def make_image_folder(root: Path, classes: dict[str, int], size=(40, 32), seed: int = 0, ext: str = "png") -> Path:
+    """Write ``classes[name]`` images per class under ``root/name/``. Each class has its own colour,
+    so a tiny model can learn them."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for index, (name, count) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        base = np.array([(index * 97) % 256, (index * 53 + 80) % 256, (index * 151 + 160) % 256], dtype=np.float64)
+        for i in range(count):
+            noise = rng.normal(0, 20, size=(size[1], size[0], 3))
+            pixels = np.clip(base + noise, 0, 255).astype("uint8")
+            Image.fromarray(pixels).save(folder / f"{name.replace(' ', '_')}_{i:03d}.{ext}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_checkpoint(tmp_path_factory) -> Path:
+    """A random transformers ResNet image classifier with 7 named source labels and an image processor."""
+    import torch
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_hf")
+    config = ResNetConfig(
+        num_channels=3,
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="basic",
+        id2label=dict(enumerate(SOURCE_LABELS)),
+        label2id={name: i for i, name in enumerate(SOURCE_LABELS)},
+    )
+    model = ResNetForImageClassification(config).eval()
+    model.save_pretrained(path)
+    processor = ConvNextImageProcessor(
+        size={"shortest_edge": 32}, crop_pct=0.875, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
+    )
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_timm_checkpoint(tmp_path_factory) -> Path:
+    """A random timm EfficientNet (``test_efficientnet``, 0.1M parameters) saved exactly as ``timm.models.save_for_hf`` writes it, including the
+    ``model_args.num_classes`` duplicate that trips transformers' TimmWrapper, with label_names."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_timm")
+    model_args = {"num_classes": len(SOURCE_LABELS)}
+    model = timm.create_model("test_efficientnet", pretrained=False, **model_args).eval()
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 32, 32), crop_pct=0.875)
+    timm.models.save_for_hf(
+        model, str(path), model_config={"label_names": SOURCE_LABELS}, model_args=model_args, safe_serialization=True
+    )
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_args"]["num_classes"] == len(SOURCE_LABELS)  # the trap is present on purpose
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_image_folder(tmp_path_factory) -> Path:
+    """``train/{cat,dog,zebra}/*.png`` (12 each) and ``val/{cat,dog,zebra}/*.png`` (4 each)."""
+    root = tmp_path_factory.mktemp("tiny_images")
+    make_image_folder(root / "train", {"cat": 12, "dog": 12, "zebra": 12}, seed=1)
+    make_image_folder(root / "val", {"cat": 4, "dog": 4, "zebra": 4}, seed=2)
+    return root
