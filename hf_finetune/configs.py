@@ -218,6 +218,11 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Must stay false: images are transformed on the fly from their column."}
     )
 
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow writing into an output_dir that already holds a fine-tuned model."},
+    )
+
     # --- fine-tuning options -------------------------------------------------------------------------
     head_lr_multiplier: float = field(
         default=10.0,

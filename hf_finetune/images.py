@@ -37,8 +37,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         import numpy as np
 
         array = np.asarray(image, dtype=np.float64)
-        peak = array.max() if array.size and array.max() > 0 else 1.0
-        scale = 65535.0 if peak > 255 else 255.0
+        if image.mode.startswith("I;16"):
+            scale = 65535.0  # the mode says 16 bits: scale by the range, not by the brightest pixel
+        else:
+            scale = 65535.0 if array.size and array.max() > 255 else 255.0
         image = Image.fromarray((array / scale * 255.0).clip(0, 255).astype("uint8"), mode="L")
     if image.mode in ("RGBA", "LA", "PA"):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))

@@ -1,0 +1,7 @@
+"""``python -m hf_finetune`` (and ``accelerate launch -m hf_finetune train RECIPE``)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,156 @@
+"""``hf-finetune``: the command line, a thin layer over the Python API.
+
+    hf-finetune train [RECIPE.yaml] [--key value ...]
+    hf-finetune predict MODEL IMAGE_OR_FOLDER... [--top-k 5] [--output preds.csv] [--batch-size 32]
+    hf-finetune eval MODEL (--train_dir DIR | --dataset_name ID | --train_file F) [--split validation]
+
+Errors a user can fix print one line (``hf-finetune: error: ...``) and exit with status 2, no traceback.
+Heavy libraries are imported inside the commands, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+__all__ = ["main", "build_parser"]
+
+COMMANDS = {
+    "train": "fine-tune a pretrained classifier from a recipe YAML and/or --key value flags",
+    "predict": "top-k predictions of a model for image files or folders",
+    "eval": "metrics of a saved model on a split of a dataset",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-finetune",
+        description="Fine-tune timm and transformers image classifiers on the Hugging Face stack.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _setup_logging(verbose: bool = True) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("hf_finetune")
+    if not root.handlers:
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.propagate = False
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_warning()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _train(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        from .parser import RecipeParser
+
+        RecipeParser().print_help()
+        return 0
+    from .parser import parse_train_args
+    from .train import main as train_main
+
+    parsed = parse_train_args(argv)
+    model_args, data_args, training_args = parsed
+    train_main(model_args, data_args, training_args, explicit=parsed.explicit)
+    return 0
+
+
+def _predict(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="hf-finetune predict", description=COMMANDS["predict"])
+    parser.add_argument("model", help="output folder of a fine-tune, or a Hub id")
+    parser.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    parser.add_argument("--top-k", "--top_k", type=int, default=5, dest="top_k", help="predictions per image")
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=32, dest="batch_size")
+    parser.add_argument("--output", help="write predictions to a .csv or .jsonl file")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    args = parser.parse_args(argv)
+    from .predict import predict_images, write_predictions
+
+    records = predict_images(args.model, args.paths, top_k=args.top_k, batch_size=args.batch_size,
+                             device=args.device)
+    if args.output:
+        write_predictions(records, args.output)
+        print(f"wrote {len(records)} predictions to {args.output}")
+    else:
+        for record in records:
+            preds = "  ".join(f"{p['label']} {p['score']:.4f}" for p in record["predictions"])
+            print(f"{record['path']}: {preds}")
+    return 0
+
+
+def _eval(argv: list[str]) -> int:
+    from transformers import HfArgumentParser
+
+    from .configs import DataArguments
+    from .evaluation import evaluate_model, format_report
+
+    parser = HfArgumentParser(DataArguments, prog="hf-finetune eval", description=COMMANDS["eval"])
+    parser.add_argument("model", help="output folder of a fine-tune, or a Hub id")
+    parser.add_argument("--split", default="validation", help="train, validation or test")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=42, help="seed of the train/validation split (as in training)")
+    parser.add_argument("--report_dir", "--report-dir", default=None,
+                        help="where metrics.json is written (default: MODEL/eval_<split> for a local model)")
+
+    def error(message: str):
+        from .errors import ConfigError
+
+        raise ConfigError(message.replace("argument --", ""))
+
+    parser.error = error
+    data_args, extra = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
+    from pathlib import Path
+
+    report_dir = extra.report_dir
+    if report_dir is None and Path(extra.model).is_dir():
+        report_dir = str(Path(extra.model) / f"eval_{extra.split}")
+    report = evaluate_model(extra.model, data_args, split=extra.split, batch_size=extra.batch_size,
+                            seed=extra.seed, output_dir=report_dir)
+    print(format_report(report))
+    if report_dir:
+        print(f"metrics written to {Path(report_dir) / 'metrics.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        from .errors import suggest
+
+        print(f"hf-finetune: error: unknown command {command!r}{suggest(command, COMMANDS)}; "
+              f"expected one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    _setup_logging()
+    from .errors import HfFinetuneError
+
+    try:
+        return {"train": _train, "predict": _predict, "eval": _eval}[command](rest)
+    except HfFinetuneError as err:
+        print(f"hf-finetune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hf-finetune: interrupted", file=sys.stderr)
+        return 130
+
+
+def console_main() -> None:  # pragma: no cover - the console-script wrapper
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Finding and re-initialising a classifier's output layer, data-driven.
+
+The head is found from the model itself, never from a per-architecture list:
+
+* timm models (inside transformers' ``TimmWrapper``) name their classifier module(s) in
+  ``pretrained_cfg["classifier"]`` (a name, or several for two-head models such as DeiT-distilled);
+* transformers models keep their head outside ``model.base_model``; among those parameters the head
+  tensors are the ones whose leading dimension is the number of classes.
+
+In both cases only tensors whose leading dimension equals the number of labels are returned
+(a weight ``[num_labels, features]`` and a bias ``[num_labels]`` per head).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["head_parameter_names", "head_module_names", "reinitialize_head"]
+
+
+def _timm_classifier_prefixes(model: nn.Module) -> list[str] | None:
+    timm_model = getattr(model, "timm_model", None)
+    if timm_model is None:
+        return None
+    cfg = getattr(timm_model, "pretrained_cfg", None) or {}
+    classifier = cfg.get("classifier")
+    if classifier is None:
+        return None
+    names = [classifier] if isinstance(classifier, str) else list(classifier)
+    return [f"timm_model.{name}" for name in names]
+
+
+def head_parameter_names(model: nn.Module, num_labels: int | None = None) -> list[str]:
+    """Names of the output-layer tensors of ``model`` (parameters whose leading dim is ``num_labels``).
+
+    ``num_labels`` defaults to ``model.config.num_labels``.
+    """
+    if num_labels is None:
+        num_labels = model.config.num_labels
+    named = dict(model.named_parameters())
+    prefixes = _timm_classifier_prefixes(model)
+    if prefixes is not None:
+        candidates = [n for n in named if any(n == p or n.startswith(p + ".") for p in prefixes)]
+    else:
+        base_prefix = getattr(model, "base_model_prefix", "")
+        if base_prefix and hasattr(model, base_prefix):
+            candidates = [n for n in named if not n.startswith(base_prefix + ".")]
+        else:  # a bare model: fall back to every parameter, filtered by shape below
+            candidates = list(named)
+    names = [n for n in candidates if named[n].ndim >= 1 and named[n].shape[0] == num_labels]
+    return sorted(names)
+
+
+def head_module_names(model: nn.Module, num_labels: int | None = None) -> list[str]:
+    """Names of the modules that own the head tensors (e.g. ``classifier`` or ``timm_model.head.fc``)."""
+    modules = {name.rsplit(".", 1)[0] for name in head_parameter_names(model, num_labels)}
+    return sorted(modules)
+
+
+@torch.no_grad()
+def reinitialize_head(model: nn.Module, num_labels: int | None = None) -> list[str]:
+    """Re-initialise the head the way the model initialises it (``model._init_weights``).
+
+    Returns the names of the re-initialised tensors.
+    """
+    names = head_parameter_names(model, num_labels)
+    modules = dict(model.named_modules())
+    for module_name in {n.rsplit(".", 1)[0] for n in names}:
+        module = modules[module_name]
+        # transformers >= 5 skips tensors flagged as loaded from the checkpoint; these must be re-drawn.
+        for tensor in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+            if getattr(tensor, "_is_hf_initialized", False):
+                tensor._is_hf_initialized = False
+        init = getattr(model, "_init_weights", None)
+        if init is not None:
+            init(module)
+        elif hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return names

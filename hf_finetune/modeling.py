@@ -1,0 +1,229 @@
+"""Loading a pretrained image classifier for a new label set.
+
+transformers-native checkpoints and timm checkpoints (through transformers' ``TimmWrapper``) both load
+through ``AutoModelForImageClassification``, from a Hub id or a local folder. When the label set changes,
+the output layer is re-initialised (``ignore_mismatched_sizes=True``), and the tensors that were
+re-initialised are reported. A label set with the same number of classes but other names is re-initialised
+too: a head is never kept silently for labels it was not trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError
+from .heads import head_parameter_names, reinitialize_head
+
+__all__ = [
+    "LoadedModel",
+    "load_source_config",
+    "source_label_names",
+    "load_model_for_labels",
+    "load_image_processor",
+    "is_timm_config",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to fine-tune, with what a user needs to know about how it was made."""
+
+    model: Any  # transformers PreTrainedModel
+    processor: Any  # transformers image processor (TimmWrapperImageProcessor for timm checkpoints)
+    source_labels: list[str]  # the checkpoint's own label names, index = row of its classifier
+    labels: list[str]  # the target labels, index = row of the new classifier
+    reinitialized: list[str] = field(default_factory=list)  # tensor names re-initialised (with shapes below)
+    reinitialized_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    is_timm: bool = False
+    name_or_path: str = ""
+
+    def describe(self) -> str:
+        origin = "timm (via TimmWrapper)" if self.is_timm else "transformers"
+        lines = [
+            f"model {self.name_or_path}: {type(self.model).__name__}, {origin}, "
+            f"{len(self.source_labels)} source labels -> {len(self.labels)} target labels"
+        ]
+        if self.reinitialized:
+            shapes = ", ".join(f"{n} {list(self.reinitialized_shapes.get(n, ()))}" for n in self.reinitialized)
+            lines.append(f"re-initialised tensors: {shapes}")
+        else:
+            lines.append("re-initialised tensors: none (the target labels are the checkpoint's own labels)")
+        return "\n".join(lines)
+
+
+def is_timm_config(config) -> bool:
+    return getattr(config, "model_type", None) == "timm_wrapper"
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def load_source_config(
+    model_name_or_path: str,
+    revision: str = "main",
+    cache_dir: str | None = None,
+    trust_remote_code: bool = False,
+    token: str | None = None,
+):
+    """Load the checkpoint's config, repairing what real checkpoints get wrong.
+
+    * A timm ``config.json`` whose ``model_args`` repeats ``num_classes`` (exactly what
+      ``timm.models.save_for_hf`` writes) makes TimmWrapper call ``timm.create_model`` with two
+      ``num_classes``; the duplicate is dropped here (the top-level ``num_classes`` is the truth).
+    * timm ImageNet checkpoints without ``label_names`` get timm's ImageNet names (TimmWrapperConfig does it
+      through ``timm.data.ImageNetInfo``).
+    """
+    from transformers import AutoConfig
+
+    path = Path(model_name_or_path).expanduser()
+    local = path.exists()
+    if local and not path.is_dir():
+        raise ModelLoadError(
+            f"model_name_or_path: {model_name_or_path} is a file; expected a checkpoint folder holding config.json"
+        )
+    if local and not _looks_like_checkpoint(path):
+        raise ModelLoadError(
+            f"model_name_or_path: {model_name_or_path} has no config.json; expected a transformers or timm checkpoint folder"
+        )
+    if not local and (model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1):
+        raise ModelLoadError(f"model_name_or_path: {model_name_or_path} does not exist; expected a checkpoint folder")
+    try:
+        config = AutoConfig.from_pretrained(
+            str(path) if local else model_name_or_path,
+            revision=revision,
+            cache_dir=cache_dir,
+            trust_remote_code=trust_remote_code,
+            token=token,
+        )
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"model_name_or_path: cannot load {model_name_or_path!r} as a transformers or timm checkpoint ({first})"
+        ) from None
+    if is_timm_config(config):
+        model_args = dict(getattr(config, "model_args", None) or {})
+        if "num_classes" in model_args:
+            model_args.pop("num_classes")
+            config.model_args = model_args or None
+            logger.info("dropped the duplicate model_args.num_classes of the timm config (save_for_hf writes it)")
+    else:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+        if config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+            raise ModelLoadError(
+                f"model_name_or_path: {model_name_or_path} is a {config.model_type!r} checkpoint, which "
+                "transformers cannot load as an image classifier; expected an image classification "
+                "checkpoint (e.g. vit, convnext, resnet, mobilenet_v2) or a timm one"
+            )
+    return config
+
+
+def source_label_names(config) -> list[str]:
+    """The checkpoint's label names, index = classifier row (``LABEL_i`` where it has none)."""
+    id2label = getattr(config, "id2label", None) or {}
+    num = int(getattr(config, "num_labels", len(id2label)) or len(id2label))
+    return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(num)]
+
+
+def load_image_processor(model_name_or_path: str, revision: str = "main", cache_dir: str | None = None,
+                         token: str | None = None):
+    """The checkpoint's image processor; ImageNet defaults (224 px, ImageNet mean/std) with a warning if none."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(
+            model_name_or_path, revision=revision, cache_dir=cache_dir, token=token
+        )
+    except (OSError, ValueError, KeyError) as err:
+        from transformers import ViTImageProcessor
+
+        logger.warning(
+            "%s has no usable image processor (%s); using ImageNet defaults: 224 px, ImageNet mean/std",
+            model_name_or_path,
+            str(err).splitlines()[0] if str(err) else type(err).__name__,
+        )
+        return ViTImageProcessor(
+            size={"height": 224, "width": 224}, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
+        )
+
+
+def load_model_for_labels(
+    model_name_or_path: str,
+    labels: list[str],
+    revision: str = "main",
+    cache_dir: str | None = None,
+    trust_remote_code: bool = False,
+    token: str | None = None,
+) -> LoadedModel:
+    """Load ``model_name_or_path`` with an output layer for ``labels``.
+
+    The body is copied whole; the head is kept only when ``labels`` are exactly the checkpoint's labels in
+    the same order. Otherwise it is re-initialised as the model initialises its head, and the names and shapes
+    of the re-initialised tensors are in the returned :class:`LoadedModel`.
+    """
+    from transformers import AutoModelForImageClassification
+
+    if not labels:
+        raise ModelLoadError("labels: got an empty label set; expected at least one class name")
+    if len(set(labels)) != len(labels):
+        raise ModelLoadError(f"labels: duplicate class names in {labels}")
+    token = token or os.environ.get("HF_TOKEN") or None
+    config = load_source_config(model_name_or_path, revision, cache_dir, trust_remote_code, token)
+    source_labels = source_label_names(config)
+    is_timm = is_timm_config(config)
+    same_labels = list(labels) == source_labels
+
+    if not same_labels:
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {name: i for i, name in enumerate(labels)}
+    try:
+        model, info = AutoModelForImageClassification.from_pretrained(
+            model_name_or_path,
+            config=config,
+            revision=revision,
+            cache_dir=cache_dir,
+            trust_remote_code=trust_remote_code,
+            token=token,
+            ignore_mismatched_sizes=not same_labels,
+            output_loading_info=True,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"model_name_or_path: cannot load the weights of {model_name_or_path!r} ({first})") from None
+
+    reinitialized: list[str] = []
+    if not same_labels:
+        mismatched = sorted(str(item[0]) for item in info.get("mismatched_keys", []))
+        missing = sorted(str(k) for k in info.get("missing_keys", []))
+        heads = head_parameter_names(model, len(labels))
+        if mismatched:
+            reinitialized = mismatched
+        else:
+            # Same number of classes, other names: the shapes matched, so the old head was loaded. It
+            # belongs to other classes: re-initialise it explicitly.
+            reinitialized = reinitialize_head(model, len(labels))
+        extra_missing = [k for k in missing if k not in heads and k not in reinitialized]
+        if extra_missing:
+            logger.warning("weights missing from the checkpoint, freshly initialised: %s", ", ".join(extra_missing))
+    state = dict(model.named_parameters())
+    shapes = {name: tuple(state[name].shape) for name in reinitialized if name in state}
+    processor = load_image_processor(model_name_or_path, revision=revision, cache_dir=cache_dir, token=token)
+    loaded = LoadedModel(
+        model=model,
+        processor=processor,
+        source_labels=source_labels,
+        labels=list(labels),
+        reinitialized=reinitialized,
+        reinitialized_shapes=shapes,
+        is_timm=is_timm,
+        name_or_path=str(model_name_or_path),
+    )
+    return loaded

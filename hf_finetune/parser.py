@@ -1,0 +1,175 @@
+"""Recipe YAML + command line -> the three config dataclasses, through transformers' ``HfArgumentParser``.
+
+* ``hf-finetune train [RECIPE.yaml] [--key value ...]``: the recipe is optional; every key is also a flag,
+  and flags override the file.
+* An unknown key (in the file or as a flag) is an error that names it and suggests the nearest known one.
+* A value of the wrong type is an error naming the key, the value and the expected type.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
+from .errors import ConfigError, suggest
+
+__all__ = ["RecipeParser", "parse_train_args", "load_recipe", "known_keys", "ParsedArgs"]
+
+DATACLASSES = (ModelArguments, DataArguments, FinetuneTrainingArguments)
+
+
+class ParsedArgs(tuple):
+    """(model_args, data_args, training_args) plus the explicitly given keys (recipe + flags)."""
+
+    explicit: dict[str, Any]
+    recipe_path: str | None
+
+
+def known_keys() -> list[str]:
+    return [f.name for cls in DATACLASSES for f in fields(cls) if f.init]
+
+
+class RecipeParser(HfArgumentParser):
+    """``HfArgumentParser`` whose errors are :class:`ConfigError` (one line, no usage dump, no exit)."""
+
+    def __init__(self, dataclass_types=DATACLASSES, **kwargs):
+        kwargs.setdefault("prog", "hf-finetune train")
+        kwargs.setdefault("description", "Fine-tune an image classifier from a recipe YAML and/or flags.")
+        super().__init__(dataclass_types, **kwargs)
+
+    def error(self, message: str):  # argparse calls this for bad flags and values
+        import re
+
+        message = re.sub(r"argument --([\w]+)(/--[\w-]+)?", r"\1", message)
+        raise ConfigError(message)
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a recipe YAML: a flat mapping of known keys. Raises ConfigError naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe: {path} does not exist; expected a YAML file of recipe keys")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"recipe {path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path}: expected a mapping of keys to values, got a {type(data).__name__}")
+    keys = set(known_keys())
+    for key, value in data.items():
+        if key not in keys:
+            raise ConfigError(f"recipe {path}: unknown key {key!r}{suggest(str(key), keys)}")
+        if isinstance(value, dict) and key not in _DICT_KEYS:
+            raise ConfigError(f"recipe {path}: key {key!r} takes a single value or a list, not a mapping")
+    return data
+
+
+# TrainingArguments fields that accept a mapping (JSON-like values).
+_DICT_KEYS = {f.name for f in fields(FinetuneTrainingArguments) if "dict" in str(f.type).lower()}
+
+
+def _flag_keys(argv: list[str]) -> list[str]:
+    keys = []
+    for token in argv:
+        if token.startswith("--"):
+            keys.append(token[2:].split("=", 1)[0].replace("-", "_"))
+    return keys
+
+
+def parse_train_args(argv: list[str] | None = None) -> ParsedArgs:
+    """Parse ``[RECIPE.yaml] [--key value ...]`` into (model_args, data_args, training_args).
+
+    The result also carries ``explicit``: the keys given in the recipe or as flags, with their final values,
+    which is what ``recipe.yaml`` in the output folder records.
+    """
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    recipe_path = None
+    if argv and not argv[0].startswith("-"):
+        recipe_path = argv.pop(0)
+    recipe = load_recipe(recipe_path) if recipe_path else {}
+
+    parser = RecipeParser()
+    valid = set(known_keys())
+    for key in _flag_keys(argv):
+        if key not in valid and key not in ("help", "h"):
+            raise ConfigError(f"unknown flag --{key}{suggest(key, valid)}")
+    # Recipe values become the parser's defaults, so flags override them; string values are type-checked
+    # by argparse, other types by the dataclasses' __post_init__.
+    defaults = {}
+    for key, value in recipe.items():
+        if isinstance(value, dict):
+            import json
+
+            value = json.dumps(value)
+        defaults[key] = value
+    parser.set_defaults(**defaults)
+    for action in parser._actions:
+        if action.dest in defaults:
+            action.required = False
+            default = defaults[action.dest]
+            if action.type is not None and not isinstance(default, str) and default is not None:
+                _check_type(action, default, recipe_path)
+    try:
+        model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
+            args=argv, return_remaining_strings=True
+        )
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(first) from None
+    if remaining:
+        raise ConfigError(f"unexpected argument {remaining[0]!r}; flags are --key value, the recipe comes first")
+    parsed = ParsedArgs((model_args, data_args, training_args))
+    explicit = {}
+    by_name = {}
+    for obj in parsed:
+        for f in fields(obj):
+            by_name[f.name] = obj
+    for key in list(recipe) + _flag_keys(argv):
+        if key in by_name:
+            value = getattr(by_name[key], key)
+            explicit[key] = _plain(value)
+    parsed.explicit = explicit
+    parsed.recipe_path = recipe_path
+    return parsed
+
+
+def _check_type(action: argparse.Action, value: Any, recipe_path: str | None) -> None:
+    """Check a non-string recipe value against the flag's type (argparse only converts strings)."""
+    where = f"recipe {recipe_path}: " if recipe_path else ""
+    values = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and action.nargs not in ("+", "*"):
+        raise ConfigError(f"{where}{action.dest}: got a list {value!r}; expected a single value")
+    for item in values:
+        if action.type in (int, float) and (isinstance(item, bool) or not isinstance(item, (int, float))):
+            raise ConfigError(f"{where}{action.dest}: got {item!r}; expected a {action.type.__name__}")
+        if action.type is int and isinstance(item, float) and not item.is_integer():
+            raise ConfigError(f"{where}{action.dest}: got {item!r}; expected an integer")
+    if action.choices is not None:
+        for item in values:
+            if item not in action.choices and str(item) not in [str(c) for c in action.choices]:
+                raise ConfigError(
+                    f"{where}{action.dest}: got {item!r}; expected one of {[str(c) for c in action.choices]}"
+                )
+
+
+def _plain(value: Any) -> Any:
+    """A YAML-safe form of a parsed value (enums to their string values)."""
+    if hasattr(value, "value") and not isinstance(value, (int, float, str, bool)):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,231 @@
+"""The training entry point: one straight ``main(model_args, data_args, training_args)``.
+
+load data -> load model for its labels -> freeze / BatchNorm policy -> train -> evaluate -> save.
+
+The output folder only looks like a finished model at the very end: checkpoints live in ``checkpoint-*``
+subfolders while training, and the final files are written into a hidden temporary folder and moved into
+place with the weights file last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
+from .errors import ConfigError
+
+__all__ = ["main", "TrainResult", "is_finished_model_dir", "build_trainer"]
+
+logger = logging.getLogger("hf_finetune")
+
+FINAL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: metrics before and after, where it was saved."""
+
+    output_dir: str
+    labels: list[str]
+    metrics_before: dict[str, float] = field(default_factory=dict)
+    metrics_after: dict[str, float] = field(default_factory=dict)
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    best_checkpoint: str | None = None
+    reinitialized: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        def fmt(metrics: dict[str, float]) -> str:
+            keys = [k for k in ("accuracy", "top5_accuracy", "macro_f1") if f"eval_{k}" in metrics]
+            return ", ".join(f"{k} {metrics[f'eval_{k}']:.4f}" for k in keys) or "n/a"
+
+        lines = [
+            f"before fine-tuning (epoch 0): {fmt(self.metrics_before)}",
+            f"after fine-tuning:            {fmt(self.metrics_after)}",
+            f"time: {self.seconds:.1f} s; model saved to {self.output_dir}",
+        ]
+        return "\n".join(lines)
+
+
+def is_finished_model_dir(path: str | Path) -> bool:
+    """True when ``path`` holds a complete saved model (config and weights)."""
+    path = Path(path)
+    return (path / "config.json").is_file() and any((path / name).is_file() for name in FINAL_WEIGHTS)
+
+
+def _check_output_dir(training_args: FinetuneTrainingArguments) -> None:
+    out = Path(training_args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: {out} is a file; expected a folder to write the model into")
+    resuming = training_args.resume_from_checkpoint not in (None, "", "false", "False")
+    if is_finished_model_dir(out) and not training_args.overwrite_output_dir and not resuming:
+        raise ConfigError(
+            f"output_dir: {out} already holds a fine-tuned model; choose another output_dir "
+            "or pass --overwrite_output_dir true"
+        )
+
+
+def _resolve_resume(training_args: FinetuneTrainingArguments) -> str | None:
+    value = training_args.resume_from_checkpoint
+    if value in (None, "", "false", "False"):
+        return None
+    if str(value).lower() in ("last", "true", "latest"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        out = training_args.output_dir
+        last = get_last_checkpoint(out) if os.path.isdir(out) else None
+        if last is None:
+            raise ConfigError(f"resume_from_checkpoint: no checkpoint-* folder in {out} to resume from")
+        return last
+    if not os.path.isdir(value):
+        raise ConfigError(f"resume_from_checkpoint: {value} does not exist; expected a checkpoint-* folder or 'last'")
+    return value
+
+
+def build_trainer(model_args, data_args, training_args, loaded_data=None, callbacks=None):
+    """Load data and model and return ``(trainer, loaded_model, loaded_data)``; nothing is written yet."""
+    from transformers import set_seed
+
+    from .data import load_image_dataset
+    from .freezing import configure_batchnorm, freeze_parameters
+    from .metrics import build_compute_metrics
+    from .modeling import load_model_for_labels
+    from .trainer import FinetuneTrainer
+    from .transforms import apply_image_size, build_transforms, collate_images, data_config_from_processor
+    from .transforms import make_batch_transform
+
+    set_seed(training_args.seed)
+    data = loaded_data if loaded_data is not None else load_image_dataset(data_args, seed=training_args.seed)
+    logger.info("data: %s\n%s", data.source, data.summary())
+    loaded = load_model_for_labels(
+        model_args.model_name_or_path,
+        data.labels,
+        revision=model_args.model_revision,
+        cache_dir=model_args.cache_dir,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    logger.info("%s", loaded.describe())
+    model = loaded.model
+    for line in configure_batchnorm(model, training_args.batchnorm):
+        logger.info("%s", line)
+    freeze = freeze_parameters(model, training_args.freeze_layers, training_args.freeze_patterns)
+    logger.info("%s", freeze.describe())
+
+    data_config = data_config_from_processor(loaded.processor, data_args.image_size)
+    apply_image_size(loaded.processor, model.config, data_args.image_size)
+    train_transform, eval_transform = build_transforms(
+        data_config, data_args.augmentation, data_args.crop_scale_min, data_args.hflip_prob
+    )
+    logger.info(
+        "preprocessing: %s px, crop_pct %.3f, %s, mean %s, std %s; training augmentation: %s",
+        data_config["input_size"][-1], data_config.get("crop_pct") or 1.0, data_config.get("interpolation"),
+        tuple(round(float(v), 4) for v in data_config["mean"]), tuple(round(float(v), 4) for v in data_config["std"]),
+        data_args.augmentation,
+    )
+    train_dataset = data.dataset["train"].with_transform(make_batch_transform(train_transform))
+    eval_dataset = data.dataset["validation"].with_transform(make_batch_transform(eval_transform))
+    trainer = FinetuneTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collate_images,
+        compute_metrics=build_compute_metrics(len(data.labels)),
+        processing_class=loaded.processor,
+        callbacks=callbacks,
+    )
+    return trainer, loaded, data
+
+
+def _first_eval(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    for entry in log_history:
+        if "eval_accuracy" in entry:
+            return {k: v for k, v in entry.items() if k.startswith("eval_")}
+    return {}
+
+
+def _save_final(trainer, loaded, training_args, explicit: dict[str, Any] | None, result: TrainResult) -> None:
+    """Write the final model so that a crash at any moment never leaves a folder that looks finished."""
+    out = Path(training_args.output_dir)
+    staging = out / ".final-partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    trainer.save_model(str(staging))
+    loaded.processor.save_pretrained(str(staging))
+    recipe = dict(explicit or {})
+    (staging / "recipe.yaml").write_text(
+        "# The keys this model was trained with; rerun with: hf-finetune train recipe.yaml\n"
+        + yaml.safe_dump(recipe, sort_keys=False),
+        encoding="utf-8",
+    )
+    (staging / "labels.json").write_text(
+        json.dumps({"labels": loaded.labels, "source_labels_count": len(loaded.source_labels),
+                    "reinitialized": loaded.reinitialized}, indent=2),
+        encoding="utf-8",
+    )
+    for path in (out / name for name in FINAL_WEIGHTS):  # a stale model from an earlier run goes first
+        if path.exists():
+            path.unlink()
+    names = sorted(p.name for p in staging.iterdir())
+    weights = [n for n in names if n in FINAL_WEIGHTS or n.startswith("model-")]
+    for name in [n for n in names if n not in weights] + weights:
+        os.replace(staging / name, out / name)
+    staging.rmdir()
+
+
+def main(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: FinetuneTrainingArguments,
+    explicit: dict[str, Any] | None = None,
+    callbacks=None,
+) -> TrainResult:
+    """Fine-tune ``model_args.model_name_or_path`` on the data of ``data_args``; returns a :class:`TrainResult`."""
+    start = time.time()
+    _check_output_dir(training_args)
+    resume = _resolve_resume(training_args)
+    out = Path(training_args.output_dir)
+    existed = out.exists()
+    try:
+        trainer, loaded, data = build_trainer(model_args, data_args, training_args, callbacks=callbacks)
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # Trainer may have created it; a bad input leaves nothing behind
+        raise
+
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    train_metrics = dict(train_output.metrics)
+    train_metrics["train_samples"] = len(data.dataset["train"])
+    eval_metrics = trainer.evaluate()
+    eval_metrics["eval_samples"] = len(data.dataset["validation"])
+
+    result = TrainResult(
+        output_dir=str(out),
+        labels=list(data.labels),
+        metrics_before=_first_eval(trainer.state.log_history),
+        metrics_after={k: v for k, v in eval_metrics.items()},
+        train_metrics=train_metrics,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        reinitialized=list(loaded.reinitialized),
+    )
+    if trainer.is_world_process_zero():
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        trainer.save_state()
+        _save_final(trainer, loaded, training_args, explicit, result)
+    result.seconds = time.time() - start
+    if trainer.is_world_process_zero():
+        logger.info("%s", result.summary())
+    return result

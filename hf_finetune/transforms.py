@@ -1,0 +1,180 @@
+"""Image preprocessing taken from the checkpoint, and training augmentation.
+
+The checkpoint decides the preprocessing: timm checkpoints through their data config
+(``TimmWrapperImageProcessor.data_config``: input size, crop_pct, interpolation, mean/std), transformers
+checkpoints through their image processor (size / crop_size / crop_pct, resample, image_mean/std), which is
+translated into the same data-config form. Both are then built by timm's ``create_transform``, so the
+evaluation transform is: resize the short side to ``size / crop_pct``, centre-crop ``size``, normalise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .images import to_rgb
+
+__all__ = [
+    "data_config_from_processor",
+    "build_transforms",
+    "make_batch_transform",
+    "collate_images",
+    "apply_image_size",
+]
+
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _size_value(size: Any, *keys: str) -> int | None:
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return size
+    if isinstance(size, dict):
+        for key in keys:
+            if size.get(key):
+                return int(size[key])
+    for key in keys:
+        value = getattr(size, key, None)
+        if value:
+            return int(value)
+    return None
+
+
+def data_config_from_processor(processor: Any, image_size: int | None = None) -> dict[str, Any]:
+    """A timm-style data config (``input_size``, ``crop_pct``, ``interpolation``, ``mean``, ``std``)."""
+    if hasattr(processor, "data_config") and isinstance(processor.data_config, dict):
+        config = dict(processor.data_config)
+        config["input_size"] = tuple(config.get("input_size", (3, 224, 224)))
+    else:
+        size = getattr(processor, "size", None)
+        crop = getattr(processor, "crop_size", None)
+        do_crop = bool(getattr(processor, "do_center_crop", False)) and crop is not None
+        shortest = _size_value(size, "shortest_edge")
+        height = _size_value(size, "height")
+        crop_h = _size_value(crop, "height") if do_crop else None
+        if crop_h and shortest:  # resize short side, then centre crop (MobileNet, ResNet-style processors)
+            side, crop_pct = crop_h, crop_h / shortest
+        elif crop_h and height:
+            side, crop_pct = crop_h, crop_h / height
+        elif shortest:  # ConvNeXt-style: shortest_edge is the output size, crop_pct below 384
+            side = shortest
+            crop_pct = float(getattr(processor, "crop_pct", None) or 1.0) if shortest < 384 else 1.0
+        elif height:  # ViT-style: resize straight to height x width
+            side, crop_pct = height, 1.0
+        else:
+            side, crop_pct = 224, 0.875
+        resample = getattr(processor, "resample", 2)
+        resample = int(resample) if resample is not None else 2
+        if getattr(processor, "do_normalize", True):
+            mean = tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN)
+            std = tuple(getattr(processor, "image_std", None) or IMAGENET_STD)
+        else:
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        config = {
+            "input_size": (3, side, side),
+            "crop_pct": crop_pct,
+            "crop_mode": "center",
+            "interpolation": _PIL_RESAMPLE.get(resample, "bilinear"),
+            "mean": mean,
+            "std": std,
+        }
+    if image_size is not None:
+        config["input_size"] = (3, int(image_size), int(image_size))
+    return config
+
+
+def build_transforms(
+    data_config: dict[str, Any],
+    augmentation: str = "rrc_flip",
+    crop_scale_min: float = 0.25,
+    hflip_prob: float = 0.5,
+) -> tuple[Callable, Callable]:
+    """(train transform, eval transform) for PIL images, both ending in a normalised CHW float tensor."""
+    from timm.data import create_transform
+
+    common = {
+        "input_size": data_config["input_size"],
+        "interpolation": data_config.get("interpolation", "bilinear"),
+        "mean": tuple(data_config["mean"]),
+        "std": tuple(data_config["std"]),
+    }
+    eval_transform = create_transform(
+        **common, is_training=False, crop_pct=data_config.get("crop_pct"), crop_mode=data_config.get("crop_mode")
+    )
+    if augmentation == "none":
+        train_transform = eval_transform
+    elif augmentation == "flip":
+        import torchvision.transforms as T
+
+        train_transform = T.Compose([T.RandomHorizontalFlip(hflip_prob), eval_transform])
+    else:
+        train_transform = create_transform(
+            **common,
+            is_training=True,
+            scale=(crop_scale_min, 1.0),
+            hflip=hflip_prob,
+            color_jitter=0.0,
+        )
+    return train_transform, eval_transform
+
+
+def make_batch_transform(transform: Callable, image_column: str = "image", label_column: str = "label") -> Callable:
+    """A ``Dataset.with_transform`` function: images (paths or PIL) -> ``pixel_values``, labels -> ``labels``."""
+    from PIL import Image
+
+    from .images import load_image
+
+    def apply(batch: dict[str, list]) -> dict[str, list]:
+        pixel_values = []
+        for image in batch[image_column]:
+            if isinstance(image, dict):  # an undecoded datasets.Image value
+                image = image.get("path") or Image.open(__import__("io").BytesIO(image["bytes"]))
+            image = load_image(image) if isinstance(image, str) else to_rgb(image)
+            pixel_values.append(transform(image))
+        out = {"pixel_values": pixel_values}
+        if label_column in batch:
+            out["labels"] = batch[label_column]
+        return out
+
+    return apply
+
+
+def collate_images(examples: list[dict]) -> dict[str, Any]:
+    """Stack ``pixel_values`` and ``labels`` into a batch for the model."""
+    import torch
+
+    batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+    if "labels" in examples[0]:
+        batch["labels"] = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long)
+    return batch
+
+
+def apply_image_size(processor: Any, model_config: Any, image_size: int | None) -> None:
+    """Record a training size that differs from the checkpoint's in the processor and config that are saved,
+    so ``pipeline()`` and ``timm.create_model`` preprocess the fine-tuned model as it was trained."""
+    if image_size is None:
+        return
+    side = int(image_size)
+    if hasattr(processor, "data_config") and isinstance(processor.data_config, dict):
+        processor.data_config["input_size"] = (3, side, side)
+    else:
+        size = getattr(processor, "size", None)
+        crop = getattr(processor, "crop_size", None)
+        crop_pct = data_config_from_processor(processor)["crop_pct"]
+        shortest = _size_value(size, "shortest_edge")
+        if crop is not None and getattr(processor, "do_center_crop", False):
+            processor.crop_size = {"height": side, "width": side}
+            if shortest:
+                processor.size = {"shortest_edge": int(round(side / crop_pct))}
+            else:
+                processor.size = {"height": int(round(side / crop_pct)), "width": int(round(side / crop_pct))}
+        elif shortest:
+            processor.size = {"shortest_edge": side}
+        else:
+            processor.size = {"height": side, "width": side}
+    pretrained_cfg = getattr(model_config, "pretrained_cfg", None)
+    if isinstance(pretrained_cfg, dict):
+        pretrained_cfg["input_size"] = [3, side, side]

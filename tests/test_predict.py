@@ -1,0 +1,147 @@
+"""Tests of hf_finetune.predict: parity with transformers' image-classification pipeline, batching,
+unreadable files, missing paths and the CSV/JSONL writers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA, SHARED_MODELS, make_image_folder, requires_shared
+
+from hf_finetune.errors import DataError
+from hf_finetune.predict import iter_image_files, load_for_inference, predict_images, write_predictions
+
+
+@pytest.fixture(scope="module")
+def nested_images(tmp_path_factory) -> Path:
+    """7 images of different sizes in nested folders (a/x, a/y, b)."""
+    root = tmp_path_factory.mktemp("predict_images")
+    make_image_folder(root / "a", {"x": 2, "y": 2}, size=(40, 32), seed=3)
+    make_image_folder(root / "b", {"deep": 3}, size=(29, 51), seed=4, ext="jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipeline_top3(tiny_hf_checkpoint):
+    from transformers import pipeline
+
+    return pipeline("image-classification", model=str(tiny_hf_checkpoint), top_k=3)
+
+
+def _assert_same(records: list[dict], expected: list[dict], tolerance: float = 1e-5) -> None:
+    assert [r["path"] for r in records] == [e["path"] for e in expected]
+    for record, reference in zip(records, expected, strict=True):
+        assert [p["label"] for p in record["predictions"]] == [p["label"] for p in reference["predictions"]]
+        for got, want in zip(record["predictions"], reference["predictions"], strict=True):
+            assert got["score"] == pytest.approx(want["score"], abs=tolerance)
+
+
+def test_iter_image_files_walks_folders_sorted_and_keeps_given_order(nested_images, tmp_path):
+    (nested_images / "a" / "notes.txt").write_text("not an image")
+    files = iter_image_files([nested_images / "b", nested_images / "a"])
+    assert len(files) == 7
+    assert files[:3] == sorted((nested_images / "b").rglob("*.jpg"))
+    assert files[3:] == sorted((nested_images / "a").rglob("*.png"))
+    single = nested_images / "a" / "x" / "x_000.png"
+    assert iter_image_files([single, nested_images / "a"])[0] == single
+    assert len(iter_image_files([single, nested_images / "a"])) == 4  # no duplicates
+
+
+def test_missing_path_raises_data_error_naming_it(nested_images, tiny_hf_checkpoint):
+    missing = nested_images / "nowhere"
+    with pytest.raises(DataError, match="nowhere"):
+        iter_image_files([nested_images, missing])
+    with pytest.raises(DataError, match="nowhere"):
+        predict_images(tiny_hf_checkpoint, [missing], progress=False)
+
+
+def test_predictions_equal_the_pipeline(tiny_hf_checkpoint, nested_images, pipeline_top3):
+    files = iter_image_files([nested_images])
+    records = predict_images(tiny_hf_checkpoint, [nested_images], top_k=3, batch_size=4, progress=False)
+    expected = [{"path": str(f), "predictions": pipeline_top3(str(f))} for f in files]
+    assert len(records) == 7
+    _assert_same(records, expected)
+    for record in records:
+        scores = [p["score"] for p in record["predictions"]]
+        assert scores == sorted(scores, reverse=True) and len(scores) == 3
+        assert all(type(s) is float for s in scores)
+
+
+def test_batch_size_does_not_change_results(tiny_hf_checkpoint, nested_images):
+    one = predict_images(tiny_hf_checkpoint, [nested_images], top_k=7, batch_size=1, progress=False)
+    seven = predict_images(tiny_hf_checkpoint, [nested_images], top_k=7, batch_size=7, progress=True)
+    _assert_same(one, seven, tolerance=1e-6)
+    assert all(len(r["predictions"]) == 7 for r in one)
+
+
+def test_top_k_larger_than_the_labels_is_capped(tiny_hf_checkpoint, nested_images):
+    records = predict_images(tiny_hf_checkpoint, [nested_images / "a" / "x"], top_k=50, progress=False)
+    assert all(len(r["predictions"]) == 7 for r in records)
+    assert sum(p["score"] for p in records[0]["predictions"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_unreadable_file_is_skipped_and_logged(tiny_hf_checkpoint, tmp_path, caplog):
+    root = make_image_folder(tmp_path / "imgs", {"cat": 3}, seed=5)
+    bad = root / "cat" / "bad.jpg"
+    bad.write_text("this is not a JPEG")
+    with caplog.at_level(logging.WARNING, logger="hf_finetune.predict"):
+        records = predict_images(tiny_hf_checkpoint, [root], top_k=2, batch_size=2, progress=False)
+    assert [Path(r["path"]).name for r in records] == ["cat_000.png", "cat_001.png", "cat_002.png"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "hf_finetune.predict"]
+    assert any("bad.jpg" in m and "UnidentifiedImageError" in m for m in messages), messages
+    assert any("skipped 1 unreadable of 4" in m for m in messages), messages
+
+
+def test_load_for_inference_returns_an_eval_model(tiny_hf_checkpoint):
+    model, processor = load_for_inference(tiny_hf_checkpoint, device="cpu")
+    assert not model.training
+    assert model.config.num_labels == 7
+    assert hasattr(processor, "preprocess")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_write_predictions_round_trip(tmp_path, suffix):
+    records = [
+        {
+            "path": "/x/a.png",
+            "predictions": [{"label": "cat", "score": 0.7}, {"label": "dog, hound", "score": 0.2}],
+        },
+        {"path": "/x/b, c.jpg", "predictions": [{"label": "dog, hound", "score": 0.123456789012345}]},
+    ]
+    output = tmp_path / "sub" / f"preds{suffix}"
+    write_predictions(records, output)
+    if suffix == ".jsonl":
+        back = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    else:
+        with output.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        assert list(rows[0]) == ["path", "rank", "label", "score"]
+        back: list[dict] = []
+        for row in rows:
+            if row["rank"] == "1":
+                back.append({"path": row["path"], "predictions": []})
+            assert int(row["rank"]) == len(back[-1]["predictions"]) + 1
+            back[-1]["predictions"].append({"label": row["label"], "score": float(row["score"])})
+    assert back == records
+
+
+def test_write_predictions_rejects_unknown_extension(tmp_path):
+    with pytest.raises(DataError, match="preds.txt"):
+        write_predictions([], tmp_path / "preds.txt")
+
+
+@requires_shared
+def test_real_mobilenet_matches_pipeline_top5():
+    from transformers import pipeline
+
+    model_dir = SHARED_MODELS / "hf-mobilenet_v2_1.0_224"
+    files = sorted((SHARED_DATA / "hotdog" / "val" / "hotdog").glob("*.jpg"))[:6]
+    assert len(files) == 6
+    records = predict_images(model_dir, files, top_k=5, batch_size=4, progress=False)
+    classifier = pipeline("image-classification", model=str(model_dir))
+    expected = [{"path": str(f), "predictions": classifier(str(f))} for f in files]
+    assert all(len(e["predictions"]) == 5 for e in expected)  # the pipeline's default top_k
+    _assert_same(records, expected)
