@@ -1,1 +1,106 @@
-"""hf_finetune."""
+"""hf_finetune: fine-tune timm and transformers image classifiers on the Hugging Face stack.
+
+The Python API that the ``hf-finetune`` command line is a thin layer over::
+
+    from hf_finetune import DataArguments, FinetuneTrainingArguments, ModelArguments, finetune
+    result = finetune(ModelArguments(model_name_or_path="timm/resnet18.a1_in1k"),
+                   DataArguments(train_dir="photos/"),
+                   FinetuneTrainingArguments(output_dir="out", num_train_epochs=3))
+
+Names are imported lazily, so ``import hf_finetune`` (and ``hf-finetune --help``) stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    # configs and parsing
+    "ModelArguments",
+    "DataArguments",
+    "FinetuneTrainingArguments",
+    "parse_train_args",
+    # errors
+    "HfFinetuneError",
+    "ConfigError",
+    "DataError",
+    "ModelLoadError",
+    # model and head
+    "LoadedModel",
+    "load_model_for_labels",
+    "head_parameter_names",
+    "reinitialize_head",
+    "freeze_parameters",
+    "configure_batchnorm",
+    # data
+    "LoadedData",
+    "load_image_dataset",
+    "build_transforms",
+    "data_config_from_processor",
+    "make_batch_transform",
+    "collate_images",
+    # training
+    "FinetuneTrainer",
+    "parameter_groups",
+    "build_compute_metrics",
+    "classification_metrics",
+    "build_trainer",
+    "finetune",
+    "TrainResult",
+    # after training
+    "predict_images",
+    "evaluate_model",
+]
+
+_WHERE = {
+    "ModelArguments": "configs",
+    "DataArguments": "configs",
+    "FinetuneTrainingArguments": "configs",
+    "parse_train_args": "parser",
+    "HfFinetuneError": "errors",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "ModelLoadError": "errors",
+    "LoadedModel": "modeling",
+    "load_model_for_labels": "modeling",
+    "head_parameter_names": "heads",
+    "reinitialize_head": "heads",
+    "freeze_parameters": "freezing",
+    "configure_batchnorm": "freezing",
+    "LoadedData": "data",
+    "load_image_dataset": "data",
+    "build_transforms": "transforms",
+    "data_config_from_processor": "transforms",
+    "make_batch_transform": "transforms",
+    "collate_images": "transforms",
+    "FinetuneTrainer": "trainer",
+    "parameter_groups": "trainer",
+    "build_compute_metrics": "metrics",
+    "classification_metrics": "metrics",
+    "build_trainer": "train",
+    "finetune": "train",
+    "TrainResult": "train",
+    "predict_images": "predict",
+    "evaluate_model": "evaluation",
+}
+_RENAMED = {"finetune": "main"}  # hf_finetune.train is the module; its main() is finetune()
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'hf_finetune' has no attribute {name!r}")
+    module = importlib.import_module(f".{_WHERE[name]}", __name__)
+    value = getattr(module, _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
