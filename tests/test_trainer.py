@@ -1,0 +1,44 @@
+"""FinetuneTrainer's parameter groups: head multiplier, no decay on 1-D tensors, frozen ones left out."""
+
+from __future__ import annotations
+
+import pytest
+
+from hf_finetune.configs import FinetuneTrainingArguments
+from hf_finetune.freezing import freeze_parameters
+from hf_finetune.heads import head_parameter_names
+from hf_finetune.modeling import load_model_for_labels
+from hf_finetune.trainer import FinetuneTrainer, parameter_groups
+
+
+@pytest.fixture(params=["tiny_hf_checkpoint", "tiny_timm_checkpoint"])
+def model(request):
+    return load_model_for_labels(str(request.getfixturevalue(request.param)), ["a", "b", "c"]).model
+
+
+def test_groups_split_head_body_and_decay(model):
+    groups = {g["name"]: g for g in parameter_groups(model, 1e-4, 0.05, head_lr_multiplier=10)}
+    assert set(groups) == {"body", "body_no_decay", "head", "head_no_decay"}
+    assert groups["head"]["lr"] == pytest.approx(1e-3) and groups["body"]["lr"] == pytest.approx(1e-4)
+    assert groups["body"]["weight_decay"] == 0.05 and groups["body_no_decay"]["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in groups["body"]["params"])
+    assert all(p.ndim <= 1 for p in groups["body_no_decay"]["params"])
+    head_ids = {id(p) for n, p in model.named_parameters() if n in head_parameter_names(model)}
+    assert {id(p) for g in ("head", "head_no_decay") for p in groups[g]["params"]} == head_ids
+    total = sum(len(g["params"]) for g in groups.values())
+    assert total == len(list(model.parameters()))
+
+
+def test_frozen_parameters_are_not_in_the_optimizer(model, tmp_path):
+    freeze_parameters(model, freeze_layers=1)
+    args = FinetuneTrainingArguments(
+        output_dir=str(tmp_path), learning_rate=2e-4, head_lr_multiplier=3, eval_strategy="no",
+        load_best_model_at_end=False, eval_on_start=False,
+    )
+    trainer = FinetuneTrainer(model=model, args=args)
+    optimizer = trainer.create_optimizer()
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert frozen and not any(id(p) in in_optimizer for p in frozen)
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs["head"] == pytest.approx(6e-4) and lrs["body"] == pytest.approx(2e-4)

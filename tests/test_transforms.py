@@ -1,0 +1,76 @@
+"""Preprocessing from the checkpoint: transformers processors and timm data configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED_MODELS, requires_shared
+from PIL import Image
+from transformers import ConvNextImageProcessor, MobileNetV2ImageProcessor, ViTImageProcessor
+
+from hf_finetune.transforms import apply_image_size, build_transforms, data_config_from_processor
+
+
+def test_shortest_edge_and_crop():
+    processor = MobileNetV2ImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224})
+    config = data_config_from_processor(processor)
+    assert config["input_size"] == (3, 224, 224)
+    assert config["crop_pct"] == pytest.approx(224 / 256)
+    assert config["interpolation"] == "bilinear"
+
+
+def test_vit_and_convnext_styles():
+    vit = data_config_from_processor(ViTImageProcessor(size={"height": 384, "width": 384}))
+    assert vit["input_size"] == (3, 384, 384) and vit["crop_pct"] == 1.0
+    convnext = data_config_from_processor(ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875))
+    assert convnext["input_size"] == (3, 224, 224) and convnext["crop_pct"] == 0.875
+    assert data_config_from_processor(ViTImageProcessor(), image_size=96)["input_size"] == (3, 96, 96)
+
+
+def test_eval_transform_matches_the_processor():
+    """Our evaluation transform gives the same tensor as the checkpoint's own processor (PIL backend)."""
+    processor = MobileNetV2ImageProcessor(
+        size={"shortest_edge": 73}, crop_size={"height": 64, "width": 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, size=(90, 120, 3), dtype=np.uint8))
+    _, eval_t = build_transforms(data_config_from_processor(processor))
+    ours = eval_t(image)
+    theirs = torch.as_tensor(processor(image, return_tensors="np")["pixel_values"][0])
+    assert ours.shape == theirs.shape == (3, 64, 64)
+    assert (ours - theirs).abs().mean() < 0.02
+
+
+def test_train_transform_augments_and_keeps_size():
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    train_t, eval_t = build_transforms(data_config_from_processor(processor), "rrc_flip", 0.25, 0.5)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 60, 3), dtype=np.uint8))
+    a, b = train_t(image), train_t(image)
+    assert a.shape == b.shape == (3, 32, 32) and not torch.equal(a, b)
+    assert torch.equal(eval_t(image), eval_t(image))
+    none_t, _ = build_transforms(data_config_from_processor(processor), "none")
+    assert torch.equal(none_t(image), eval_t(image))
+
+
+def test_apply_image_size_updates_saved_preprocessing():
+    processor = MobileNetV2ImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224})
+
+    class Cfg:
+        pretrained_cfg = {"input_size": [3, 224, 224]}
+
+    cfg = Cfg()
+    apply_image_size(processor, cfg, 128)
+    assert processor.crop_size == {"height": 128, "width": 128}
+    assert processor.size == {"shortest_edge": round(128 / (224 / 256))}
+    assert cfg.pretrained_cfg["input_size"] == [3, 128, 128]
+
+
+@requires_shared
+def test_timm_data_config_is_used():
+    from hf_finetune.modeling import load_image_processor
+
+    processor = load_image_processor(str(SHARED_MODELS / "timm-tf_efficientnet_lite0"))
+    config = data_config_from_processor(processor)
+    assert config["input_size"] == (3, 224, 224) and config["crop_pct"] == 0.875
+    assert config["interpolation"] == "bicubic" and tuple(config["mean"]) == (0.5, 0.5, 0.5)
