@@ -42,12 +42,12 @@ def _setup_logging(verbose: bool = True) -> None:
         root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     root.propagate = False
-    try:
-        from transformers.utils import logging as hf_logging
+    # Library progress bars (datasets' split generation, transformers' weight loading) would interleave
+    # with our one-line errors on stderr; the Trainer's own progress bar stays.
+    import os
 
-        hf_logging.set_verbosity_warning()
-    except ImportError:  # pragma: no cover
-        pass
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _train(argv: list[str]) -> int:
@@ -76,11 +76,11 @@ def _predict(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from .predict import predict_images, write_predictions
 
-    records = predict_images(args.model, args.paths, top_k=args.top_k, batch_size=args.batch_size,
-                             device=args.device)
+    records = predict_images(
+        args.model, args.paths, top_k=args.top_k, batch_size=args.batch_size, device=args.device
+    )
     if args.output:
         write_predictions(records, args.output)
-        print(f"wrote {len(records)} predictions to {args.output}")
     else:
         for record in records:
             preds = "  ".join(f"{p['label']} {p['score']:.4f}" for p in record["predictions"])
@@ -98,9 +98,15 @@ def _eval(argv: list[str]) -> int:
     parser.add_argument("model", help="output folder of a fine-tune, or a Hub id")
     parser.add_argument("--split", default="validation", help="train, validation or test")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=42, help="seed of the train/validation split (as in training)")
-    parser.add_argument("--report_dir", "--report-dir", default=None,
-                        help="where metrics.json is written (default: MODEL/eval_<split> for a local model)")
+    parser.add_argument(
+        "--seed", type=int, default=42, help="seed of the train/validation split (as in training)"
+    )
+    parser.add_argument(
+        "--report_dir",
+        "--report-dir",
+        default=None,
+        help="where metrics.json is written (default: MODEL/eval_<split> for a local model)",
+    )
 
     def error(message: str):
         from .errors import ConfigError
@@ -114,8 +120,14 @@ def _eval(argv: list[str]) -> int:
     report_dir = extra.report_dir
     if report_dir is None and Path(extra.model).is_dir():
         report_dir = str(Path(extra.model) / f"eval_{extra.split}")
-    report = evaluate_model(extra.model, data_args, split=extra.split, batch_size=extra.batch_size,
-                            seed=extra.seed, output_dir=report_dir)
+    report = evaluate_model(
+        extra.model,
+        data_args,
+        split=extra.split,
+        batch_size=extra.batch_size,
+        seed=extra.seed,
+        output_dir=report_dir,
+    )
     print(format_report(report))
     if report_dir:
         print(f"metrics written to {Path(report_dir) / 'metrics.json'}")
@@ -132,10 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         from .errors import suggest
 
-        print(f"hf-finetune: error: unknown command {command!r}{suggest(command, COMMANDS)}; "
-              f"expected one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"hf-finetune: error: unknown command {command!r}{suggest(command, COMMANDS)}; "
+            f"expected one of {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     _setup_logging()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()
+    hf_logging.disable_progress_bar()
     from .errors import HfFinetuneError
 
     try:

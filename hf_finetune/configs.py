@@ -51,7 +51,9 @@ class ModelArguments:
     )
     trust_remote_code: bool = field(
         default=False,
-        metadata={"help": "Run modelling code shipped inside the checkpoint. Off unless you trust its author."},
+        metadata={
+            "help": "Run modelling code shipped inside the checkpoint. Off unless you trust its author."
+        },
     )
 
     def __post_init__(self):
@@ -68,12 +70,15 @@ class DataArguments:
     """Where the images come from and how they become tensors."""
 
     dataset_name: str | None = field(
-        default=None, metadata={"help": "A dataset on the Hub (or a local dataset folder) loaded by datasets."}
+        default=None,
+        metadata={"help": "A dataset on the Hub (or a local dataset folder) loaded by datasets."},
     )
     dataset_config_name: str | None = field(
         default=None, metadata={"help": "The configuration of dataset_name, if it has several."}
     )
-    train_split: str = field(default="train", metadata={"help": "Name of the training split of dataset_name."})
+    train_split: str = field(
+        default="train", metadata={"help": "Name of the training split of dataset_name."}
+    )
     validation_split: str | None = field(
         default=None,
         metadata={
@@ -93,30 +98,39 @@ class DataArguments:
     )
     train_file: str | None = field(
         default=None,
-        metadata={"help": "A CSV or JSONL file of (image path, label) rows; relative paths are read from its folder."},
+        metadata={
+            "help": "A CSV or JSONL file of (image path, label) rows; relative paths are read from its folder."
+        },
     )
     validation_file: str | None = field(
         default=None, metadata={"help": "A CSV or JSONL file of (image path, label) rows for validation."}
     )
     image_column_name: str | None = field(
-        default=None, metadata={"help": "The image column; found automatically (image, img, path, ...) if unset."}
+        default=None,
+        metadata={"help": "The image column; found automatically (image, img, path, ...) if unset."},
     )
     label_column_name: str | None = field(
-        default=None, metadata={"help": "The label column; found automatically (label, labels, target, ...) if unset."}
+        default=None,
+        metadata={"help": "The label column; found automatically (label, labels, target, ...) if unset."},
     )
     train_val_split: float = field(
         default=0.15,
-        metadata={"help": "Fraction of train held out (stratified, seeded) when there is no validation split."},
+        metadata={
+            "help": "Fraction of train held out (stratified, seeded) when there is no validation split."
+        },
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep only this many training images (seeded shuffle); for quick runs."}
+        default=None,
+        metadata={"help": "Keep only this many training images (seeded shuffle); for quick runs."},
     )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Keep only this many validation images (seeded shuffle)."}
     )
     image_size: int | None = field(
         default=None,
-        metadata={"help": "Train and evaluate at this square size instead of the checkpoint's own input size."},
+        metadata={
+            "help": "Train and evaluate at this square size instead of the checkpoint's own input size."
+        },
     )
     augmentation: str = field(
         default="rrc_flip",
@@ -140,15 +154,25 @@ class DataArguments:
         _check(
             sum(s is not None for s in sources) == 1,
             "dataset_name/train_dir/train_file",
-            {k: v for k, v in zip(("dataset_name", "train_dir", "train_file"), sources) if v is not None} or None,
+            {k: v for k, v in zip(("dataset_name", "train_dir", "train_file"), sources, strict=True) if v is not None}
+            or None,
             "exactly one of dataset_name (Hub id), train_dir (image folder) or train_file (CSV/JSONL)",
         )
-        _check(0.0 < self.train_val_split < 1.0, "train_val_split", self.train_val_split, "a fraction in (0, 1)")
+        _check(
+            0.0 < self.train_val_split < 1.0, "train_val_split", self.train_val_split, "a fraction in (0, 1)"
+        )
         for key in ("max_train_samples", "max_eval_samples", "image_size"):
             value = getattr(self, key)
             _check(value is None or (isinstance(value, int) and value > 0), key, value, "a positive integer")
-        _check(self.augmentation in AUGMENTATIONS, "augmentation", self.augmentation, f"one of {list(AUGMENTATIONS)}")
-        _check(0.0 < self.crop_scale_min <= 1.0, "crop_scale_min", self.crop_scale_min, "a fraction in (0, 1]")
+        _check(
+            self.augmentation in AUGMENTATIONS,
+            "augmentation",
+            self.augmentation,
+            f"one of {list(AUGMENTATIONS)}",
+        )
+        _check(
+            0.0 < self.crop_scale_min <= 1.0, "crop_scale_min", self.crop_scale_min, "a fraction in (0, 1]"
+        )
         _check(0.0 <= self.hflip_prob <= 1.0, "hflip_prob", self.hflip_prob, "a probability in [0, 1]")
 
 
@@ -165,7 +189,6 @@ _FINETUNE_DEFAULTS = {
     "per_device_eval_batch_size": 64,
     "eval_strategy": "epoch",
     "save_strategy": "epoch",
-    "logging_strategy": "steps",
     "logging_steps": 10,
     "save_total_limit": 2,
     "load_best_model_at_end": True,
@@ -188,34 +211,53 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=_FINETUNE_DEFAULTS["output_dir"],
         metadata={"help": "Where the fine-tuned model, its processor, metrics and checkpoints are written."},
     )
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Number of passes over the training images."})
-    learning_rate: float = field(
-        default=1e-4, metadata={"help": "Learning rate of the pretrained body; the new head gets head_lr_multiplier x this."}
+    num_train_epochs: float = field(
+        default=3.0, metadata={"help": "Number of passes over the training images."}
     )
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not applied to norms and biases)."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warm-up."})
+    learning_rate: float = field(
+        default=1e-4,
+        metadata={
+            "help": "Learning rate of the pretrained body; the new head gets head_lr_multiplier x this."
+        },
+    )
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay (not applied to norms and biases)."}
+    )
+    lr_scheduler_type: str = field(
+        default="cosine", metadata={"help": "Learning-rate schedule after warm-up."}
+    )
     warmup_steps: float = field(
-        default=0.1, metadata={"help": "Warm-up length: steps (an integer >= 1) or a ratio of all steps (in [0, 1))."}
+        default=0.1,
+        metadata={"help": "Warm-up length: steps (an integer >= 1) or a ratio of all steps (in [0, 1))."},
     )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
+    per_device_eval_batch_size: int = field(
+        default=64, metadata={"help": "Evaluation batch size per device."}
+    )
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to write a checkpoint: no, steps, epoch or best."})
-    logging_steps: float = field(default=10, metadata={"help": "Log the training loss every this many steps."})
+    save_strategy: str = field(
+        default="epoch", metadata={"help": "When to write a checkpoint: no, steps, epoch or best."}
+    )
+    logging_steps: float = field(
+        default=10, metadata={"help": "Log the training loss every this many steps."}
+    )
     save_total_limit: int | None = field(
         default=2, metadata={"help": "Keep at most this many checkpoints (the best one is always kept)."}
     )
     load_best_model_at_end: bool = field(
-        default=True, metadata={"help": "Restore the checkpoint with the best metric_for_best_model at the end."}
+        default=True,
+        metadata={"help": "Restore the checkpoint with the best metric_for_best_model at the end."},
     )
     metric_for_best_model: str | None = field(
         default="accuracy", metadata={"help": "Validation metric that picks the best checkpoint."}
     )
     eval_on_start: bool = field(
-        default=True, metadata={"help": "Evaluate before the first step: the accuracy before fine-tuning (epoch 0)."}
+        default=True,
+        metadata={"help": "Evaluate before the first step: the accuracy before fine-tuning (epoch 0)."},
     )
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Must stay false: images are transformed on the fly from their column."}
+        default=False,
+        metadata={"help": "Must stay false: images are transformed on the fly from their column."},
     )
 
     overwrite_output_dir: bool = field(
@@ -250,9 +292,15 @@ class FinetuneTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        _check(self.head_lr_multiplier > 0, "head_lr_multiplier", self.head_lr_multiplier, "a positive number")
-        _check(self.freeze_layers >= -1, "freeze_layers", self.freeze_layers, "-1 (whole body) or a count >= 0")
-        _check(self.batchnorm in BATCHNORM_MODES, "batchnorm", self.batchnorm, f"one of {list(BATCHNORM_MODES)}")
+        _check(
+            self.head_lr_multiplier > 0, "head_lr_multiplier", self.head_lr_multiplier, "a positive number"
+        )
+        _check(
+            self.freeze_layers >= -1, "freeze_layers", self.freeze_layers, "-1 (whole body) or a count >= 0"
+        )
+        _check(
+            self.batchnorm in BATCHNORM_MODES, "batchnorm", self.batchnorm, f"one of {list(BATCHNORM_MODES)}"
+        )
         _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number")
         _check(self.num_train_epochs > 0, "num_train_epochs", self.num_train_epochs, "a positive number")
         for key in ("per_device_train_batch_size", "per_device_eval_batch_size"):
@@ -266,7 +314,9 @@ class FinetuneTrainingArguments(TrainingArguments):
             try:
                 re.compile(pattern)
             except re.error as err:
-                raise ConfigError(f"freeze_patterns: {pattern!r} is not a valid regular expression ({err})") from None
+                raise ConfigError(
+                    f"freeze_patterns: {pattern!r} is not a valid regular expression ({err})"
+                ) from None
         try:
             super().__post_init__()
         except ConfigError:

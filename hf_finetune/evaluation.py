@@ -39,7 +39,9 @@ def evaluate_model(
 
     data = load_image_dataset(data_args, seed=seed)
     if split not in data.dataset:
-        raise DataError(f"split: {split!r} is not in the data; available: {sorted(data.dataset)}{suggest(split, data.dataset)}")
+        raise DataError(
+            f"split: {split!r} is not in the data; available: {sorted(data.dataset)}{suggest(split, data.dataset)}"
+        )
     model, processor = load_for_inference(model_name_or_path)
     model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     index = {name: i for i, name in enumerate(model_labels)}

@@ -40,7 +40,9 @@ class FreezeReport:
 
     def describe(self) -> str:
         blocks = ", ".join(self.frozen_blocks) if self.frozen_blocks else "none"
-        return f"frozen: {len(self.frozen)} tensors (blocks: {blocks}); trainable: {len(self.trainable)} tensors"
+        return (
+            f"frozen: {len(self.frozen)} tensors (blocks: {blocks}); trainable: {len(self.trainable)} tensors"
+        )
 
 
 def _param_count(module: nn.Module) -> int:
@@ -79,7 +81,9 @@ def body_layout(model: nn.Module) -> BodyLayout:
     return BodyLayout(stem=stem, blocks=blocks, rest=rest)
 
 
-def freeze_parameters(model: nn.Module, freeze_layers: int = 0, patterns: list[str] | None = None) -> FreezeReport:
+def freeze_parameters(
+    model: nn.Module, freeze_layers: int = 0, patterns: list[str] | None = None
+) -> FreezeReport:
     """Freeze the stem and the first ``freeze_layers`` blocks (``-1``: the whole body), plus parameters whose
     names match any regular expression in ``patterns``. The head always stays trainable."""
     head = set(head_parameter_names(model))
@@ -92,12 +96,18 @@ def freeze_parameters(model: nn.Module, freeze_layers: int = 0, patterns: list[s
     elif freeze_layers > 0:
         layout = body_layout(model)
         if not layout.blocks:
-            logger.warning("freeze_layers=%d: no block structure found in %s; nothing frozen by count",
-                           freeze_layers, type(model).__name__)
+            logger.warning(
+                "freeze_layers=%d: no block structure found in %s; nothing frozen by count",
+                freeze_layers,
+                type(model).__name__,
+            )
         else:
             if freeze_layers > len(layout.blocks):
-                logger.warning("freeze_layers=%d but the body has %d blocks: freezing all of them",
-                               freeze_layers, len(layout.blocks))
+                logger.warning(
+                    "freeze_layers=%d but the body has %d blocks: freezing all of them",
+                    freeze_layers,
+                    len(layout.blocks),
+                )
             to_freeze.update(layout.stem)
             for block_name, names in layout.blocks[:freeze_layers]:
                 to_freeze.update(names)

@@ -50,7 +50,9 @@ class LoadedModel:
             f"{len(self.source_labels)} source labels -> {len(self.labels)} target labels"
         ]
         if self.reinitialized:
-            shapes = ", ".join(f"{n} {list(self.reinitialized_shapes.get(n, ()))}" for n in self.reinitialized)
+            shapes = ", ".join(
+                f"{n} {list(self.reinitialized_shapes.get(n, ()))}" for n in self.reinitialized
+            )
             lines.append(f"re-initialised tensors: {shapes}")
         else:
             lines.append("re-initialised tensors: none (the target labels are the checkpoint's own labels)")
@@ -93,7 +95,9 @@ def load_source_config(
             f"model_name_or_path: {model_name_or_path} has no config.json; expected a transformers or timm checkpoint folder"
         )
     if not local and (model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1):
-        raise ModelLoadError(f"model_name_or_path: {model_name_or_path} does not exist; expected a checkpoint folder")
+        raise ModelLoadError(
+            f"model_name_or_path: {model_name_or_path} does not exist; expected a checkpoint folder"
+        )
     try:
         config = AutoConfig.from_pretrained(
             str(path) if local else model_name_or_path,
@@ -112,7 +116,9 @@ def load_source_config(
         if "num_classes" in model_args:
             model_args.pop("num_classes")
             config.model_args = model_args or None
-            logger.info("dropped the duplicate model_args.num_classes of the timm config (save_for_hf writes it)")
+            logger.info(
+                "dropped the duplicate model_args.num_classes of the timm config (save_for_hf writes it)"
+            )
     else:
         from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
@@ -132,8 +138,9 @@ def source_label_names(config) -> list[str]:
     return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(num)]
 
 
-def load_image_processor(model_name_or_path: str, revision: str = "main", cache_dir: str | None = None,
-                         token: str | None = None):
+def load_image_processor(
+    model_name_or_path: str, revision: str = "main", cache_dir: str | None = None, token: str | None = None
+):
     """The checkpoint's image processor; ImageNet defaults (224 px, ImageNet mean/std) with a warning if none."""
     from transformers import AutoImageProcessor
 
@@ -150,7 +157,9 @@ def load_image_processor(model_name_or_path: str, revision: str = "main", cache_
             str(err).splitlines()[0] if str(err) else type(err).__name__,
         )
         return ViTImageProcessor(
-            size={"height": 224, "width": 224}, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
+            size={"height": 224, "width": 224},
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
         )
 
 
@@ -184,6 +193,8 @@ def load_model_for_labels(
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {name: i for i, name in enumerate(labels)}
+        if is_timm:  # TimmWrapperConfig saves label_names (not id2label): keep them in step
+            config.label_names = list(labels)
     try:
         model, info = AutoModelForImageClassification.from_pretrained(
             model_name_or_path,
@@ -197,7 +208,9 @@ def load_model_for_labels(
         )
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f"model_name_or_path: cannot load the weights of {model_name_or_path!r} ({first})") from None
+        raise ModelLoadError(
+            f"model_name_or_path: cannot load the weights of {model_name_or_path!r} ({first})"
+        ) from None
 
     reinitialized: list[str] = []
     if not same_labels:
@@ -212,7 +225,9 @@ def load_model_for_labels(
             reinitialized = reinitialize_head(model, len(labels))
         extra_missing = [k for k in missing if k not in heads and k not in reinitialized]
         if extra_missing:
-            logger.warning("weights missing from the checkpoint, freshly initialised: %s", ", ".join(extra_missing))
+            logger.warning(
+                "weights missing from the checkpoint, freshly initialised: %s", ", ".join(extra_missing)
+            )
     state = dict(model.named_parameters())
     shapes = {name: tuple(state[name].shape) for name in reinitialized if name in state}
     processor = load_image_processor(model_name_or_path, revision=revision, cache_dir=cache_dir, token=token)

@@ -108,6 +108,7 @@ def parse_train_args(argv: list[str] | None = None) -> ParsedArgs:
     # Recipe values become the parser's defaults, so flags override them; string values are type-checked
     # by argparse, other types by the dataclasses' __post_init__.
     defaults = {}
+    list_keys = {f.name for cls in DATACLASSES for f in fields(cls) if "list" in str(f.type).lower()}
     for key, value in recipe.items():
         if isinstance(value, dict):
             import json
@@ -119,8 +120,10 @@ def parse_train_args(argv: list[str] | None = None) -> ParsedArgs:
         if action.dest in defaults:
             action.required = False
             default = defaults[action.dest]
-            if action.type is not None and not isinstance(default, str) and default is not None:
-                _check_type(action, default, recipe_path)
+            if action.type is int and isinstance(default, float) and default.is_integer():
+                defaults[action.dest] = action.default = int(default)  # 8.0 in YAML means 8
+            elif action.type is not None and not isinstance(default, str) and default is not None:
+                _check_type(action, default, recipe_path, action.dest in list_keys)
     try:
         model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
             args=argv, return_remaining_strings=True
@@ -131,7 +134,9 @@ def parse_train_args(argv: list[str] | None = None) -> ParsedArgs:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(first) from None
     if remaining:
-        raise ConfigError(f"unexpected argument {remaining[0]!r}; flags are --key value, the recipe comes first")
+        raise ConfigError(
+            f"unexpected argument {remaining[0]!r}; flags are --key value, the recipe comes first"
+        )
     parsed = ParsedArgs((model_args, data_args, training_args))
     explicit = {}
     by_name = {}
@@ -141,17 +146,19 @@ def parse_train_args(argv: list[str] | None = None) -> ParsedArgs:
     for key in list(recipe) + _flag_keys(argv):
         if key in by_name:
             value = getattr(by_name[key], key)
-            explicit[key] = _plain(value)
+            explicit[key] = _plain(value, key)
     parsed.explicit = explicit
     parsed.recipe_path = recipe_path
     return parsed
 
 
-def _check_type(action: argparse.Action, value: Any, recipe_path: str | None) -> None:
+def _check_type(
+    action: argparse.Action, value: Any, recipe_path: str | None, takes_list: bool = False
+) -> None:
     """Check a non-string recipe value against the flag's type (argparse only converts strings)."""
     where = f"recipe {recipe_path}: " if recipe_path else ""
     values = value if isinstance(value, list) else [value]
-    if isinstance(value, list) and action.nargs not in ("+", "*"):
+    if isinstance(value, list) and action.nargs not in ("+", "*") and not takes_list:
         raise ConfigError(f"{where}{action.dest}: got a list {value!r}; expected a single value")
     for item in values:
         if action.type in (int, float) and (isinstance(item, bool) or not isinstance(item, (int, float))):
@@ -166,10 +173,14 @@ def _check_type(action: argparse.Action, value: Any, recipe_path: str | None) ->
                 )
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any, key: str = "") -> Any:
     """A YAML-safe form of a parsed value (enums to their string values)."""
-    if hasattr(value, "value") and not isinstance(value, (int, float, str, bool)):
+    import enum
+
+    if isinstance(value, enum.Enum):
         return value.value
+    if key == "report_to" and isinstance(value, (list, tuple)) and not value:
+        return "none"  # TrainingArguments turns "none" into []
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value

@@ -87,7 +87,9 @@ def _resolve_resume(training_args: FinetuneTrainingArguments) -> str | None:
             raise ConfigError(f"resume_from_checkpoint: no checkpoint-* folder in {out} to resume from")
         return last
     if not os.path.isdir(value):
-        raise ConfigError(f"resume_from_checkpoint: {value} does not exist; expected a checkpoint-* folder or 'last'")
+        raise ConfigError(
+            f"resume_from_checkpoint: {value} does not exist; expected a checkpoint-* folder or 'last'"
+        )
     return value
 
 
@@ -100,8 +102,13 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
     from .metrics import build_compute_metrics
     from .modeling import load_model_for_labels
     from .trainer import FinetuneTrainer
-    from .transforms import apply_image_size, build_transforms, collate_images, data_config_from_processor
-    from .transforms import make_batch_transform
+    from .transforms import (
+        apply_image_size,
+        build_transforms,
+        collate_images,
+        data_config_from_processor,
+        make_batch_transform,
+    )
 
     set_seed(training_args.seed)
     data = loaded_data if loaded_data is not None else load_image_dataset(data_args, seed=training_args.seed)
@@ -127,8 +134,11 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
     )
     logger.info(
         "preprocessing: %s px, crop_pct %.3f, %s, mean %s, std %s; training augmentation: %s",
-        data_config["input_size"][-1], data_config.get("crop_pct") or 1.0, data_config.get("interpolation"),
-        tuple(round(float(v), 4) for v in data_config["mean"]), tuple(round(float(v), 4) for v in data_config["std"]),
+        data_config["input_size"][-1],
+        data_config.get("crop_pct") or 1.0,
+        data_config.get("interpolation"),
+        tuple(round(float(v), 4) for v in data_config["mean"]),
+        tuple(round(float(v), 4) for v in data_config["std"]),
         data_args.augmentation,
     )
     train_dataset = data.dataset["train"].with_transform(make_batch_transform(train_transform))
@@ -169,8 +179,14 @@ def _save_final(trainer, loaded, training_args, explicit: dict[str, Any] | None,
         encoding="utf-8",
     )
     (staging / "labels.json").write_text(
-        json.dumps({"labels": loaded.labels, "source_labels_count": len(loaded.source_labels),
-                    "reinitialized": loaded.reinitialized}, indent=2),
+        json.dumps(
+            {
+                "labels": loaded.labels,
+                "source_labels_count": len(loaded.source_labels),
+                "reinitialized": loaded.reinitialized,
+            },
+            indent=2,
+        ),
         encoding="utf-8",
     )
     for path in (out / name for name in FINAL_WEIGHTS):  # a stale model from an earlier run goes first
@@ -203,7 +219,12 @@ def main(
             out.rmdir()  # Trainer may have created it; a bad input leaves nothing behind
         raise
 
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    try:
+        train_output = trainer.train(resume_from_checkpoint=resume)
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # nothing was written: leave nothing behind
+        raise
     train_metrics = dict(train_output.metrics)
     train_metrics["train_samples"] = len(data.dataset["train"])
     eval_metrics = trainer.evaluate()

@@ -73,7 +73,9 @@ class FinetuneTrainer(Trainer):
 
     def __init__(self, *args, head_names: list[str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.head_names = list(head_names) if head_names is not None else head_parameter_names(_unwrap(self.model))
+        self.head_names = (
+            list(head_names) if head_names is not None else head_parameter_names(_unwrap(self.model))
+        )
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         opt_model = self.model if model is None else model
@@ -89,7 +91,10 @@ class FinetuneTrainer(Trainer):
             for group in groups:
                 logger.info(
                     "optimizer group %-13s %4d tensors, lr %.2e, weight decay %g",
-                    group["name"], len(group["params"]), group["lr"], group["weight_decay"],
+                    group["name"],
+                    len(group["params"]),
+                    group["lr"],
+                    group["weight_decay"],
                 )
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer

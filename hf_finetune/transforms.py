@@ -102,7 +102,10 @@ def build_transforms(
         "std": tuple(data_config["std"]),
     }
     eval_transform = create_transform(
-        **common, is_training=False, crop_pct=data_config.get("crop_pct"), crop_mode=data_config.get("crop_mode")
+        **common,
+        is_training=False,
+        crop_pct=data_config.get("crop_pct"),
+        crop_mode=data_config.get("crop_mode"),
     )
     if augmentation == "none":
         train_transform = eval_transform
@@ -121,7 +124,9 @@ def build_transforms(
     return train_transform, eval_transform
 
 
-def make_batch_transform(transform: Callable, image_column: str = "image", label_column: str = "label") -> Callable:
+def make_batch_transform(
+    transform: Callable, image_column: str = "image", label_column: str = "label"
+) -> Callable:
     """A ``Dataset.with_transform`` function: images (paths or PIL) -> ``pixel_values``, labels -> ``labels``."""
     from PIL import Image
 

@@ -28,10 +28,20 @@ requires_shared = pytest.mark.skipif(
     reason=f"real checkpoints and photos not found at {SHARED} (see ../shared/README.md)",
 )
 
-SOURCE_LABELS = ["tench", "goldfish", "great white shark", "hotdog, hot dog, red hot", "ant, emmet, pismire", "cat", "dog"]
+SOURCE_LABELS = [
+    "tench",
+    "goldfish",
+    "great white shark",
+    "hotdog, hot dog, red hot",
+    "ant, emmet, pismire",
+    "cat",
+    "dog",
+]
 
 
-def make_image_folder(root: Path, classes: dict[str, int], size=(40, 32), seed: int = 0, ext: str = "png") -> Path:
+def make_image_folder(
+    root: Path, classes: dict[str, int], size=(40, 32), seed: int = 0, ext: str = "png"
+) -> Path:
     """Write ``classes[name]`` images per class under ``root/name/``. Each class has its own colour,
     so a tiny model can learn them."""
     rng = np.random.default_rng(seed)
@@ -39,7 +49,9 @@ def make_image_folder(root: Path, classes: dict[str, int], size=(40, 32), seed: 
     for index, (name, count) in enumerate(classes.items()):
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
-        base = np.array([(index * 97) % 256, (index * 53 + 80) % 256, (index * 151 + 160) % 256], dtype=np.float64)
+        base = np.array(
+            [(index * 97) % 256, (index * 53 + 80) % 256, (index * 151 + 160) % 256], dtype=np.float64
+        )
         for i in range(count):
             noise = rng.normal(0, 20, size=(size[1], size[0], 3))
             pixels = np.clip(base + noise, 0, 255).astype("uint8")
@@ -86,7 +98,11 @@ def tiny_timm_checkpoint(tmp_path_factory) -> Path:
     model = timm.create_model("test_efficientnet", pretrained=False, **model_args).eval()
     model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 32, 32), crop_pct=0.875)
     timm.models.save_for_hf(
-        model, str(path), model_config={"label_names": SOURCE_LABELS}, model_args=model_args, safe_serialization=True
+        model,
+        str(path),
+        model_config={"label_names": SOURCE_LABELS},
+        model_args=model_args,
+        safe_serialization=True,
     )
     config = json.loads((path / "config.json").read_text())
     assert config["model_args"]["num_classes"] == len(SOURCE_LABELS)  # the trap is present on purpose

@@ -69,11 +69,19 @@ def test_console_script_is_installed():
     assert SCRIPT_PATH.is_file() and os.access(SCRIPT_PATH, os.X_OK), f"{SCRIPT_PATH} is not an executable"
 
 
-HELP_CASES = [("module", ""), ("module", "train"), ("module", "predict"), ("module", "eval"), ("script", ""),
-              ("script", "train")]
+HELP_CASES = [
+    ("module", ""),
+    ("module", "train"),
+    ("module", "predict"),
+    ("module", "eval"),
+    ("script", ""),
+    ("script", "train"),
+]
 
 
-@pytest.mark.parametrize("launcher, command", HELP_CASES, ids=[f"{who}-{c or 'top'}" for who, c in HELP_CASES])
+@pytest.mark.parametrize(
+    "launcher, command", HELP_CASES, ids=[f"{who}-{c or 'top'}" for who, c in HELP_CASES]
+)
 def test_help(command, launcher, env):
     base = MODULE if launcher == "module" else SCRIPT
     proc = run([*base, *([command] if command else []), "--help"], env)
@@ -85,7 +93,13 @@ def test_help(command, launcher, env):
         for name in ("train", "predict", "eval"):
             assert name in proc.stdout
     if command == "train":
-        for key in ("--model_name_or_path", "--train_dir", "--freeze_patterns", "--batchnorm", "--head_lr_multiplier"):
+        for key in (
+            "--model_name_or_path",
+            "--train_dir",
+            "--freeze_patterns",
+            "--batchnorm",
+            "--head_lr_multiplier",
+        ):
             assert key in proc.stdout
     if command == "predict":
         assert "--top-k" in proc.stdout and "--output" in proc.stdout
@@ -124,7 +138,9 @@ def _bad_cases(root: Path, hf_checkpoint: Path, images: Path) -> dict[str, tuple
     root.mkdir(parents=True, exist_ok=True)
     unknown_key = root / "unknown_key.yaml"
     unknown_key.write_text(
-        yaml.safe_dump({"model_name_or_path": str(hf_checkpoint), "train_dir": str(images), "lerning_rate": 1e-3})
+        yaml.safe_dump(
+            {"model_name_or_path": str(hf_checkpoint), "train_dir": str(images), "lerning_rate": 1e-3}
+        )
     )
     missing_key = root / "missing_key.yaml"
     missing_key.write_text(yaml.safe_dump({"train_dir": str(images), "num_train_epochs": 1}))
@@ -153,30 +169,53 @@ def _bad_cases(root: Path, hf_checkpoint: Path, images: Path) -> dict[str, tuple
     hf, img = str(hf_checkpoint), str(images)
     return {
         "unknown-recipe-key": (["train", unknown_key], ["lerning_rate", "learning_rate", str(unknown_key)]),
-        "unknown-flag": (["train", "--model_name_or_path", hf, "--train_dir", img, "--lerning_rate", "1"],
-                         ["--lerning_rate", "learning_rate"]),
+        "unknown-flag": (
+            ["train", "--model_name_or_path", hf, "--train_dir", img, "--lerning_rate", "1"],
+            ["--lerning_rate", "learning_rate"],
+        ),
         "missing-recipe-key": (["train", missing_key], ["model_name_or_path"]),
-        "data-path-missing": (["train", "--model_name_or_path", hf, "--train_dir", root / "no_such_dir"],
-                              ["train_dir", str(root / "no_such_dir"), "does not exist"]),
-        "folder-without-images": (["train", "--model_name_or_path", hf, "--train_dir", nothing],
-                                  ["train_dir", str(nothing), "no images"]),
-        "class-folder-without-images": (["train", "--model_name_or_path", hf, "--train_dir", empty_class],
-                                        ["train_dir", str(empty_class / "train" / "dog"), "no images"]),
-        "absent-image-column": (["train", "--model_name_or_path", hf, "--train_file", table,
-                                 "--image_column_name", "nope"], ["image_column_name", "'nope'", str(table)]),
-        "model-empty-folder": (["train", "--model_name_or_path", empty_model, "--train_dir", img],
-                               ["model_name_or_path", str(empty_model), "config.json"]),
-        "model-text-checkpoint": (["train", "--model_name_or_path", bert, "--train_dir", img],
-                                  ["model_name_or_path", str(bert), "bert"]),
-        "model-does-not-exist": (["train", "--model_name_or_path", missing_model, "--train_dir", img],
-                                 ["model_name_or_path", str(missing_model), "does not exist"]),
+        "data-path-missing": (
+            ["train", "--model_name_or_path", hf, "--train_dir", root / "no_such_dir"],
+            ["train_dir", str(root / "no_such_dir"), "does not exist"],
+        ),
+        "folder-without-images": (
+            ["train", "--model_name_or_path", hf, "--train_dir", nothing],
+            ["train_dir", str(nothing), "no images"],
+        ),
+        "class-folder-without-images": (
+            ["train", "--model_name_or_path", hf, "--train_dir", empty_class],
+            ["train_dir", str(empty_class / "train" / "dog"), "no images"],
+        ),
+        "absent-image-column": (
+            ["train", "--model_name_or_path", hf, "--train_file", table, "--image_column_name", "nope"],
+            ["image_column_name", "'nope'", str(table)],
+        ),
+        "model-empty-folder": (
+            ["train", "--model_name_or_path", empty_model, "--train_dir", img],
+            ["model_name_or_path", str(empty_model), "config.json"],
+        ),
+        "model-text-checkpoint": (
+            ["train", "--model_name_or_path", bert, "--train_dir", img],
+            ["model_name_or_path", str(bert), "bert"],
+        ),
+        "model-does-not-exist": (
+            ["train", "--model_name_or_path", missing_model, "--train_dir", img],
+            ["model_name_or_path", str(missing_model), "does not exist"],
+        ),
     }
 
 
 BAD_CASE_IDS = [
-    "unknown-recipe-key", "unknown-flag", "missing-recipe-key", "data-path-missing", "folder-without-images",
-    "class-folder-without-images", "absent-image-column",
-    "model-empty-folder", "model-text-checkpoint", "model-does-not-exist",
+    "unknown-recipe-key",
+    "unknown-flag",
+    "missing-recipe-key",
+    "data-path-missing",
+    "folder-without-images",
+    "class-folder-without-images",
+    "absent-image-column",
+    "model-empty-folder",
+    "model-text-checkpoint",
+    "model-does-not-exist",
 ]
 
 
@@ -217,8 +256,21 @@ def test_bad_input_is_one_error_line(bad_runs, case):
 
 
 def _train_cmd(checkpoint: Path, images: Path, out: Path) -> list[str]:
-    return ["train", "--model_name_or_path", checkpoint, "--train_dir", images, "--num_train_epochs", "1",
-            "--per_device_train_batch_size", "8", "--image_size", "32", "--output_dir", out]
+    return [
+        "train",
+        "--model_name_or_path",
+        checkpoint,
+        "--train_dir",
+        images,
+        "--num_train_epochs",
+        "1",
+        "--per_device_train_batch_size",
+        "8",
+        "--image_size",
+        "32",
+        "--output_dir",
+        out,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -256,8 +308,14 @@ def test_train_exits_0_and_writes_the_model(trained, kind):
     out = _out(trained, kind)
     proc = trained[kind]["proc"]
     assert "Traceback" not in proc.stderr
-    expected = {"config.json", "model.safetensors", "recipe.yaml", "eval_results.json", "all_results.json",
-                "labels.json"}
+    expected = {
+        "config.json",
+        "model.safetensors",
+        "recipe.yaml",
+        "eval_results.json",
+        "all_results.json",
+        "labels.json",
+    }
     if kind == "hf":
         expected.add("preprocessor_config.json")
     # (transformers' TimmWrapperImageProcessor.save_pretrained is disabled on purpose: a timm model's

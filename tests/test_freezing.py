@@ -64,11 +64,13 @@ def test_batchnorm_freeze_keeps_running_statistics(model):
     model.train()
     model(pixel_values=torch.randn(4, 3, 32, 32) * 3 + 1)
     assert all(not m.training for m in norms)
-    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms))
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True))
 
 
 def test_batchnorm_auto_converts_tensorflow_momentum():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.997), nn.BatchNorm2d(4, momentum=0.1))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.997), nn.BatchNorm2d(4, momentum=0.1)
+    )
     changes = configure_batchnorm(net, "auto")
     assert net[1].momentum == pytest.approx(0.003) and net[2].momentum == 0.1
     assert len(changes) == 1 and "0.997" in changes[0]
@@ -120,8 +122,10 @@ def test_mobilenet_momentum_trap_on_real_weights():
                 m(pixel_values=xt[i : i + 25])
         results[mode] = zero_shot(m)
         agreement[mode] = (predict(m) == reference).float().mean().item()
-    print(f"untouched {untouched:.2f}, as loaded {results['train']:.2f}, corrected {results['auto']:.2f}; "
-          f"top-1 agreement with the untouched model {agreement}")
+    print(
+        f"untouched {untouched:.2f}, as loaded {results['train']:.2f}, corrected {results['auto']:.2f}; "
+        f"top-1 agreement with the untouched model {agreement}"
+    )
     assert untouched >= 0.65
     assert results["auto"] >= untouched - 0.02 and agreement["auto"] >= 0.95
     assert results["train"] < untouched and agreement["train"] <= 0.8

@@ -30,7 +30,9 @@ def _assert_body_copied(model, checkpoint, head, prefix=""):
     assert compared >= 10
 
 
-@pytest.mark.parametrize("fixture,prefix", [("tiny_hf_checkpoint", ""), ("tiny_timm_checkpoint", "timm_model.")])
+@pytest.mark.parametrize(
+    "fixture,prefix", [("tiny_hf_checkpoint", ""), ("tiny_timm_checkpoint", "timm_model.")]
+)
 def test_new_labels_reinitialise_head_and_copy_body(request, fixture, prefix):
     path = request.getfixturevalue(fixture)
     loaded = load_model_for_labels(str(path), ["cat", "dog", "zebra"])
@@ -48,7 +50,9 @@ def test_new_labels_reinitialise_head_and_copy_body(request, fixture, prefix):
     assert logits.shape == (2, 3)
 
 
-@pytest.mark.parametrize("fixture,prefix", [("tiny_hf_checkpoint", ""), ("tiny_timm_checkpoint", "timm_model.")])
+@pytest.mark.parametrize(
+    "fixture,prefix", [("tiny_hf_checkpoint", ""), ("tiny_timm_checkpoint", "timm_model.")]
+)
 def test_same_count_other_names_is_reinitialised_not_kept(request, fixture, prefix):
     path = request.getfixturevalue(fixture)
     names = [f"class_{i}" for i in range(len(SOURCE_LABELS))]
@@ -61,7 +65,9 @@ def test_same_count_other_names_is_reinitialised_not_kept(request, fixture, pref
     assert loaded.model.config.id2label[0] == "class_0"
 
 
-@pytest.mark.parametrize("fixture,prefix", [("tiny_hf_checkpoint", ""), ("tiny_timm_checkpoint", "timm_model.")])
+@pytest.mark.parametrize(
+    "fixture,prefix", [("tiny_hf_checkpoint", ""), ("tiny_timm_checkpoint", "timm_model.")]
+)
 def test_same_labels_keep_the_head(request, fixture, prefix):
     path = request.getfixturevalue(fixture)
     loaded = load_model_for_labels(str(path), list(SOURCE_LABELS))

@@ -17,7 +17,9 @@ BASE = {"model_name_or_path": "some/model", "train_dir": "some/images"}
 
 def write_recipe(tmp_path: Path, content, name: str = "recipe.yaml") -> Path:
     path = tmp_path / name
-    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False), encoding="utf-8")
+    path.write_text(
+        content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False), encoding="utf-8"
+    )
     return path
 
 
@@ -100,11 +102,16 @@ def test_flags_override_the_recipe(tmp_path):
     parsed = parse(
         tmp_path,
         FULL_RECIPE,
-        "--learning_rate", "1e-3",
-        "--image_size", "96",
-        "--model_revision", "v2",
-        "--batchnorm", "train",
-        "--max_eval_samples", "20",
+        "--learning_rate",
+        "1e-3",
+        "--image_size",
+        "96",
+        "--model_revision",
+        "v2",
+        "--batchnorm",
+        "train",
+        "--max_eval_samples",
+        "20",
         "--seed=11",
     )
     model_args, data_args, training_args = parsed
@@ -127,7 +134,16 @@ def test_flags_override_the_recipe(tmp_path):
 
 def test_flags_alone_without_recipe(tmp_path):
     parsed = parse_train_args(
-        ["--model_name_or_path", "m", "--train_file", "rows.csv", "--num_train_epochs", "1", "--augmentation", "none"]
+        [
+            "--model_name_or_path",
+            "m",
+            "--train_file",
+            "rows.csv",
+            "--num_train_epochs",
+            "1",
+            "--augmentation",
+            "none",
+        ]
     )
     model_args, data_args, training_args = parsed
     assert model_args.model_name_or_path == "m"
@@ -136,7 +152,10 @@ def test_flags_alone_without_recipe(tmp_path):
     assert data_args.augmentation == "none"
     assert parsed.recipe_path is None
     assert parsed.explicit == {
-        "model_name_or_path": "m", "train_file": "rows.csv", "num_train_epochs": 1.0, "augmentation": "none"
+        "model_name_or_path": "m",
+        "train_file": "rows.csv",
+        "num_train_epochs": 1.0,
+        "augmentation": "none",
     }
 
 
@@ -185,8 +204,17 @@ def test_int_field_given_as_integral_float_is_an_int_or_an_error(tmp_path):
 
 def test_known_keys_cover_all_three_dataclasses():
     keys = set(known_keys())
-    assert {"model_name_or_path", "train_dir", "augmentation", "learning_rate", "freeze_patterns", "batchnorm",
-            "head_lr_multiplier", "output_dir", "seed"} <= keys
+    assert {
+        "model_name_or_path",
+        "train_dir",
+        "augmentation",
+        "learning_rate",
+        "freeze_patterns",
+        "batchnorm",
+        "head_lr_multiplier",
+        "output_dir",
+        "seed",
+    } <= keys
 
 
 def test_empty_recipe_is_an_empty_mapping(tmp_path):
@@ -197,13 +225,33 @@ def test_empty_recipe_is_an_empty_mapping(tmp_path):
 
 # (id, recipe (dict, text or None), flags, substrings the message must contain)
 BAD_INPUTS = [
-    ("unknown-yaml-key", dict(BASE, lerning_rate=1e-3), [], ["lerning_rate", "did you mean", "'learning_rate'"]),
+    (
+        "unknown-yaml-key",
+        dict(BASE, lerning_rate=1e-3),
+        [],
+        ["lerning_rate", "did you mean", "'learning_rate'"],
+    ),
     ("unknown-flag", BASE, ["--lerning_rate", "1e-3"], ["--lerning_rate", "did you mean", "'learning_rate'"]),
-    ("unknown-flag-no-recipe", None, ["--model_name_or_path", "m", "--train_dri", "d"], ["train_dri", "'train_dir'"]),
+    (
+        "unknown-flag-no-recipe",
+        None,
+        ["--model_name_or_path", "m", "--train_dri", "d"],
+        ["train_dri", "'train_dir'"],
+    ),
     ("epochs-word", dict(BASE, num_train_epochs="three"), [], ["num_train_epochs", "three"]),
     ("epochs-word-flag", BASE, ["--num_train_epochs", "three"], ["num_train_epochs", "three"]),
-    ("batch-fraction", dict(BASE, per_device_train_batch_size=2.5), [], ["per_device_train_batch_size", "2.5"]),
-    ("batch-fraction-flag", BASE, ["--per_device_train_batch_size", "2.5"], ["per_device_train_batch_size", "2.5"]),
+    (
+        "batch-fraction",
+        dict(BASE, per_device_train_batch_size=2.5),
+        [],
+        ["per_device_train_batch_size", "2.5"],
+    ),
+    (
+        "batch-fraction-flag",
+        BASE,
+        ["--per_device_train_batch_size", "2.5"],
+        ["per_device_train_batch_size", "2.5"],
+    ),
     ("list-for-scalar", dict(BASE, learning_rate=[1e-3, 1e-4]), [], ["learning_rate", "list"]),
     ("bool-for-float", dict(BASE, num_train_epochs=True), [], ["num_train_epochs", "True"]),
     ("mapping-for-scalar", dict(BASE, output_dir={"a": 1}), [], ["output_dir", "mapping"]),
@@ -211,7 +259,12 @@ BAD_INPUTS = [
     ("augmentation-choice-flag", BASE, ["--augmentation", "foo"], ["augmentation", "foo", "rrc_flip"]),
     ("batchnorm-choice", dict(BASE, batchnorm="maybe"), [], ["batchnorm", "maybe", "freeze"]),
     ("batchnorm-choice-flag", BASE, ["--batchnorm", "maybe"], ["batchnorm", "maybe", "freeze"]),
-    ("batch-zero", dict(BASE, per_device_train_batch_size=0), [], ["per_device_train_batch_size", "0", "positive"]),
+    (
+        "batch-zero",
+        dict(BASE, per_device_train_batch_size=0),
+        [],
+        ["per_device_train_batch_size", "0", "positive"],
+    ),
     ("batch-negative", dict(BASE, per_device_train_batch_size=-4), [], ["per_device_train_batch_size", "-4"]),
     ("eval-batch-zero", BASE, ["--per_device_eval_batch_size", "0"], ["per_device_eval_batch_size", "0"]),
     ("image-size-zero", dict(BASE, image_size=0), [], ["image_size", "0", "positive"]),
@@ -225,16 +278,38 @@ BAD_INPUTS = [
     ("bf16-and-fp16-flags", BASE, ["--bf16", "true", "--fp16", "true"], ["bf16", "fp16"]),
     ("missing-model", {"train_dir": "d"}, [], ["model_name_or_path", "None"]),
     ("missing-model-flags", None, ["--train_dir", "d"], ["model_name_or_path"]),
-    ("no-data-source", {"model_name_or_path": "m"}, [], ["dataset_name", "train_dir", "train_file", "exactly one"]),
-    ("two-data-sources", dict(BASE, dataset_name="org/pets"), [], ["dataset_name", "train_dir", "org/pets", "some/images"]),
+    (
+        "no-data-source",
+        {"model_name_or_path": "m"},
+        [],
+        ["dataset_name", "train_dir", "train_file", "exactly one"],
+    ),
+    (
+        "two-data-sources",
+        dict(BASE, dataset_name="org/pets"),
+        [],
+        ["dataset_name", "train_dir", "org/pets", "some/images"],
+    ),
     ("two-data-sources-flag", BASE, ["--train_file", "rows.csv"], ["train_dir", "train_file", "rows.csv"]),
-    ("bad-regex-yaml", dict(BASE, freeze_patterns=["(unclosed"]), [], ["freeze_patterns", "(unclosed", "regular expression"]),
-    ("bad-regex-flag", BASE, ["--freeze_patterns", "ok", "[x"], ["freeze_patterns", "[x", "regular expression"]),
+    (
+        "bad-regex-yaml",
+        dict(BASE, freeze_patterns=["(unclosed"]),
+        [],
+        ["freeze_patterns", "(unclosed", "regular expression"],
+    ),
+    (
+        "bad-regex-flag",
+        BASE,
+        ["--freeze_patterns", "ok", "[x"],
+        ["freeze_patterns", "[x", "regular expression"],
+    ),
     ("stray-positional", BASE, ["--seed", "1", "extra"], ["extra"]),
 ]
 
 
-@pytest.mark.parametrize("recipe, flags, expected", [case[1:] for case in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "recipe, flags, expected", [case[1:] for case in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
 def test_bad_input_is_a_one_line_config_error(tmp_path, recipe, flags, expected):
     with pytest.raises(ConfigError) as info:
         parse(tmp_path, recipe, *flags)
@@ -309,14 +384,31 @@ def _as_dicts(parsed) -> list[dict]:
 ROUND_TRIPS = {
     "plain": (FULL_RECIPE, ["--learning_rate", "2e-4", "--freeze_patterns", "a", "b", "--hflip_prob", "0"]),
     "data-and-eval": (
-        {"model_name_or_path": "m", "train_file": "rows.csv", "validation_file": "val.jsonl",
-         "image_column_name": "img", "label_column_name": "y", "max_eval_samples": 5, "augmentation": "none",
-         "per_device_eval_batch_size": 8, "eval_on_start": False, "save_total_limit": 1, "warmup_steps": 3},
+        {
+            "model_name_or_path": "m",
+            "train_file": "rows.csv",
+            "validation_file": "val.jsonl",
+            "image_column_name": "img",
+            "label_column_name": "y",
+            "max_eval_samples": 5,
+            "augmentation": "none",
+            "per_device_eval_batch_size": 8,
+            "eval_on_start": False,
+            "save_total_limit": 1,
+            "warmup_steps": 3,
+        },
         ["--weight_decay", "0.05"],
     ),
     "enum-valued-keys": (
-        dict(BASE, lr_scheduler_type="linear", eval_strategy="steps", eval_steps=5, save_strategy="steps",
-             save_steps=5, optim="adamw_torch"),
+        dict(
+            BASE,
+            lr_scheduler_type="linear",
+            eval_strategy="steps",
+            eval_steps=5,
+            save_strategy="steps",
+            save_steps=5,
+            optim="adamw_torch",
+        ),
         [],
     ),
     "report_to-none": (dict(BASE, report_to="none"), []),

@@ -28,7 +28,9 @@ def test_recipe_parses(recipe, monkeypatch):
     parsed = parse_train_args([rel])
     model_args, data_args, training_args = parsed
     assert model_args.model_name_or_path == raw["model_name_or_path"]
-    sources = {k: getattr(data_args, k) for k in ("dataset_name", "train_dir", "train_file") if getattr(data_args, k)}
+    sources = {
+        k: getattr(data_args, k) for k in ("dataset_name", "train_dir", "train_file") if getattr(data_args, k)
+    }
     assert len(sources) == 1
     assert set(parsed.explicit) == set(raw)  # every key of the file is recorded, none is lost
     if "output_dir" in raw:
@@ -41,7 +43,9 @@ def test_recipe_folder_readme_has_launch_line(recipe):
     rel = recipe.relative_to(ROOT).as_posix()
     assert readme.is_file(), f"{readme.relative_to(ROOT)} is missing; it must give `hf-finetune train {rel}`"
     text = readme.read_text(encoding="utf-8")
-    assert f"hf-finetune train {rel}" in text, f"{readme.relative_to(ROOT)} lacks the launch line `hf-finetune train {rel}`"
+    assert f"hf-finetune train {rel}" in text, (
+        f"{readme.relative_to(ROOT)} lacks the launch line `hf-finetune train {rel}`"
+    )
 
 
 @requires_shared

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -42,19 +41,35 @@ def _api_run(checkpoint, data_dir, out, **extra):
 def test_python_api_equals_cli(tiny_hf_checkpoint, tiny_image_folder, tmp_path):
     api_out, cli_out = tmp_path / "api", tmp_path / "cli"
     result = _api_run(tiny_hf_checkpoint, tiny_image_folder, api_out)
-    argv = ["train", "--model_name_or_path", str(tiny_hf_checkpoint), "--train_dir", str(tiny_image_folder),
-            "--output_dir", str(cli_out)]
+    argv = [
+        "train",
+        "--model_name_or_path",
+        str(tiny_hf_checkpoint),
+        "--train_dir",
+        str(tiny_image_folder),
+        "--output_dir",
+        str(cli_out),
+    ]
     for key, value in SETTINGS.items():
         argv += [f"--{key}", str(value)]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "hf_finetune", *argv], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_finetune", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     api_eval = json.loads((api_out / "eval_results.json").read_text())
     cli_eval = json.loads((cli_out / "eval_results.json").read_text())
     assert api_eval["eval_accuracy"] == pytest.approx(cli_eval["eval_accuracy"], abs=1e-9)
     assert api_eval["eval_loss"] == pytest.approx(cli_eval["eval_loss"], rel=1e-5)
-    api_w, cli_w = load_file(str(api_out / "model.safetensors")), load_file(str(cli_out / "model.safetensors"))
+    api_w, cli_w = (
+        load_file(str(api_out / "model.safetensors")),
+        load_file(str(cli_out / "model.safetensors")),
+    )
     assert api_w.keys() == cli_w.keys()
     for key in api_w:
         torch.testing.assert_close(api_w[key], cli_w[key], rtol=1e-5, atol=1e-6, msg=key)
@@ -64,7 +79,11 @@ def test_python_api_equals_cli(tiny_hf_checkpoint, tiny_image_folder, tmp_path):
     assert api_eval["eval_accuracy"] >= 0.9
     recipe = (cli_out / "recipe.yaml").read_text()
     assert "learning_rate: 0.003" in recipe and str(tiny_image_folder) in recipe
-    assert json.loads((cli_out / "config.json").read_text())["id2label"] == {"0": "cat", "1": "dog", "2": "zebra"}
+    assert json.loads((cli_out / "config.json").read_text())["id2label"] == {
+        "0": "cat",
+        "1": "dog",
+        "2": "zebra",
+    }
 
 
 @pytest.mark.parametrize("fixture,prefix", [("tiny_hf_checkpoint", ""), ("tiny_timm_checkpoint", "")])
@@ -83,14 +102,19 @@ def test_frozen_layers_do_not_change(request, fixture, prefix, tiny_image_folder
     strip = "timm_model."
 
     def bare(name):
-        return name[len(strip):] if name.startswith(strip) else name
+        return name[len(strip) :] if name.startswith(strip) else name
 
     assert frozen
     for name in frozen:
         assert torch.equal(trained_after[bare(name)], source[bare(name)]), name
-    changed = [n for n, _ in probe.named_parameters() if n not in frozen and bare(n) in source
-               and trained_after[bare(n)].shape == source[bare(n)].shape
-               and not torch.equal(trained_after[bare(n)], source[bare(n)])]
+    changed = [
+        n
+        for n, _ in probe.named_parameters()
+        if n not in frozen
+        and bare(n) in source
+        and trained_after[bare(n)].shape == source[bare(n)].shape
+        and not torch.equal(trained_after[bare(n)], source[bare(n)])
+    ]
     assert changed, "the unfrozen body did not train"
 
 
@@ -130,8 +154,14 @@ def test_mobilenet_v2_on_real_hotdog_photos(tmp_path):
     result = finetune(
         ModelArguments(model_name_or_path=str(SHARED_MODELS / "hf-mobilenet_v2_1.0_224")),
         DataArguments(train_dir=str(SHARED_DATA / "hotdog")),
-        FinetuneTrainingArguments(output_dir=str(out), num_train_epochs=3, per_device_train_batch_size=25,
-                                  learning_rate=1e-4, seed=42, save_total_limit=1),
+        FinetuneTrainingArguments(
+            output_dir=str(out),
+            num_train_epochs=3,
+            per_device_train_batch_size=25,
+            learning_rate=1e-4,
+            seed=42,
+            save_total_limit=1,
+        ),
     )
     accuracy = result.metrics_after["eval_accuracy"]
     print(f"MobileNetV2 on hotdog: epoch 0 {result.metrics_before['eval_accuracy']:.2f}, best {accuracy:.2f}")

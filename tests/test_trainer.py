@@ -32,8 +32,12 @@ def test_groups_split_head_body_and_decay(model):
 def test_frozen_parameters_are_not_in_the_optimizer(model, tmp_path):
     freeze_parameters(model, freeze_layers=1)
     args = FinetuneTrainingArguments(
-        output_dir=str(tmp_path), learning_rate=2e-4, head_lr_multiplier=3, eval_strategy="no",
-        load_best_model_at_end=False, eval_on_start=False,
+        output_dir=str(tmp_path),
+        learning_rate=2e-4,
+        head_lr_multiplier=3,
+        eval_strategy="no",
+        load_best_model_at_end=False,
+        eval_on_start=False,
     )
     trainer = FinetuneTrainer(model=model, args=args)
     optimizer = trainer.create_optimizer()

@@ -13,7 +13,9 @@ from hf_finetune.transforms import apply_image_size, build_transforms, data_conf
 
 
 def test_shortest_edge_and_crop():
-    processor = MobileNetV2ImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224})
+    processor = MobileNetV2ImageProcessor(
+        size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}
+    )
     config = data_config_from_processor(processor)
     assert config["input_size"] == (3, 224, 224)
     assert config["crop_pct"] == pytest.approx(224 / 256)
@@ -31,7 +33,10 @@ def test_vit_and_convnext_styles():
 def test_eval_transform_matches_the_processor():
     """Our evaluation transform gives the same tensor as the checkpoint's own processor (PIL backend)."""
     processor = MobileNetV2ImageProcessor(
-        size={"shortest_edge": 73}, crop_size={"height": 64, "width": 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        size={"shortest_edge": 73},
+        crop_size={"height": 64, "width": 64},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
     )
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, size=(90, 120, 3), dtype=np.uint8))
@@ -54,7 +59,9 @@ def test_train_transform_augments_and_keeps_size():
 
 
 def test_apply_image_size_updates_saved_preprocessing():
-    processor = MobileNetV2ImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224})
+    processor = MobileNetV2ImageProcessor(
+        size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}
+    )
 
     class Cfg:
         pretrained_cfg = {"input_size": [3, 224, 224]}
