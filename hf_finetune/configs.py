@@ -154,7 +154,11 @@ class DataArguments:
         _check(
             sum(s is not None for s in sources) == 1,
             "dataset_name/train_dir/train_file",
-            {k: v for k, v in zip(("dataset_name", "train_dir", "train_file"), sources, strict=True) if v is not None}
+            {
+                k: v
+                for k, v in zip(("dataset_name", "train_dir", "train_file"), sources, strict=True)
+                if v is not None
+            }
             or None,
             "exactly one of dataset_name (Hub id), train_dir (image folder) or train_file (CSV/JSONL)",
         )
