@@ -1,0 +1,674 @@
+"""Decide which rows of a pretrained classifier start each target class.
+
+When a classifier pretrained on *source* labels (usually ImageNet-1k) is fine-tuned on *target* labels,
+a target class that corresponds to one or more source classes starts from those classifier rows instead
+of a fresh one. This module only decides the rows and records how; copying them is done elsewhere.
+
+Source labels are arbitrary strings, usually ImageNet style: comma-separated synonyms such as
+``"hotdog, hot dog, red hot"``. Names are compared after :func:`normalize_label` (casefold, ``_``/``-``/
+punctuation to spaces) and also in a *compact* form without spaces, so ``hotdog``, ``hot dog``,
+``Hot-Dog`` and ``hot_dog`` are all the same name.
+
+For every target label an explicit ``mapping`` entry wins. Otherwise the first level with any match wins:
+
+1. ``exact``       the target equals the whole source label.
+2. ``synonym``     the target equals one of the label's comma-separated synonyms.
+3. ``plural``      a singular/plural variant of the target (``ants`` -> ``ant``, ``daisies`` -> ``daisy``)
+                   equals a synonym.
+4. ``synset``      the target is a WordNet synset id (``n07697537``) and the sources are ImageNet-1k.
+5. ``head``        many-to-one: the target (or its singular/plural) is the last word of a multi-word
+                   synonym (``cat`` -> ``tabby cat``, ``Persian cat``, ...).
+6. ``definition``  many-to-one, ImageNet-1k sources only: the target is the genus of the class's WordNet
+                   definition (``Chihuahua: an old breed of tiny short-haired dog ...`` -> ``dog``), or the
+                   genus of that genus, and so on (see :func:`definition_genus` and ``_genus_chain``).
+
+Levels 5 and 6 form one many-to-one stage, because English compounds are a weak signal on their own
+(a ``hot dog`` is no dog, a ``sea lion`` no lion) and definitions are the stronger one: on ImageNet-1k
+sources a ``head`` row is kept only when its definition chain confirms the target, and the rows of both
+levels are merged. The match's ``kind`` is ``head`` when every row came from a head match, otherwise
+``definition``.
+
+Levels 1-4 should give one row. When they give several (``crane`` is a bird and a machine in ImageNet),
+the match is *ambiguous*: if exactly one candidate has the target as its first synonym it is chosen,
+otherwise all candidates are merged; ``candidates`` and ``note`` record this. A source row labelled
+``background`` (row 0 of 1001-way checkpoints) never matches automatically, and two targets may share
+a source row.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, suggest
+
+__all__ = [
+    "MATCH_KINDS",
+    "LabelMatch",
+    "LabelMappingReport",
+    "normalize_label",
+    "match_labels",
+    "parse_label_mapping",
+    "definition_genus",
+    "imagenet_offset",
+]
+
+MATCH_KINDS = ("explicit", "exact", "synonym", "plural", "synset", "head", "definition", "none")
+
+_SYNSET_RE = re.compile(r"^n\d{8}$")
+_NONE_WORDS = ("none", "null", "off", "fresh")
+_BACKGROUND = "background"
+_MAX_GENUS_HOPS = 4
+_IMAGENET_MIN_AGREEMENT = 0.95
+
+
+# ----------------------------------------------------------------------------------------------- results
+@dataclass
+class LabelMatch:
+    """How one target label starts: from ``source_indices`` rows, or fresh when ``kind == "none"``."""
+
+    target: str
+    source_indices: list[int]
+    source_names: list[str]
+    kind: str
+    candidates: list[int] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class LabelMappingReport:
+    """One :class:`LabelMatch` per target label, in target order."""
+
+    matches: list[LabelMatch]
+    num_source_labels: int
+    imagenet_offset: int | None
+
+    @property
+    def reused(self) -> list[LabelMatch]:
+        """The matches that start from pretrained rows."""
+        return [m for m in self.matches if m.kind != "none"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reads it back."""
+        return {
+            "num_source_labels": self.num_source_labels,
+            "imagenet_offset": self.imagenet_offset,
+            "matches": [asdict(m) for m in self.matches],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LabelMappingReport:
+        matches = [
+            LabelMatch(
+                target=str(m["target"]),
+                source_indices=[int(i) for i in m.get("source_indices", [])],
+                source_names=[str(n) for n in m.get("source_names", [])],
+                kind=str(m["kind"]),
+                candidates=[int(i) for i in m.get("candidates", [])],
+                note=str(m.get("note", "")),
+            )
+            for m in d["matches"]
+        ]
+        offset = d.get("imagenet_offset")
+        return cls(
+            matches=matches,
+            num_source_labels=int(d["num_source_labels"]),
+            imagenet_offset=None if offset is None else int(offset),
+        )
+
+    def table(self, max_sources: int = 3) -> str:
+        """An aligned text table: target | kind | source rows (``index: name``, ``... +N more``)."""
+        rows = [("target", "kind", "source rows")]
+        for m in self.matches:
+            shown = [f"{i}: {n}" for i, n in zip(m.source_indices, m.source_names)][:max_sources]
+            extra = len(m.source_indices) - len(shown)
+            text = "; ".join(shown) + (f"; ... +{extra} more" if extra > 0 else "")
+            rows.append((m.target, m.kind, text or "-"))
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows)
+        lines = [f"{a:<{w0}} | {b:<{w1}} | {c}".rstrip() for a, b, c in rows]
+        lines.insert(1, f"{'-' * w0}-+-{'-' * w1}-+-{'-' * 11}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- names
+_PUNCT_RE = re.compile(r"[^\w\s]|_", re.UNICODE)
+
+
+def normalize_label(name: str) -> str:
+    """Casefold; turn ``_``, ``-`` and other punctuation into spaces; collapse whitespace; strip."""
+    return " ".join(_PUNCT_RE.sub(" ", str(name).casefold()).split())
+
+
+def _compact(normalized: str) -> str:
+    return normalized.replace(" ", "")
+
+
+def _synonyms(label: str) -> list[str]:
+    """Normalized comma-separated synonyms of a source label, first one first, no empties."""
+    out: list[str] = []
+    for part in str(label).split(","):
+        n = normalize_label(part)
+        if n and n not in out:
+            out.append(n)
+    return out
+
+
+def _number_variants(word: str) -> set[str]:
+    """Singular/plural variants of ``word`` by simple English rules (the word itself excluded)."""
+    out: set[str] = set()
+    if not word:
+        return out
+    if word.endswith("ies") and len(word) > 4:
+        out.add(word[:-3] + "y")
+    if word.endswith("es") and len(word) > 3:
+        out.add(word[:-2])
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 2:
+        out.add(word[:-1])
+    if word.endswith("y") and len(word) > 2 and word[-2] not in "aeiou":
+        out.add(word[:-1] + "ies")
+    if word.endswith(("s", "x", "z", "ch", "sh", "o")):
+        out.add(word + "es")
+    out.add(word + "s")
+    out.discard(word)
+    return out
+
+
+def _forms(normalized: str) -> set[str]:
+    """The normalized name and its compact form."""
+    return {normalized, _compact(normalized)}
+
+
+# ------------------------------------------------------------------------------------------- ImageNet
+@functools.lru_cache(maxsize=1)
+def _imagenet() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(synsets, descriptions, definitions) of ImageNet-1k from timm's bundled WordNet data."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    synsets = tuple(info.label_names())
+    descriptions = tuple(info.index_to_description(i) for i in range(len(synsets)))
+    definitions = tuple(
+        info.index_to_description(i, detailed=True)[len(descriptions[i]) + 2 :] for i in range(len(synsets))
+    )
+    return synsets, descriptions, definitions
+
+
+def imagenet_offset(source_labels: Sequence[str]) -> int | None:
+    """0 or 1 when ``source_labels`` are ImageNet-1k (1: row 0 is ``background``), else ``None``.
+
+    Labels are compared after normalization with timm's names (or synset ids); at least 95% must agree,
+    since checkpoints spell a few classes differently.
+    """
+    n = len(source_labels)
+    if n == 1001 and normalize_label(source_labels[0]) == _BACKGROUND:
+        offset, rest = 1, source_labels[1:]
+    elif n == 1000:
+        offset, rest = 0, source_labels
+    else:
+        return None
+    synsets, descriptions, _ = _imagenet()
+    same = sum(
+        normalize_label(s) in (normalize_label(d), y) for s, d, y in zip(rest, descriptions, synsets)
+    )
+    return offset if same >= _IMAGENET_MIN_AGREEMENT * len(descriptions) else None
+
+
+# ------------------------------------------------------------------------------------ definition genus
+_STOP_WORDS = frozenset(
+    "with that which who whose having used from in for by of on to as at into than "
+    "resembling especially similar like where when but whereas".split()
+)
+_QUANTIFIER_RE = re.compile(
+    r"^(?:any|one|some|each|either|members?|\w+est)\s+of\s+(?:(?:several|various|numerous|many|the|a|an)\s+)*"
+)
+_CLASSIFIER_RE = re.compile(
+    r"^(?:\S+\s+){0,5}?(?:breeds?|kinds?|types?|variety|varieties|species|forms?|sorts?|strains?|races?"
+    r"|versions?)\s+of\s+(?:(?:the|a|an)\s+)?"
+)
+_ARTICLE_RE = re.compile(r"^(?:a|an|the)\s+")
+_SIZE_RANGE_RE = re.compile(r"\b(?:small|medium|large)(?:-sized)? to (?=(?:small|medium|large)\b)")
+_VACUOUS = frozenset(
+    "breed breeds bred kind type variety species form sort strain race member one version".split()
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _wordnet() -> tuple[dict[str, list[str]], dict[str, str], dict[str, list[str]], frozenset[str]]:
+    """timm's WordNet data for all ImageNet-21k synsets.
+
+    Returns (synset -> normalized lemmas, synset -> definition, word -> synsets having it as a lemma,
+    single-word lemmas used as the noun vocabulary of :func:`definition_genus`).
+    """
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    lemmas = {s: _synonyms(text) for s, text in info._lemmas.items()}
+    definitions = dict(info._definitions)
+    by_word: dict[str, list[str]] = {}
+    for s, names in lemmas.items():
+        for name in names:
+            by_word.setdefault(name, []).append(s)
+    nouns = frozenset(name for names in lemmas.values() for name in names if " " not in name)
+    return lemmas, definitions, by_word, nouns
+
+
+def _singular(word: str, nouns: frozenset[str]) -> str:
+    if word in nouns:
+        return word
+    for v in sorted(_number_variants(word), key=len):
+        if len(v) < len(word) and v in nouns:
+            return v
+    return word
+
+
+def definition_genus(definition: str) -> str:
+    """The genus (head noun) of a WordNet definition, singular, or ``""`` when it names none.
+
+    Heuristic, checked on ImageNet-1k's 1000 definitions:
+
+    1. casefold; keep the text before the first ``,`` ``;`` ``:`` ``(``; read ``small to medium-sized``
+       as ``medium-sized``;
+    2. repeatedly drop a leading article (``a``, ``an``, ``the``), a quantifier (``any of several``,
+       ``one of the``, ``the largest of``) and a classifier with up to five words before it
+       (``an old breed of``, ``kind of``, ``type of``, ``variety of``, ``species of``, ``version of``);
+    3. keep the noun phrase up to the first stop word (``with``, ``that``, ``which``, ``who``, ``having``,
+       ``used``, ``from``, ``in``, ``for``, ``by``, ``of``, ``on``, ``to``, ...);
+    4. nouns are the one-word lemmas of timm's ImageNet-21k WordNet data (hyphenated words such as
+       ``short-haired`` count as adjectives); cut the phrase at a participle (``-ed``/``-ing``, not a noun)
+       that follows a noun: ``a cargo ship designed ...`` -> ``cargo ship``;
+    5. the genus is the phrase's last noun, in the singular; with no noun, its last word before any
+       participle (``a frankfurter served hot`` -> ``frankfurter``). A classifier word without ``of``
+       (``an Irish breed with ...``) gives ``""``.
+
+    Examples: ``an old breed of tiny short-haired dog ...`` -> ``dog``; ``a sled pulled by dogs`` ->
+    ``sled``; ``a commercial airplane that carries passengers`` -> ``airplane``.
+    """
+    nouns = _wordnet()[3]
+    text = re.split(r"[,;:(]", definition.casefold(), maxsplit=1)[0].strip()
+    text = _SIZE_RANGE_RE.sub("", text)
+    while True:
+        before = text
+        for pattern in (_ARTICLE_RE, _QUANTIFIER_RE, _CLASSIFIER_RE):
+            text = pattern.sub("", text, count=1)
+        if text == before:
+            break
+    phrase: list[str] = []
+    for token in text.split():
+        if token in _STOP_WORDS:
+            break
+        phrase.append(token)
+
+    def is_noun(token: str) -> bool:
+        return "-" not in token and _singular(normalize_label(token), nouns) in nouns
+
+    def is_participle(token: str) -> bool:
+        return "-" not in token and token.endswith(("ed", "ing")) and not is_noun(token)
+
+    cut = len(phrase)
+    for pos, token in enumerate(phrase):
+        if pos and is_participle(token):
+            if any(is_noun(t) for t in phrase[:pos]) or cut == len(phrase):
+                cut = pos
+                break
+    phrase = phrase[:cut]
+    for token in reversed(phrase):
+        word = normalize_label(token)
+        if word in _VACUOUS or _singular(word, nouns) in _VACUOUS:
+            return ""
+        if is_noun(token):
+            return _singular(word, nouns)
+    for token in reversed(phrase):
+        word = normalize_label(token)
+        if word and "-" not in token:
+            return _singular(word.split()[-1], nouns)
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _synset_genus(synset: str) -> str:
+    """Genus of a synset's definition; for vacuous genera (``a breed having ...``) the head word of its
+    first multi-word lemma that is a noun (``Yorkshire terrier`` -> ``terrier``)."""
+    lemmas, definitions, _, nouns = _wordnet()
+    genus = definition_genus(definitions.get(synset, ""))
+    if genus and genus not in _VACUOUS:
+        return genus
+    for name in lemmas.get(synset, []):
+        head = name.split()[-1]
+        if " " in name and head in nouns:
+            return head
+    return ""
+
+
+def _resolve_word(word: str) -> str | None:
+    """The one synset that ``word`` names (preferring synsets where it is the first lemma), else None."""
+    lemmas, _, by_word, _ = _wordnet()
+    found = by_word.get(word, [])
+    if len(found) > 1:
+        first = [s for s in found if lemmas[s][0] == word]
+        found = first or found
+    return found[0] if len(found) == 1 else None
+
+
+@functools.lru_cache(maxsize=None)
+def _genus_chain(synset: str) -> frozenset[str]:
+    """Words naming what ``synset`` is a kind of: its genus, that genus' synonyms and genus, and so on.
+
+    Each hop resolves the genus word to a WordNet synset in timm's data; an ambiguous word (``car``,
+    ``crane``, ``vessel``) ends the chain there, so ambiguity never leaks into unrelated classes.
+    At most ``_MAX_GENUS_HOPS`` hops.
+    """
+    lemmas = _wordnet()[0]
+    seen = {synset}
+    words: set[str] = set()
+    genus = _synset_genus(synset)
+    for _ in range(_MAX_GENUS_HOPS + 1):
+        if not genus:
+            break
+        words.add(genus)
+        parent = _resolve_word(genus)
+        if parent is None or parent in seen:
+            break
+        seen.add(parent)
+        words.update(lemmas[parent])
+        genus = _synset_genus(parent)
+    return frozenset(words)
+
+
+# ------------------------------------------------------------------------------------------ matching
+class _Source:
+    """Pre-normalized source labels."""
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self.labels = [str(s) for s in labels]
+        self.offset = imagenet_offset(self.labels)
+        synsets = _imagenet()[0] if self.offset is not None else ()
+        self.synset_row = {s: i + self.offset for i, s in enumerate(synsets)} if self.offset is not None else {}
+        self.row_synset = {row: s for s, row in self.synset_row.items()}
+        descriptions = _imagenet()[1]
+        self.whole: list[set[str]] = []
+        self.syns: list[list[str]] = []
+        for row, label in enumerate(self.labels):
+            text = label
+            if row in self.row_synset and _SYNSET_RE.match(label.strip()):
+                text = descriptions[row - (self.offset or 0)]  # synset-id labels: match on the names
+            self.whole.append(_forms(normalize_label(text)))
+            self.syns.append(_synonyms(text))
+        self.background = {
+            i for i, s in enumerate(self.labels) if normalize_label(s) == _BACKGROUND
+        }
+
+    def rows(self) -> Iterable[int]:
+        return (i for i in range(len(self.labels)) if i not in self.background)
+
+    def describe(self, row: int) -> str:
+        text = f"{row}: {self.labels[row]}"
+        synset = self.row_synset.get(row)
+        if synset is not None:
+            definition = _imagenet()[2][row - (self.offset or 0)]
+            short = definition if len(definition) <= 40 else definition[:40].rstrip() + "..."
+            text += f" [{short}]"
+        return text
+
+
+def _names_match(forms: set[str], names: Iterable[str]) -> bool:
+    return any(_forms(n) & forms for n in names)
+
+
+def _single_level(target: str, source: _Source) -> tuple[str, list[int]] | None:
+    """Levels 1-4; returns (kind, candidate rows) of the first level with any match."""
+    norm = normalize_label(target)
+    if not norm:
+        return None
+    forms = _forms(norm)
+    variants = set().union(*(_forms(v) for v in _number_variants(norm)))
+    levels = [
+        ("exact", [i for i in source.rows() if source.whole[i] & forms]),
+        ("synonym", [i for i in source.rows() if _names_match(forms, source.syns[i])]),
+        ("plural", [i for i in source.rows() if _names_match(variants, source.syns[i])]),
+    ]
+    for kind, rows in levels:
+        if rows:
+            return kind, rows
+    synset = target.strip()
+    if _SYNSET_RE.match(synset) and synset in source.synset_row:
+        row = source.synset_row[synset]
+        if row not in source.background:
+            return "synset", [row]
+    return None
+
+
+def _many_level(target: str, source: _Source) -> tuple[str, list[int], str] | None:
+    """Levels 5-6 (head + definition); returns (kind, rows, note) or None."""
+    norm = normalize_label(target)
+    if not norm:
+        return None
+    words = {norm} | _number_variants(norm)
+    head_rows = [
+        i
+        for i in source.rows()
+        if any(" " in s and s.split()[-1] in words and s not in words for s in source.syns[i])
+    ]
+    def_rows: list[int] = []
+    vetoed: list[int] = []
+    if source.offset is not None:
+        for i in source.rows():
+            synset = source.row_synset.get(i)
+            if synset is None:
+                continue
+            if _genus_chain(synset) & words:
+                def_rows.append(i)
+            elif i in head_rows:
+                vetoed.append(i)
+    head_rows = [i for i in head_rows if i not in vetoed]
+    rows = sorted(set(head_rows) | set(def_rows))
+    if not rows:
+        return None
+    kind = "head" if set(rows) <= set(head_rows) else "definition"
+    note = f"head: {len(head_rows)} rows"
+    if source.offset is not None:
+        extra = len(set(rows) - set(head_rows))
+        note += f"; definition: +{extra} rows"
+        if vetoed:
+            names = ", ".join(f"{i}: {source.labels[i]}" for i in vetoed[:3])
+            more = f" +{len(vetoed) - 3} more" if len(vetoed) > 3 else ""
+            note += f"; head rows not confirmed by their definition, skipped: {names}{more}"
+    return kind, rows, note
+
+
+def _auto_match(target: str, source: _Source) -> LabelMatch:
+    single = _single_level(target, source)
+    if single is not None:
+        kind, rows = single
+        note = ""
+        chosen = rows
+        if len(rows) > 1:
+            forms = _forms(normalize_label(target))
+            first = [i for i in rows if source.syns[i] and _forms(source.syns[i][0]) & forms]
+            described = ", ".join(source.describe(i) for i in rows)
+            if len(first) == 1:
+                chosen = first
+                note = f"ambiguous: {len(rows)} candidates ({described}); chose {first[0]} (first synonym)"
+            else:
+                note = f"ambiguous: {len(rows)} candidates ({described}); merged all {len(rows)}"
+        return LabelMatch(target, list(chosen), [source.labels[i] for i in chosen], kind, list(rows), note)
+    many = _many_level(target, source)
+    if many is not None:
+        kind, rows, note = many
+        return LabelMatch(target, list(rows), [source.labels[i] for i in rows], kind, list(rows), note)
+    return LabelMatch(target, [], [], "none", [], "")
+
+
+# ---------------------------------------------------------------------------------- explicit mapping
+def _resolve_value(key: str, value: Any, source: _Source) -> int:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f"label_mapping[{key!r}]: expected a source label, synonym or synset id (or a list of them, "
+            f"or none), got {value!r}"
+        )
+    text = value.strip()
+    if _SYNSET_RE.match(text) and text in source.synset_row:
+        return source.synset_row[text]
+    forms = _forms(normalize_label(text))
+    for kind, rows in (
+        ("label", [i for i in range(len(source.labels)) if source.whole[i] & forms]),
+        ("synonym", [i for i in range(len(source.labels)) if _names_match(forms, source.syns[i])]),
+    ):
+        if len(rows) == 1:
+            return rows[0]
+        if len(rows) > 1:
+            listed = ", ".join(f"{i}: {source.labels[i]!r}" for i in rows)
+            raise ConfigError(
+                f"label_mapping[{key!r}]: {value!r} is ambiguous, it names {len(rows)} source rows "
+                f"({listed}); give the whole source label or a synset id"
+            )
+    choices = sorted({n for syns in source.syns for n in syns} | {normalize_label(s) for s in source.labels})
+    raise ConfigError(
+        f"label_mapping[{key!r}]: {value!r} is not a source label, synonym or synset id of the "
+        f"{len(source.labels)}-label source classifier{suggest(normalize_label(text), choices)}"
+    )
+
+
+def _explicit_match(target: str, key: str, value: Any, source: _Source) -> LabelMatch:
+    if value is None or (isinstance(value, str) and value.strip().casefold() in _NONE_WORDS):
+        values: list[Any] = []
+    elif isinstance(value, (list, tuple)):
+        values = list(value)
+    else:
+        values = [value]
+    if not values:
+        return LabelMatch(target, [], [], "none", [], "explicit: none")
+    rows: list[int] = []
+    for v in values:
+        row = _resolve_value(key, v, source)
+        if row not in rows:
+            rows.append(row)
+    note = f"explicit: {len(rows)} rows" if len(rows) > 1 else "explicit"
+    return LabelMatch(target, rows, [source.labels[i] for i in rows], "explicit", list(rows), note)
+
+
+def _mapping_targets(mapping: Mapping[Any, Any], targets: Sequence[str]) -> dict[int, tuple[str, Any]]:
+    """target position -> (key, value); keys are target labels, exactly or after normalization."""
+    by_norm: dict[str, list[int]] = {}
+    for pos, t in enumerate(targets):
+        by_norm.setdefault(normalize_label(t), []).append(pos)
+    out: dict[int, tuple[str, Any]] = {}
+    for key, value in mapping.items():
+        skey = str(key)
+        positions = [p for p, t in enumerate(targets) if t == skey] or by_norm.get(normalize_label(skey), [])
+        if len(positions) != 1:
+            hint = suggest(skey, list(targets))
+            raise ConfigError(
+                f"label_mapping: key {skey!r} is not one of the {len(targets)} target labels{hint}"
+            )
+        if positions[0] in out:
+            raise ConfigError(
+                f"label_mapping: keys {out[positions[0]][0]!r} and {skey!r} both name target label "
+                f"{targets[positions[0]]!r}"
+            )
+        out[positions[0]] = (skey, value)
+    return out
+
+
+def match_labels(
+    target_labels: Sequence[str],
+    source_labels: Sequence[str],
+    mapping: Mapping[str, str | list[str] | None] | None = None,
+    auto: bool = True,
+) -> LabelMappingReport:
+    """Decide which source classifier rows start each target label (see the module docstring).
+
+    ``mapping`` entries (target -> source label / synonym / synset id, a list of them, or None for a
+    fresh row) win; with ``auto=False`` nothing else is matched. Raises :class:`ConfigError` for a
+    mapping key that is not a target label and for a value that names no source row or several.
+    """
+    targets = [str(t) for t in target_labels]
+    source = _Source(source_labels)
+    explicit = _mapping_targets(mapping or {}, targets)
+    matches: list[LabelMatch] = []
+    for pos, target in enumerate(targets):
+        if pos in explicit:
+            key, value = explicit[pos]
+            matches.append(_explicit_match(target, key, value, source))
+        elif auto:
+            matches.append(_auto_match(target, source))
+        else:
+            matches.append(LabelMatch(target, [], [], "none", [], "automatic matching off"))
+    return LabelMappingReport(matches, len(source.labels), source.offset)
+
+
+# ------------------------------------------------------------------------------------ recipe values
+def parse_label_mapping(value: Any) -> tuple[bool, dict[str, Any] | None]:
+    """Read the recipe's ``label_mapping`` value into ``(auto, explicit mapping)``.
+
+    ``None``/``"auto"``/``True`` -> ``(True, None)``; ``"none"``/``"off"``/``False`` -> ``(False, None)``;
+    a dict -> ``(True, dict)``; a path to a ``.yaml``/``.yml``/``.json`` file holding a dict, or a JSON
+    string of a dict -> ``(True, that dict)``. Anything else raises :class:`ConfigError`.
+    """
+    expected = (
+        "expected 'auto', 'none'/'off', a mapping of target label to source label(s), "
+        "a JSON string of one, or a .yaml/.yml/.json file holding one"
+    )
+    if value is None or value is True:
+        return True, None
+    if value is False:
+        return False, None
+    if isinstance(value, Mapping):
+        return True, _check_mapping(dict(value), value)
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"label_mapping: {expected}, got {value!r}")
+    text = value.strip()
+    word = text.casefold()
+    if word in ("", "auto"):
+        return True, None
+    if word in ("none", "off", "false", "no"):
+        return False, None
+    if text.startswith("{"):
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"label_mapping: {value!r} is not valid JSON ({exc.msg})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"label_mapping: {expected}, got {value!r}")
+        return True, _check_mapping(loaded, value)
+    path = Path(text).expanduser()
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        if not path.is_file():
+            raise ConfigError(f"label_mapping: file {text!r} not found")
+        try:
+            if path.suffix.lower() == ".json":
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+            else:
+                import yaml
+
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, ImportError) as exc:
+            raise ConfigError(f"label_mapping: cannot read {text!r}: {exc}") from None
+        except Exception as exc:  # yaml.YAMLError
+            raise ConfigError(f"label_mapping: cannot parse {text!r}: {exc}".splitlines()[0]) from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"label_mapping: {text!r} must hold a mapping, got {type(loaded).__name__}")
+        return True, _check_mapping(loaded, text)
+    raise ConfigError(f"label_mapping: {expected}, got {value!r}")
+
+
+def _check_mapping(mapping: dict[Any, Any], origin: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, val in mapping.items():
+        ok = val is None or isinstance(val, str) or (
+            isinstance(val, (list, tuple)) and all(isinstance(v, str) for v in val)
+        )
+        if not ok:
+            raise ConfigError(
+                f"label_mapping ({origin!r}): value for {key!r} must be a source label, a list of them "
+                f"or none, got {val!r}"
+            )
+        out[str(key)] = list(val) if isinstance(val, (list, tuple)) else val
+    return out
