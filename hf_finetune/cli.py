@@ -3,6 +3,7 @@
     hf-finetune train [RECIPE.yaml] [--key value ...]
     hf-finetune predict MODEL IMAGE_OR_FOLDER... [--top-k 5] [--output preds.csv] [--batch-size 32]
     hf-finetune eval MODEL (--train_dir DIR | --dataset_name ID | --train_file F) [--split validation]
+    hf-finetune map-labels --model_name_or_path M (--train_dir DIR | --dataset_name ID) [--label_mapping ...]
 
 Errors a user can fix print one line (``hf-finetune: error: ...``) and exit with status 2, no traceback.
 Heavy libraries are imported inside the commands, so ``--help`` answers at once.
@@ -20,6 +21,7 @@ COMMANDS = {
     "train": "fine-tune a pretrained classifier from a recipe YAML and/or --key value flags",
     "predict": "top-k predictions of a model for image files or folders",
     "eval": "metrics of a saved model on a split of a dataset",
+    "map-labels": "show which pretrained classifier rows would start each target label, without training",
 }
 
 
@@ -134,6 +136,49 @@ def _eval(argv: list[str]) -> int:
     return 0
 
 
+def _map_labels(argv: list[str]) -> int:
+    import json
+
+    from transformers import HfArgumentParser
+
+    from .configs import DataArguments, ModelArguments
+    from .errors import ConfigError
+
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments), prog="hf-finetune map-labels", description=COMMANDS["map-labels"]
+    )
+    parser.add_argument("--output", default=None, help="also write the report as JSON to this file")
+
+    def error(message: str):
+        raise ConfigError(message.replace("argument --", ""))
+
+    parser.error = error
+    model_args, data_args, extra = parser.parse_args_into_dataclasses(args=argv)
+    from .data import load_image_dataset
+    from .labels import match_labels, parse_label_mapping
+    from .modeling import load_source_config, source_label_names
+
+    data = load_image_dataset(data_args)
+    config = load_source_config(
+        model_args.model_name_or_path,
+        model_args.model_revision,
+        model_args.cache_dir,
+        model_args.trust_remote_code,
+    )
+    auto, explicit = parse_label_mapping(model_args.label_mapping)
+    report = match_labels(list(data.labels), source_label_names(config), explicit, auto)
+    print(report.table())
+    print(
+        f"{len(report.reused)} of {len(data.labels)} target labels start from source rows "
+        f"({len(source_label_names(config))} source labels in {model_args.model_name_or_path})"
+    )
+    if extra.output:
+        with open(extra.output, "w", encoding="utf-8") as handle:
+            json.dump(report.to_dict(), handle, indent=2)
+        print(f"report written to {extra.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -158,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import HfFinetuneError
 
     try:
-        return {"train": _train, "predict": _predict, "eval": _eval}[command](rest)
+        handlers = {"train": _train, "predict": _predict, "eval": _eval, "map-labels": _map_labels}
+        return handlers[command](rest)
     except HfFinetuneError as err:
         print(f"hf-finetune: error: {err}", file=sys.stderr)
         return 2

@@ -55,8 +55,31 @@ class ModelArguments:
             "help": "Run modelling code shipped inside the checkpoint. Off unless you trust its author."
         },
     )
+    label_mapping: str | None = field(
+        default="auto",
+        metadata={
+            "help": "Reuse rows of the pretrained classifier for target labels that match source labels: auto "
+            "(match by name, synonym, plural, ImageNet synset, head word and WordNet definition), none (a "
+            "fresh head), a mapping {target: source label | [source labels or synsets] | none} that wins "
+            "over automatic matching, or a path to a YAML/JSON file holding such a mapping."
+        },
+    )
+    label_merge: str = field(
+        default="lse",
+        metadata={
+            "help": "How a target that maps to several source rows gets its row: lse (mean row, bias + log n: "
+            "approximates the log-sum-exp, i.e. the probability of the union) or balanced (mean row: "
+            "approximates log-mean-exp, removing the source's prior for big groups).",
+            "choices": ["lse", "balanced"],
+        },
+    )
 
     def __post_init__(self):
+        if isinstance(self.label_mapping, dict):
+            import json
+
+            self.label_mapping = json.dumps(self.label_mapping)
+        _check(self.label_merge in ("lse", "balanced"), "label_merge", self.label_merge, "lse or balanced")
         _check(
             self.model_name_or_path is not None and str(self.model_name_or_path).strip() != "",
             "model_name_or_path",

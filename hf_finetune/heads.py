@@ -16,7 +16,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["head_parameter_names", "head_module_names", "reinitialize_head"]
+__all__ = [
+    "head_parameter_names",
+    "head_module_names",
+    "reinitialize_head",
+    "source_head_tensors",
+    "copy_source_rows",
+]
 
 
 def _timm_classifier_prefixes(model: nn.Module) -> list[str] | None:
@@ -78,3 +84,54 @@ def reinitialize_head(model: nn.Module, num_labels: int | None = None) -> list[s
         elif hasattr(module, "reset_parameters"):
             module.reset_parameters()
     return names
+
+
+def source_head_tensors(model: nn.Module, num_labels: int | None = None) -> dict[str, torch.Tensor]:
+    """Copies of the head tensors of a (source) model, keyed by parameter name."""
+    named = dict(model.named_parameters())
+    return {name: named[name].detach().clone() for name in head_parameter_names(model, num_labels)}
+
+
+@torch.no_grad()
+def copy_source_rows(
+    model: nn.Module,
+    source_head: dict[str, torch.Tensor],
+    rows: list[tuple[int, list[int]]],
+    merge: str = "lse",
+) -> list[str]:
+    """Start target rows from source rows of the pretrained classifier.
+
+    ``rows`` holds ``(target_row, [source_row, ...])`` pairs. With one source row, the weight row and the
+    bias are copied bit for bit. With several (one target from many source classes), the merged row is
+    built so that its logit approximates the log-sum-exp of the merged classes' logits::
+
+        w_t = mean_k w_k          b_t = mean_k b_k + log(n)
+
+    which makes ``z_t = mean_k z_k + log n``: exact when the merged logits are equal, and otherwise a lower
+    bound of ``log sum_k exp(z_k)`` (by Jensen's inequality) that is off by at most ``log n``.
+    ``merge="balanced"`` drops the ``+ log n``: the row then approximates ``log mean_k exp(z_k)``, which
+    removes the source's prior in favour of targets built from many rows (balanced target classes). Every head
+    tensor is handled (weight and bias, and both heads of two-head models such as DeiT-distilled).
+    Returns the names of the tensors written.
+    """
+    import math
+
+    named = dict(model.named_parameters())
+    written = []
+    for name, source in source_head.items():
+        if name not in named:
+            continue
+        target = named[name]
+        is_bias = name.endswith("bias")
+        for target_row, source_rows in rows:
+            if not source_rows:
+                continue
+            if len(source_rows) == 1:
+                target[target_row].copy_(source[source_rows[0]].to(target.dtype))
+            else:
+                merged = source[source_rows].to(torch.float64).mean(dim=0)
+                if is_bias and merge == "lse":
+                    merged = merged + math.log(len(source_rows))
+                target[target_row].copy_(merged.to(target.dtype))
+        written.append(name)
+    return written

@@ -58,7 +58,11 @@ __all__ = [
     "imagenet_offset",
 ]
 
-MATCH_KINDS = ("explicit", "exact", "synonym", "plural", "synset", "head", "definition", "none")
+MATCH_KINDS = ("explicit", "exact", "synonym", "plural", "synset", "head", "definition", "complement", "none")
+
+# Targets that name "everything but X" (``not_hotdog``, ``non-food``) or "everything else" (``other``).
+_NEGATION_RE = re.compile(r"^(?:not|non|no)\s+(.+)$")
+_REST_WORDS = frozenset({"other", "others", "rest", "unknown", "misc", "miscellaneous", "everything else"})
 
 _SYNSET_RE = re.compile(r"^n\d{8}$")
 _NONE_WORDS = ("none", "null", "off", "fresh")
@@ -125,7 +129,9 @@ class LabelMappingReport:
         """An aligned text table: target | kind | source rows (``index: name``, ``... +N more``)."""
         rows = [("target", "kind", "source rows")]
         for m in self.matches:
-            shown = [f"{i}: {n}" for i, n in zip(m.source_indices, m.source_names)][:max_sources]
+            shown = [f"{i}: {n}" for i, n in zip(m.source_indices, m.source_names, strict=False)][
+                :max_sources
+            ]
             extra = len(m.source_indices) - len(shown)
             text = "; ".join(shown) + (f"; ... +{extra} more" if extra > 0 else "")
             rows.append((m.target, m.kind, text or "-"))
@@ -214,7 +220,8 @@ def imagenet_offset(source_labels: Sequence[str]) -> int | None:
         return None
     synsets, descriptions, _ = _imagenet()
     same = sum(
-        normalize_label(s) in (normalize_label(d), y) for s, d, y in zip(rest, descriptions, synsets)
+        normalize_label(s) in (normalize_label(d), y)
+        for s, d, y in zip(rest, descriptions, synsets, strict=True)
     )
     return offset if same >= _IMAGENET_MIN_AGREEMENT * len(descriptions) else None
 
@@ -222,19 +229,21 @@ def imagenet_offset(source_labels: Sequence[str]) -> int | None:
 # ------------------------------------------------------------------------------------ definition genus
 _STOP_WORDS = frozenset(
     "with that which who whose having used from in for by of on to as at into than "
-    "resembling especially similar like where when but whereas".split()
+    "resembling especially similar like where when whereas native".split()
 )
 _QUANTIFIER_RE = re.compile(
-    r"^(?:any|one|some|each|either|members?|\w+est)\s+of\s+(?:(?:several|various|numerous|many|the|a|an)\s+)*"
+    r"^(?:any|one|some|each|either|members?|\w+est)\s+of\s+"
+    r"(?:(?:several|various|numerous|many|two|three|four|the|a|an)\s+)*"
 )
 _CLASSIFIER_RE = re.compile(
-    r"^(?:\S+\s+){0,5}?(?:breeds?|kinds?|types?|variety|varieties|species|forms?|sorts?|strains?|races?"
-    r"|versions?)\s+of\s+(?:(?:the|a|an)\s+)?"
+    r"^(?:\S+\s+){0,5}?(?:breeds?|bred|kinds?|types?|variety|varieties|species|forms?|sorts?|strains?|races?"
+    r"|versions?|family|families|genus|genera|orders?|groups?|subfamily|class)\s+of\s+(?:(?:the|a|an)\s+)?"
 )
 _ARTICLE_RE = re.compile(r"^(?:a|an|the)\s+")
 _SIZE_RANGE_RE = re.compile(r"\b(?:small|medium|large)(?:-sized)? to (?=(?:small|medium|large)\b)")
 _VACUOUS = frozenset(
-    "breed breeds bred kind type variety species form sort strain race member one version".split()
+    "breed breeds kind type variety species form sort strain race member one version origin "
+    "family genus order group class".split()
 )
 
 
@@ -267,7 +276,7 @@ def _singular(word: str, nouns: frozenset[str]) -> str:
     return word
 
 
-def definition_genus(definition: str) -> str:
+def definition_genus(definition: str, compound: bool = False) -> str:
     """The genus (head noun) of a WordNet definition, singular, or ``""`` when it names none.
 
     Heuristic, checked on ImageNet-1k's 1000 definitions:
@@ -276,7 +285,8 @@ def definition_genus(definition: str) -> str:
        as ``medium-sized``;
     2. repeatedly drop a leading article (``a``, ``an``, ``the``), a quantifier (``any of several``,
        ``one of the``, ``the largest of``) and a classifier with up to five words before it
-       (``an old breed of``, ``kind of``, ``type of``, ``variety of``, ``species of``, ``version of``);
+       (``an old breed of``, ``kind of``, ``type of``, ``variety of``, ``species of``, ``version of``,
+       ``family of``, ``genus of``, ...);
     3. keep the noun phrase up to the first stop word (``with``, ``that``, ``which``, ``who``, ``having``,
        ``used``, ``from``, ``in``, ``for``, ``by``, ``of``, ``on``, ``to``, ...);
     4. nouns are the one-word lemmas of timm's ImageNet-21k WordNet data (hyphenated words such as
@@ -287,7 +297,9 @@ def definition_genus(definition: str) -> str:
        (``an Irish breed with ...``) gives ``""``.
 
     Examples: ``an old breed of tiny short-haired dog ...`` -> ``dog``; ``a sled pulled by dogs`` ->
-    ``sled``; ``a commercial airplane that carries passengers`` -> ``airplane``.
+    ``sled``; ``a commercial airplane that carries passengers`` -> ``airplane``. With ``compound=True``
+    the longest known lemma ending in the head noun is returned instead (``a coffee maker that ...`` ->
+    ``coffee maker``); the genus chain uses that form so that ``maker`` (a person) is not followed.
     """
     nouns = _wordnet()[3]
     text = re.split(r"[,;:(]", definition.casefold(), maxsplit=1)[0].strip()
@@ -308,21 +320,36 @@ def definition_genus(definition: str) -> str:
         return "-" not in token and _singular(normalize_label(token), nouns) in nouns
 
     def is_participle(token: str) -> bool:
-        return "-" not in token and token.endswith(("ed", "ing")) and not is_noun(token)
+        return (
+            "-" not in token
+            and token.endswith(("ed", "ing"))
+            and token not in _VACUOUS
+            and not is_noun(token)
+        )
 
-    cut = len(phrase)
-    for pos, token in enumerate(phrase):
-        if pos and is_participle(token):
-            if any(is_noun(t) for t in phrase[:pos]) or cut == len(phrase):
-                cut = pos
-                break
-    phrase = phrase[:cut]
-    for token in reversed(phrase):
+    participles = [pos for pos, token in enumerate(phrase) if pos and is_participle(token)]
+    after_noun = [pos for pos in participles if any(is_noun(t) for t in phrase[:pos])]
+    if after_noun:
+        phrase = phrase[: after_noun[0]]
+    for end in range(len(phrase) - 1, -1, -1):
+        token = phrase[end]
         word = normalize_label(token)
         if word in _VACUOUS or _singular(word, nouns) in _VACUOUS:
             return ""
-        if is_noun(token):
-            return _singular(word, nouns)
+        if not is_noun(token):
+            continue
+        head = _singular(word, nouns)
+        if compound:  # the longest known lemma ending in the head noun: "coffee maker", not "maker"
+            by_word = _wordnet()[2]
+            for start in range(max(0, end - 2), end):
+                before = phrase[start:end]
+                if all("-" not in t for t in before):
+                    longer = " ".join([*(normalize_label(t) for t in before), head])
+                    if longer in by_word:
+                        return longer
+        return head
+    if participles:  # no noun at all: the last word before the first participle
+        phrase = phrase[: participles[0]]
     for token in reversed(phrase):
         word = normalize_label(token)
         if word and "-" not in token:
@@ -330,12 +357,12 @@ def definition_genus(definition: str) -> str:
     return ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _synset_genus(synset: str) -> str:
     """Genus of a synset's definition; for vacuous genera (``a breed having ...``) the head word of its
     first multi-word lemma that is a noun (``Yorkshire terrier`` -> ``terrier``)."""
     lemmas, definitions, _, nouns = _wordnet()
-    genus = definition_genus(definitions.get(synset, ""))
+    genus = definition_genus(definitions.get(synset, ""), compound=True)
     if genus and genus not in _VACUOUS:
         return genus
     for name in lemmas.get(synset, []):
@@ -355,7 +382,7 @@ def _resolve_word(word: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _genus_chain(synset: str) -> frozenset[str]:
     """Words naming what ``synset`` is a kind of: its genus, that genus' synonyms and genus, and so on.
 
@@ -370,7 +397,7 @@ def _genus_chain(synset: str) -> frozenset[str]:
     for _ in range(_MAX_GENUS_HOPS + 1):
         if not genus:
             break
-        words.add(genus)
+        words.update({genus, genus.split()[-1]})
         parent = _resolve_word(genus)
         if parent is None or parent in seen:
             break
@@ -388,7 +415,9 @@ class _Source:
         self.labels = [str(s) for s in labels]
         self.offset = imagenet_offset(self.labels)
         synsets = _imagenet()[0] if self.offset is not None else ()
-        self.synset_row = {s: i + self.offset for i, s in enumerate(synsets)} if self.offset is not None else {}
+        self.synset_row = (
+            {s: i + self.offset for i, s in enumerate(synsets)} if self.offset is not None else {}
+        )
         self.row_synset = {row: s for s, row in self.synset_row.items()}
         descriptions = _imagenet()[1]
         self.whole: list[set[str]] = []
@@ -399,9 +428,7 @@ class _Source:
                 text = descriptions[row - (self.offset or 0)]  # synset-id labels: match on the names
             self.whole.append(_forms(normalize_label(text)))
             self.syns.append(_synonyms(text))
-        self.background = {
-            i for i, s in enumerate(self.labels) if normalize_label(s) == _BACKGROUND
-        }
+        self.background = {i for i, s in enumerate(self.labels) if normalize_label(s) == _BACKGROUND}
 
     def rows(self) -> Iterable[int]:
         return (i for i in range(len(self.labels)) if i not in self.background)
@@ -515,9 +542,9 @@ def _resolve_value(key: str, value: Any, source: _Source) -> int:
     if _SYNSET_RE.match(text) and text in source.synset_row:
         return source.synset_row[text]
     forms = _forms(normalize_label(text))
-    for kind, rows in (
-        ("label", [i for i in range(len(source.labels)) if source.whole[i] & forms]),
-        ("synonym", [i for i in range(len(source.labels)) if _names_match(forms, source.syns[i])]),
+    for rows in (
+        [i for i in range(len(source.labels)) if source.whole[i] & forms],
+        [i for i in range(len(source.labels)) if _names_match(forms, source.syns[i])],
     ):
         if len(rows) == 1:
             return rows[0]
@@ -599,7 +626,49 @@ def match_labels(
             matches.append(_auto_match(target, source))
         else:
             matches.append(LabelMatch(target, [], [], "none", [], "automatic matching off"))
+    if auto:
+        matches = _complements(matches, source, explicit)
     return LabelMappingReport(matches, len(source.labels), source.offset)
+
+
+def _complements(matches: list[LabelMatch], source: _Source, explicit: Mapping[int, Any]) -> list[LabelMatch]:
+    """Unmatched targets that say "not X" or "other" start from the complement of X's rows (or of every
+    matched row): ``not_hotdog`` is every source class but ``hotdog, hot dog, red hot``. Merged like any
+    many-to-one target, its logit approximates the log-sum-exp of those classes, so the pair
+    (``hotdog``, ``not_hotdog``) starts as "is hotdog more likely than everything else together?"."""
+    used = {row for m in matches for row in m.source_indices}
+    out = list(matches)
+    for pos, match in enumerate(matches):
+        if match.kind != "none" or pos in explicit:
+            continue
+        name = normalize_label(match.target)
+        negated = _NEGATION_RE.match(name)
+        if negated:
+            inner = negated.group(1)
+            rows: list[int] = []
+            for other in matches:
+                if other.source_indices and _forms(normalize_label(other.target)) & _forms(inner):
+                    rows = list(other.source_indices)
+            if not rows:
+                found = _auto_match(inner, source)
+                rows = list(found.source_indices)
+            if not rows:
+                continue
+            what = f"every source class but the {len(rows)} row(s) of {inner!r}"
+        elif name in _REST_WORDS:
+            if not used:
+                continue
+            rows = sorted(used)
+            what = f"every source class not used by another target ({len(rows)} used)"
+        else:
+            continue
+        excluded = set(rows)
+        complement = [i for i in source.rows() if i not in excluded]
+        out[pos] = LabelMatch(
+            match.target, complement, [source.labels[i] for i in complement], "complement", complement[:0],
+            f"complement: {what}",
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------------ recipe values
@@ -662,8 +731,10 @@ def parse_label_mapping(value: Any) -> tuple[bool, dict[str, Any] | None]:
 def _check_mapping(mapping: dict[Any, Any], origin: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, val in mapping.items():
-        ok = val is None or isinstance(val, str) or (
-            isinstance(val, (list, tuple)) and all(isinstance(v, str) for v in val)
+        ok = (
+            val is None
+            or isinstance(val, str)
+            or (isinstance(val, (list, tuple)) and all(isinstance(v, str) for v in val))
         )
         if not ok:
             raise ConfigError(

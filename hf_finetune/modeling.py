@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError
-from .heads import head_parameter_names, reinitialize_head
+from .heads import copy_source_rows, head_parameter_names, reinitialize_head, source_head_tensors
 
 __all__ = [
     "LoadedModel",
@@ -42,6 +42,7 @@ class LoadedModel:
     reinitialized_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     is_timm: bool = False
     name_or_path: str = ""
+    mapping: Any = None  # hf_finetune.labels.LabelMappingReport when label mapping ran
 
     def describe(self) -> str:
         origin = "timm (via TimmWrapper)" if self.is_timm else "transformers"
@@ -56,6 +57,14 @@ class LoadedModel:
             lines.append(f"re-initialised tensors: {shapes}")
         else:
             lines.append("re-initialised tensors: none (the target labels are the checkpoint's own labels)")
+        if self.mapping is not None:
+            reused = self.mapping.reused
+            lines.append(
+                f"classifier rows reused from the source: {len(reused)} of {len(self.labels)} target labels "
+                f"({', '.join(m.target for m in reused[:8])}{' ...' if len(reused) > 8 else ''})"
+                if reused
+                else "classifier rows reused from the source: none (no target label matched a source label)"
+            )
         return "\n".join(lines)
 
 
@@ -170,14 +179,23 @@ def load_model_for_labels(
     cache_dir: str | None = None,
     trust_remote_code: bool = False,
     token: str | None = None,
+    label_mapping: Any = "auto",
+    label_merge: str = "lse",
 ) -> LoadedModel:
     """Load ``model_name_or_path`` with an output layer for ``labels``.
 
     The body is copied whole; the head is kept only when ``labels`` are exactly the checkpoint's labels in
     the same order. Otherwise it is re-initialised as the model initialises its head, and the names and shapes
-    of the re-initialised tensors are in the returned :class:`LoadedModel`.
+    of the re-initialised tensors are in the returned :class:`LoadedModel`. Then, unless ``label_mapping`` is
+    ``"none"``, target labels that match source labels (:func:`hf_finetune.labels.match_labels`; an explicit
+    ``{target: source label(s)}`` mapping wins) start from the source classifier's rows
+    (:func:`hf_finetune.heads.copy_source_rows`); the report is ``LoadedModel.mapping``.
     """
+    import copy
+
     from transformers import AutoModelForImageClassification
+
+    from .labels import match_labels, parse_label_mapping
 
     if not labels:
         raise ModelLoadError("labels: got an empty label set; expected at least one class name")
@@ -188,6 +206,11 @@ def load_model_for_labels(
     source_labels = source_label_names(config)
     is_timm = is_timm_config(config)
     same_labels = list(labels) == source_labels
+    source_config = copy.deepcopy(config)
+    auto, explicit = parse_label_mapping(label_mapping)
+    mapping = None
+    if not same_labels and (auto or explicit):
+        mapping = match_labels(list(labels), source_labels, explicit, auto)
 
     if not same_labels:
         config.num_labels = len(labels)
@@ -228,6 +251,20 @@ def load_model_for_labels(
             logger.warning(
                 "weights missing from the checkpoint, freshly initialised: %s", ", ".join(extra_missing)
             )
+    if mapping is not None and mapping.reused:
+        # The source head: load the checkpoint as it is, keep its head tensors, drop the rest.
+        source_model = AutoModelForImageClassification.from_pretrained(
+            model_name_or_path,
+            config=source_config,
+            revision=revision,
+            cache_dir=cache_dir,
+            trust_remote_code=trust_remote_code,
+            token=token,
+        )
+        source_head = source_head_tensors(source_model, len(source_labels))
+        del source_model
+        rows = [(t, list(m.source_indices)) for t, m in enumerate(mapping.matches) if m.source_indices]
+        copy_source_rows(model, source_head, rows, merge=label_merge)
     state = dict(model.named_parameters())
     shapes = {name: tuple(state[name].shape) for name in reinitialized if name in state}
     processor = load_image_processor(model_name_or_path, revision=revision, cache_dir=cache_dir, token=token)
@@ -240,5 +277,6 @@ def load_model_for_labels(
         reinitialized_shapes=shapes,
         is_timm=is_timm,
         name_or_path=str(model_name_or_path),
+        mapping=mapping,
     )
     return loaded

@@ -75,7 +75,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 # TrainingArguments fields that accept a mapping (JSON-like values).
-_DICT_KEYS = {f.name for f in fields(FinetuneTrainingArguments) if "dict" in str(f.type).lower()}
+_DICT_KEYS = {f.name for f in fields(FinetuneTrainingArguments) if "dict" in str(f.type).lower()} | {
+    "label_mapping"
+}
 
 
 def _flag_keys(argv: list[str]) -> list[str]:
@@ -179,6 +181,10 @@ def _plain(value: Any, key: str = "") -> Any:
 
     if isinstance(value, enum.Enum):
         return value.value
+    if key == "label_mapping" and isinstance(value, str) and value.lstrip().startswith("{"):
+        import json
+
+        return json.loads(value)  # recorded as the mapping it was given as
     if key == "report_to" and isinstance(value, (list, tuple)) and not value:
         return "none"  # TrainingArguments turns "none" into []
     if isinstance(value, (list, tuple)):

@@ -119,8 +119,12 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         revision=model_args.model_revision,
         cache_dir=model_args.cache_dir,
         trust_remote_code=model_args.trust_remote_code,
+        label_mapping=model_args.label_mapping,
+        label_merge=model_args.label_merge,
     )
     logger.info("%s", loaded.describe())
+    if loaded.mapping is not None:
+        logger.info("label mapping (source rows that start each target class):\n%s", loaded.mapping.table())
     model = loaded.model
     for line in configure_batchnorm(model, training_args.batchnorm):
         logger.info("%s", line)
@@ -189,6 +193,10 @@ def _save_final(trainer, loaded, training_args, explicit: dict[str, Any] | None,
         ),
         encoding="utf-8",
     )
+    if loaded.mapping is not None:
+        (staging / "label_mapping.json").write_text(
+            json.dumps(loaded.mapping.to_dict(), indent=2), encoding="utf-8"
+        )
     for path in (out / name for name in FINAL_WEIGHTS):  # a stale model from an earlier run goes first
         if path.exists():
             path.unlink()

@@ -14,7 +14,9 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 def test_readme_opens_with_make_demo_and_make_test():
     setup = README.index("## Set up")
-    assert README.index("make demo", setup) < README.index("make test", setup) < README.index("## Command line")
+    assert (
+        README.index("make demo", setup) < README.index("make test", setup) < README.index("## Command line")
+    )
 
 
 def test_every_project_key_is_documented():
