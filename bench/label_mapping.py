@@ -11,7 +11,10 @@ statistics, the pretrained runs freeze them).
 Part 2, ../shared/data/cifar10-test: the zero-shot accuracy of the mapped 10-way head (many-to-one rows:
 `dog` from every ImageNet dog breed, ...) on a seeded, stratified subset, against chance (0.10), and the
 error of the merged-row formula (mean row + log n) against the exact log-sum-exp of the merged classes'
-logits on the same real images.
+logits on the same real images; then the epoch-0 accuracy of the whole head as the training pipeline builds
+it, for label_merge lse / balanced and for label_init_from_data (rows weighted, and chosen for `deer`, from
+the pretrained model's predictions on up to 32 training images per class; the evaluated images are the
+held-out split).
 
     python bench/label_mapping.py [--epochs 3] [--cifar-images 2000] [--models mobilenet_v2 efficientnet_lite0]
 """
@@ -130,6 +133,31 @@ def cifar_zero_shot(path: Path, images: int, seed: int = 0) -> dict:
     }
 
 
+def cifar_variants(path: Path, images: int, seed: int = 0) -> dict[str, float]:
+    """Epoch-0 accuracy of the whole 10-way head through the training pipeline, per head-building variant."""
+    from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
+    from hf_finetune.train import build_trainer
+
+    out = {}
+    for name, merge, from_data in (
+        ("names, lse", "lse", False),
+        ("names, balanced", "balanced", False),
+        ("names + data, balanced", "balanced", True),
+    ):
+        trainer, _, _ = build_trainer(
+            ModelArguments(model_name_or_path=str(path), label_merge=merge, label_init_from_data=from_data),
+            DataArguments(
+                train_dir=str(SHARED / "data" / "cifar10-test"), train_val_split=min(0.99, images / 10000)
+            ),
+            FinetuneTrainingArguments(
+                output_dir="unused", disable_tqdm=True, per_device_eval_batch_size=100, seed=seed
+            ),
+        )
+        out[name] = trainer.evaluate()["eval_accuracy"]
+        print(f"cifar10 {path.name} {name}: {out[name]:.3f}", flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
@@ -163,6 +191,7 @@ def main() -> int:
                     )
         for name in args.models:
             results["cifar10"][name] = cifar_zero_shot(MODELS[name], args.cifar_images)
+            results["cifar10"][name]["variants"] = cifar_variants(MODELS[name], args.cifar_images)
     print()
     if results["hotdog"]:
         header = "| model | variant | " + " | ".join(f"epoch {i}" for i in range(args.epochs + 1)) + " |"
@@ -183,6 +212,12 @@ def main() -> int:
             f"{r['zero_shot_accuracy_exact_lse']:.3f} | "
             f"{r['chance']:.2f} | {r['lse_abs_error_mean']:.3f} | {r['lse_abs_error_p95']:.3f} |"
         )
+    print()
+    variants = list(next(iter(results["cifar10"].values()))["variants"]) if results["cifar10"] else []
+    print("| model | " + " | ".join(f"zero-shot: {v}" for v in variants) + " |")
+    print("|---|" + "---|" * len(variants))
+    for name, r in results["cifar10"].items():
+        print(f"| {name} | " + " | ".join(f"{r['variants'][v]:.3f}" for v in variants) + " |")
     for name, r in results["cifar10"].items():
         rows = ", ".join(f"{t} {k}:{n}" for t, (k, n) in r["rows_per_class"].items())
         print(f"{name} rows per CIFAR-10 class: {rows}")

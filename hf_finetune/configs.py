@@ -74,6 +74,15 @@ class ModelArguments:
         },
     )
 
+    label_init_from_data: bool = field(
+        default=False,
+        metadata={
+            "help": "Before training, let the pretrained model look at up to 32 training images per class: "
+            "targets no name matched start from the source rows it predicts for them, and targets built from "
+            "several rows get them weighted by those predictions (Co-Tuning-style; reported as kind 'data')."
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.label_mapping, dict):
             import json
@@ -211,7 +220,7 @@ _FINETUNE_DEFAULTS = {
     "learning_rate": 1e-4,
     "weight_decay": 0.01,
     "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.1,
+    "warmup_steps": 0,
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 64,
     "eval_strategy": "epoch",
@@ -229,7 +238,7 @@ _FINETUNE_DEFAULTS = {
 class FinetuneTrainingArguments(TrainingArguments):
     """``TrainingArguments`` with fine-tuning defaults and the fine-tuning options.
 
-    Defaults that differ from transformers': 3 epochs, lr 1e-4 with cosine decay and 10% warm-up,
+    Defaults that differ from transformers': 3 epochs, lr 1e-4 with cosine decay,
     evaluation and checkpoint every epoch, best model (validation accuracy) restored at the end,
     evaluation before the first step (epoch 0: the accuracy before fine-tuning), no reporting service.
     """
@@ -254,8 +263,11 @@ class FinetuneTrainingArguments(TrainingArguments):
         default="cosine", metadata={"help": "Learning-rate schedule after warm-up."}
     )
     warmup_steps: float = field(
-        default=0.1,
-        metadata={"help": "Warm-up length: steps (an integer >= 1) or a ratio of all steps (in [0, 1))."},
+        default=0,
+        metadata={
+            "help": "Warm-up length: steps (an integer >= 1) or a ratio of all steps (in [0, 1)). None by "
+            "default: with reused classifier rows a warm-up only slowed the first epoch (bench/label_mapping.py)."
+        },
     )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
     per_device_eval_batch_size: int = field(
@@ -311,9 +323,10 @@ class FinetuneTrainingArguments(TrainingArguments):
     batchnorm: str = field(
         default="auto",
         metadata={
-            "help": "BatchNorm running statistics: auto (train them, after correcting TF-style momentum such as "
-            "transformers' MobileNet 0.997 to PyTorch's 1-0.997), train (as loaded), freeze (keep the "
-            "pretrained statistics; affine weights still learn).",
+            "help": "BatchNorm running statistics: auto (correct TF-style momentum such as transformers' "
+            "MobileNet 0.997 to PyTorch's 1-0.997, then train the statistics with 32 or more images per "
+            "device and freeze them below that), train (as loaded), freeze (keep the pretrained statistics; "
+            "affine weights still learn).",
             "choices": list(BATCHNORM_MODES),
         },
     )

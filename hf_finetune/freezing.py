@@ -134,12 +134,17 @@ def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def configure_batchnorm(model: nn.Module, mode: str = "auto") -> list[str]:
+SMALL_BATCH = 32  # below this many images per device, batch statistics are too noisy to train on
+
+
+def configure_batchnorm(model: nn.Module, mode: str = "auto", batch_size: int | None = None) -> list[str]:
     """Apply the BatchNorm policy; returns one line per kind of change made.
 
     * ``auto``: momentum written in TensorFlow's convention (``running = m*running + (1-m)*batch``, m close to
       1, as transformers' MobileNetV1/V2 build it with 0.997/0.9997) is converted to PyTorch's
-      (``1 - m``); without this, every training batch would replace the pretrained statistics.
+      (``1 - m``); without this, every training batch would replace the pretrained statistics. Then, with
+      fewer than ``SMALL_BATCH`` (32) images per device, the statistics are frozen as with ``freeze``: the
+      statistics of small batches are noisy and shift the features the pretrained (and reused) rows expect.
     * ``freeze``: BatchNorm layers always run in evaluation mode (running statistics kept; affine weights
       still learn when their parameters are trainable).
     * ``train``: left as loaded.
@@ -158,7 +163,12 @@ def configure_batchnorm(model: nn.Module, mode: str = "auto") -> list[str]:
             changes.append(
                 f"BatchNorm momentum {momentum} (TensorFlow convention) -> {round(1 - momentum, 10)} in {count} layers"
             )
-    elif mode == "freeze":
+        if batch_size is not None and batch_size < SMALL_BATCH:
+            mode = "freeze"
+            changes.append(
+                f"batch of {batch_size} < {SMALL_BATCH} images per device: BatchNorm statistics frozen"
+            )
+    if mode == "freeze":
         for _, module in norms:
             module.train = types.MethodType(_frozen_train, module)
             module.eval()

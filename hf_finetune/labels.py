@@ -665,7 +665,11 @@ def _complements(matches: list[LabelMatch], source: _Source, explicit: Mapping[i
         excluded = set(rows)
         complement = [i for i in source.rows() if i not in excluded]
         out[pos] = LabelMatch(
-            match.target, complement, [source.labels[i] for i in complement], "complement", complement[:0],
+            match.target,
+            complement,
+            [source.labels[i] for i in complement],
+            "complement",
+            complement[:0],
             f"complement: {what}",
         )
     return out

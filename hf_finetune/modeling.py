@@ -43,6 +43,7 @@ class LoadedModel:
     is_timm: bool = False
     name_or_path: str = ""
     mapping: Any = None  # hf_finetune.labels.LabelMappingReport when label mapping ran
+    source_head: dict[str, Any] | None = None  # the checkpoint's own head tensors, when they were needed
 
     def describe(self) -> str:
         origin = "timm (via TimmWrapper)" if self.is_timm else "transformers"
@@ -181,6 +182,7 @@ def load_model_for_labels(
     token: str | None = None,
     label_mapping: Any = "auto",
     label_merge: str = "lse",
+    keep_source_head: bool = False,
 ) -> LoadedModel:
     """Load ``model_name_or_path`` with an output layer for ``labels``.
 
@@ -251,7 +253,8 @@ def load_model_for_labels(
             logger.warning(
                 "weights missing from the checkpoint, freshly initialised: %s", ", ".join(extra_missing)
             )
-    if mapping is not None and mapping.reused:
+    source_head = None
+    if (mapping is not None and mapping.reused) or (keep_source_head and not same_labels):
         # The source head: load the checkpoint as it is, keep its head tensors, drop the rest.
         source_model = AutoModelForImageClassification.from_pretrained(
             model_name_or_path,
@@ -263,8 +266,10 @@ def load_model_for_labels(
         )
         source_head = source_head_tensors(source_model, len(source_labels))
         del source_model
-        rows = [(t, list(m.source_indices)) for t, m in enumerate(mapping.matches) if m.source_indices]
-        copy_source_rows(model, source_head, rows, merge=label_merge)
+        matches = mapping.matches if mapping is not None else []
+        rows = [(t, list(m.source_indices)) for t, m in enumerate(matches) if m.source_indices]
+        if rows:
+            copy_source_rows(model, source_head, rows, merge=label_merge)
     state = dict(model.named_parameters())
     shapes = {name: tuple(state[name].shape) for name in reinitialized if name in state}
     processor = load_image_processor(model_name_or_path, revision=revision, cache_dir=cache_dir, token=token)
@@ -278,5 +283,6 @@ def load_model_for_labels(
         is_timm=is_timm,
         name_or_path=str(model_name_or_path),
         mapping=mapping,
+        source_head=source_head if keep_source_head else None,
     )
     return loaded

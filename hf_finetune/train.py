@@ -121,12 +121,15 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         trust_remote_code=model_args.trust_remote_code,
         label_mapping=model_args.label_mapping,
         label_merge=model_args.label_merge,
+        keep_source_head=model_args.label_init_from_data,
     )
     logger.info("%s", loaded.describe())
-    if loaded.mapping is not None:
+    if loaded.mapping is not None and not model_args.label_init_from_data:
         logger.info("label mapping (source rows that start each target class):\n%s", loaded.mapping.table())
     model = loaded.model
-    for line in configure_batchnorm(model, training_args.batchnorm):
+    for line in configure_batchnorm(
+        model, training_args.batchnorm, training_args.per_device_train_batch_size
+    ):
         logger.info("%s", line)
     freeze = freeze_parameters(model, training_args.freeze_layers, training_args.freeze_patterns)
     logger.info("%s", freeze.describe())
@@ -145,6 +148,8 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         tuple(round(float(v), 4) for v in data_config["std"]),
         data_args.augmentation,
     )
+    if model_args.label_init_from_data and loaded.source_head is not None:
+        _init_rows_from_data(loaded, data, eval_transform, model_args.label_merge)
     train_dataset = data.dataset["train"].with_transform(make_batch_transform(train_transform))
     eval_dataset = data.dataset["validation"].with_transform(make_batch_transform(eval_transform))
     trainer = FinetuneTrainer(
@@ -158,6 +163,31 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         callbacks=callbacks,
     )
     return trainer, loaded, data
+
+
+def _init_rows_from_data(loaded, data, eval_transform, merge: str = "lse") -> None:
+    """``label_init_from_data``: choose/weight source rows from the pretrained model's predictions."""
+    from .data_init import copy_weighted_rows, data_driven_rows, source_probabilities_per_class
+    from .labels import match_labels
+
+    if loaded.mapping is None:  # label_mapping none: every target is unmatched
+        loaded.mapping = match_labels(loaded.labels, loaded.source_labels, None, auto=False)
+    background = {i for i, name in enumerate(loaded.source_labels) if name.strip().lower() == "background"}
+    probs = source_probabilities_per_class(
+        loaded.model,
+        loaded.source_head,
+        data.dataset["train"],
+        eval_transform,
+        len(loaded.labels),
+        exclude_rows=background,
+    )
+    rows = data_driven_rows(loaded.mapping, probs, loaded.source_labels)
+    copy_weighted_rows(loaded.model, loaded.source_head, rows, merge=merge)
+    logger.info(
+        "label_init_from_data: %d target rows chosen or weighted from the pretrained model's predictions",
+        len(rows),
+    )
+    logger.info("label mapping (source rows that start each target class):\n%s", loaded.mapping.table())
 
 
 def _first_eval(log_history: list[dict[str, Any]]) -> dict[str, float]:

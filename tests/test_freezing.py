@@ -129,3 +129,18 @@ def test_mobilenet_momentum_trap_on_real_weights():
     assert untouched >= 0.65
     assert results["auto"] >= untouched - 0.02 and agreement["auto"] >= 0.95
     assert results["train"] < untouched and agreement["train"] <= 0.8
+
+
+def test_batchnorm_auto_freezes_statistics_for_small_batches():
+    small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.997))
+    changes = configure_batchnorm(small, "auto", batch_size=8)
+    assert small[1].momentum == pytest.approx(0.003) and any("frozen" in c for c in changes)
+    small.train()
+    before = small[1].running_mean.clone()
+    small(torch.randn(2, 3, 8, 8) + 5)
+    assert not small[1].training and torch.equal(before, small[1].running_mean)
+    large = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert configure_batchnorm(large, "auto", batch_size=32) == []
+    large.train()
+    large(torch.randn(2, 3, 8, 8) + 5)
+    assert large[1].training and not torch.equal(large[1].running_mean, torch.zeros(4))

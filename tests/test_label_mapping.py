@@ -23,14 +23,27 @@ def food_folder(tmp_path_factory):
 
 def _cli(*args):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "hf_finetune", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "hf_finetune", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 def test_map_labels_prints_every_target_without_training(tiny_hf_checkpoint, food_folder, tmp_path):
     report_path = tmp_path / "report.json"
-    proc = _cli("map-labels", "--model_name_or_path", str(tiny_hf_checkpoint), "--train_dir", str(food_folder),
-                "--output", str(report_path))
+    proc = _cli(
+        "map-labels",
+        "--model_name_or_path",
+        str(tiny_hf_checkpoint),
+        "--train_dir",
+        str(food_folder),
+        "--output",
+        str(report_path),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for target in ("Hot Dog", "cat", "zebra"):
         assert target in proc.stdout
@@ -42,14 +55,30 @@ def test_map_labels_prints_every_target_without_training(tiny_hf_checkpoint, foo
 
 def test_bad_mapping_entry_is_one_line_exit_2(tiny_hf_checkpoint, food_folder, tmp_path):
     out = tmp_path / "out"
-    proc = _cli("train", "--model_name_or_path", str(tiny_hf_checkpoint), "--train_dir", str(food_folder),
-                "--output_dir", str(out), "--label_mapping", '{"zebr": "cat"}')
+    proc = _cli(
+        "train",
+        "--model_name_or_path",
+        str(tiny_hf_checkpoint),
+        "--train_dir",
+        str(food_folder),
+        "--output_dir",
+        str(out),
+        "--label_mapping",
+        '{"zebr": "cat"}',
+    )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
     assert lines[0].startswith("hf-finetune: error:") and "'zebr'" in lines[0] and "zebra" in lines[0]
     assert not out.exists()
-    proc = _cli("map-labels", "--model_name_or_path", str(tiny_hf_checkpoint), "--train_dir", str(food_folder),
-                "--label_mapping", '{"zebra": "zebu"}')
+    proc = _cli(
+        "map-labels",
+        "--model_name_or_path",
+        str(tiny_hf_checkpoint),
+        "--train_dir",
+        str(food_folder),
+        "--label_mapping",
+        '{"zebra": "zebu"}',
+    )
     assert proc.returncode == 2 and "'zebu'" in proc.stderr and "Traceback" not in proc.stderr
 
 

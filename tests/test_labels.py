@@ -55,7 +55,15 @@ def test_normalize_label(raw, expected):
 
 def test_match_kinds_are_the_documented_ones():
     assert MATCH_KINDS == (
-        "explicit", "exact", "synonym", "plural", "synset", "head", "definition", "complement", "none",
+        "explicit",
+        "exact",
+        "synonym",
+        "plural",
+        "synset",
+        "head",
+        "definition",
+        "complement",
+        "none",
     )
 
 
@@ -111,9 +119,15 @@ def test_complement_for_not_x_and_other():
     assert report.matches[1].source_indices == [i for i in range(1000) if i != HOTDOG]
     # "not X" where X is not a target but a source label
     alone = match_labels(["Non-Hotdog"], names).matches[0]
-    assert alone.kind == "complement" and HOTDOG not in alone.source_indices and len(alone.source_indices) == 999
+    assert (
+        alone.kind == "complement" and HOTDOG not in alone.source_indices and len(alone.source_indices) == 999
+    )
     rest = match_labels(["goldfish", "tench", "other"], names).matches[2]
-    assert rest.kind == "complement" and {0, 1}.isdisjoint(rest.source_indices) and len(rest.source_indices) == 998
+    assert (
+        rest.kind == "complement"
+        and {0, 1}.isdisjoint(rest.source_indices)
+        and len(rest.source_indices) == 998
+    )
     # no matched target: "other" stays a fresh row
     assert match_labels(["other"], names).matches[0].kind == "none"
     # explicit none wins
