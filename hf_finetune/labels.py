@@ -276,6 +276,13 @@ def _singular(word: str, nouns: frozenset[str]) -> str:
     return word
 
 
+_FUNCTION_WORDS = frozenset("or and but nor than as".split())
+_COUNT_WORDS = frozenset(
+    "one two three four five six seven eight nine ten eleven twelve dozen hundred thousand several many "
+    "more most few number pair couple".split()
+)
+
+
 def definition_genus(definition: str, compound: bool = False) -> str:
     """The genus (head noun) of a WordNet definition, singular, or ``""`` when it names none.
 
@@ -317,7 +324,10 @@ def definition_genus(definition: str, compound: bool = False) -> str:
         phrase.append(token)
 
     def is_noun(token: str) -> bool:
-        return "-" not in token and _singular(normalize_label(token), nouns) in nouns
+        word = normalize_label(token)
+        if word in _COUNT_WORDS or word in _FUNCTION_WORDS:  # "two or more slices": never the genus
+            return False
+        return "-" not in token and _singular(word, nouns) in nouns
 
     def is_participle(token: str) -> bool:
         return (
@@ -352,6 +362,8 @@ def definition_genus(definition: str, compound: bool = False) -> str:
         phrase = phrase[: participles[0]]
     for token in reversed(phrase):
         word = normalize_label(token)
+        if word in _COUNT_WORDS or word in _FUNCTION_WORDS:
+            continue  # "two or more slices": neither "or" nor "two" is a genus
         if word and "-" not in token:
             return _singular(word.split()[-1], nouns)
     return ""

@@ -358,3 +358,13 @@ def test_parse_label_mapping_file_not_holding_a_dict(tmp_path):
     f.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         parse_label_mapping(str(f))
+
+
+def test_number_words_are_never_a_genus():
+    """`sandwich`'s definition starts "two or more slices of bread": digits named `two` must not map to
+    cheeseburger through it (found by `hf-finetune map-labels` on the demo's digits)."""
+    names = [INFO.index_to_description(i) for i in range(1000)]
+    report = match_labels(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"], names
+    )
+    assert [m.kind for m in report.matches] == ["none"] * 10
