@@ -142,6 +142,21 @@ def test_failed_run_leaves_no_finished_model(tiny_hf_checkpoint, tiny_image_fold
     checkpoints = sorted(out.glob("checkpoint-*"))
     assert [c.name for c in checkpoints] == ["checkpoint-5"]
     assert (checkpoints[0] / "model.safetensors").is_file() and (checkpoints[0] / "optimizer.pt").is_file()
+    # ... and resuming from it finishes the run
+    result = main(
+        ModelArguments(model_name_or_path=str(tiny_hf_checkpoint)),
+        DataArguments(train_dir=str(tiny_image_folder), image_size=32),
+        FinetuneTrainingArguments(
+            output_dir=str(out),
+            per_device_train_batch_size=8,
+            num_train_epochs=2,
+            resume_from_checkpoint="last",
+        ),
+    )
+    assert is_finished_model_dir(out)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 10 and state["epoch"] == 2
+    assert result.train_metrics["epoch"] == 2
 
 
 @requires_shared
