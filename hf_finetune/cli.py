@@ -68,7 +68,9 @@ def _train(argv: list[str]) -> int:
 
 
 def _predict(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="hf-finetune predict", description=COMMANDS["predict"])
+    from .parser import CommandParser
+
+    parser = CommandParser(prog="hf-finetune predict", description=COMMANDS["predict"])
     parser.add_argument("model", help="output folder of a fine-tune, or a Hub id")
     parser.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     parser.add_argument("--top-k", "--top_k", type=int, default=5, dest="top_k", help="predictions per image")
@@ -91,12 +93,11 @@ def _predict(argv: list[str]) -> int:
 
 
 def _eval(argv: list[str]) -> int:
-    from transformers import HfArgumentParser
-
     from .configs import DataArguments
     from .evaluation import evaluate_model, format_report
+    from .parser import RecipeParser
 
-    parser = HfArgumentParser(DataArguments, prog="hf-finetune eval", description=COMMANDS["eval"])
+    parser = RecipeParser(DataArguments, prog="hf-finetune eval", description=COMMANDS["eval"])
     parser.add_argument("model", help="output folder of a fine-tune, or a Hub id")
     parser.add_argument("--split", default="validation", help="train, validation or test")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=64)
@@ -109,14 +110,7 @@ def _eval(argv: list[str]) -> int:
         default=None,
         help="where metrics.json is written (default: MODEL/eval_<split> for a local model)",
     )
-
-    def error(message: str):
-        from .errors import ConfigError
-
-        raise ConfigError(message.replace("argument --", ""))
-
-    parser.error = error
-    data_args, extra = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
+    data_args, extra = parser.parse_command(argv)
     from pathlib import Path
 
     report_dir = extra.report_dir
@@ -139,21 +133,14 @@ def _eval(argv: list[str]) -> int:
 def _map_labels(argv: list[str]) -> int:
     import json
 
-    from transformers import HfArgumentParser
-
     from .configs import DataArguments, ModelArguments
-    from .errors import ConfigError
+    from .parser import RecipeParser
 
-    parser = HfArgumentParser(
+    parser = RecipeParser(
         (ModelArguments, DataArguments), prog="hf-finetune map-labels", description=COMMANDS["map-labels"]
     )
     parser.add_argument("--output", default=None, help="also write the report as JSON to this file")
-
-    def error(message: str):
-        raise ConfigError(message.replace("argument --", ""))
-
-    parser.error = error
-    model_args, data_args, extra = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, extra = parser.parse_command(argv)
     from .data import load_image_dataset
     from .labels import match_labels, parse_label_mapping
     from .modeling import load_source_config, source_label_names
@@ -165,12 +152,13 @@ def _map_labels(argv: list[str]) -> int:
         model_args.cache_dir,
         model_args.trust_remote_code,
     )
+    source_labels = source_label_names(config)
     auto, explicit = parse_label_mapping(model_args.label_mapping)
-    report = match_labels(list(data.labels), source_label_names(config), explicit, auto)
+    report = match_labels(list(data.labels), source_labels, explicit, auto)
     print(report.table())
     print(
         f"{len(report.reused)} of {len(data.labels)} target labels start from source rows "
-        f"({len(source_label_names(config))} source labels in {model_args.model_name_or_path})"
+        f"({len(source_labels)} source labels in {model_args.model_name_or_path})"
     )
     if extra.output:
         with open(extra.output, "w", encoding="utf-8") as handle:

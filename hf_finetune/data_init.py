@@ -15,8 +15,8 @@ A target row from source rows ``S`` with weights ``a`` (``a = p_t`` restricted t
 
 This is the first-order expansion of ``log sum_{k in S} exp(z_k)`` at the inputs where the within-group
 softmax equals ``a``, i.e. at the target class's own images; with equal weights it is the
-``mean + log n`` rule of :func:`hf_finetune.heads.copy_source_rows`. With ``label_merge: balanced`` the
-``H(a)`` term is left out, as ``log n`` is there.
+``mean + log n`` rule. Both are written by :func:`hf_finetune.heads.copy_source_rows`, given the weights;
+with ``label_merge: balanced`` the ``H(a)`` term is left out, as ``log n`` is there.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 
 from .heads import head_module_names
 
-__all__ = ["source_probabilities_per_class", "data_driven_rows", "copy_weighted_rows"]
+__all__ = ["source_probabilities_per_class", "data_driven_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,26 +145,3 @@ def data_driven_rows(
             )
             out.append((t, rows, [float(w) for w in weights]))
     return out
-
-
-@torch.no_grad()
-def copy_weighted_rows(
-    model: torch.nn.Module,
-    source_head: dict[str, torch.Tensor],
-    rows: list[tuple[int, list[int], list[float]]],
-    merge: str = "lse",
-) -> None:
-    """Write ``w_t = sum a_k w_k`` and ``b_t = sum a_k b_k + H(a)`` for each (target, rows, weights);
-    ``merge="balanced"`` leaves out ``H(a)`` (no prior for targets spread over many rows)."""
-    named = dict(model.named_parameters())
-    for name, source in source_head.items():
-        if name not in named:
-            continue
-        target = named[name]
-        for t, idx, weights in rows:
-            a = torch.tensor(weights, dtype=torch.float64)
-            merged = (source[idx].to(torch.float64) * a.view(-1, *([1] * (source.ndim - 1)))).sum(0)
-            if name.endswith("bias") and merge == "lse":
-                nonzero = a[a > 0]
-                merged = merged - (nonzero * nonzero.log()).sum()
-            target[t].copy_(merged.to(target.dtype))

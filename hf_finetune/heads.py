@@ -96,26 +96,26 @@ def source_head_tensors(model: nn.Module, num_labels: int | None = None) -> dict
 def copy_source_rows(
     model: nn.Module,
     source_head: dict[str, torch.Tensor],
-    rows: list[tuple[int, list[int]]],
+    rows: list[tuple[int, list[int]] | tuple[int, list[int], list[float]]],
     merge: str = "lse",
 ) -> list[str]:
     """Start target rows from source rows of the pretrained classifier.
 
-    ``rows`` holds ``(target_row, [source_row, ...])`` pairs. With one source row, the weight row and the
-    bias are copied bit for bit. With several (one target from many source classes), the merged row is
-    built so that its logit approximates the log-sum-exp of the merged classes' logits::
+    ``rows`` holds ``(target_row, [source_row, ...])`` pairs, or ``(target_row, [source_row, ...], weights)``
+    triples. With one source row, the weight row and the bias are copied bit for bit. With several (one
+    target from many source classes), the merged row is built so that its logit approximates the
+    log-sum-exp of the merged classes' logits: with weights ``a`` (uniform unless given, summing to 1)::
 
-        w_t = mean_k w_k          b_t = mean_k b_k + log(n)
+        w_t = sum_k a_k w_k          b_t = sum_k a_k b_k + H(a),    H(a) = -sum_k a_k log a_k
 
-    which makes ``z_t = mean_k z_k + log n``: exact when the merged logits are equal, and otherwise a lower
-    bound of ``log sum_k exp(z_k)`` (by Jensen's inequality) that is off by at most ``log n``.
-    ``merge="balanced"`` drops the ``+ log n``: the row then approximates ``log mean_k exp(z_k)``, which
-    removes the source's prior in favour of targets built from many rows (balanced target classes). Every head
-    tensor is handled (weight and bias, and both heads of two-head models such as DeiT-distilled).
-    Returns the names of the tensors written.
+    the first-order expansion of ``log sum_k exp(z_k)`` where the softmax over the merged logits equals
+    ``a``. With uniform weights that is ``mean_k w_k`` and ``mean_k b_k + log n``, i.e.
+    ``z_t = mean_k z_k + log n``: exact when the merged logits are equal, otherwise a lower bound of the
+    log-sum-exp (Jensen) that is off by at most ``log n``. ``merge="balanced"`` leaves out ``H(a)`` (``log n``):
+    the row then approximates ``log mean_k exp(z_k)``, which removes the source's prior in favour of targets
+    built from many rows (balanced target classes). Every head tensor is handled (weight and bias, and both
+    heads of two-head models such as DeiT-distilled). Returns the names of the tensors written.
     """
-    import math
-
     named = dict(model.named_parameters())
     written = []
     for name, source in source_head.items():
@@ -123,15 +123,18 @@ def copy_source_rows(
             continue
         target = named[name]
         is_bias = name.endswith("bias")
-        for target_row, source_rows in rows:
+        for target_row, source_rows, *given in rows:
             if not source_rows:
                 continue
             if len(source_rows) == 1:
                 target[target_row].copy_(source[source_rows[0]].to(target.dtype))
-            else:
-                merged = source[source_rows].to(torch.float64).mean(dim=0)
-                if is_bias and merge == "lse":
-                    merged = merged + math.log(len(source_rows))
-                target[target_row].copy_(merged.to(target.dtype))
+                continue
+            n = len(source_rows)
+            a = torch.tensor(given[0] if given else [1.0 / n] * n, dtype=torch.float64)
+            merged = (source[source_rows].to(torch.float64) * a.view(-1, *([1] * (source.ndim - 1)))).sum(0)
+            if is_bias and merge == "lse":
+                nonzero = a[a > 0]
+                merged = merged - (nonzero * nonzero.log()).sum()
+            target[target_row].copy_(merged.to(target.dtype))
         written.append(name)
     return written

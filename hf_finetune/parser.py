@@ -19,7 +19,15 @@ from transformers import HfArgumentParser
 from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
 from .errors import ConfigError, suggest
 
-__all__ = ["RecipeParser", "parse_train_args", "load_recipe", "known_keys", "ParsedArgs"]
+__all__ = [
+    "RecipeParser",
+    "CommandParser",
+    "raise_config_error",
+    "parse_train_args",
+    "load_recipe",
+    "known_keys",
+    "ParsedArgs",
+]
 
 DATACLASSES = (ModelArguments, DataArguments, FinetuneTrainingArguments)
 
@@ -35,6 +43,14 @@ def known_keys() -> list[str]:
     return [f.name for cls in DATACLASSES for f in fields(cls) if f.init]
 
 
+def raise_config_error(message: str):
+    """argparse's error hook for every hf-finetune command: a :class:`ConfigError` (one line, exit 2 in the
+    CLI) instead of a usage dump."""
+    import re
+
+    raise ConfigError(re.sub(r"argument --([\w]+)(/--[\w-]+)?", r"\1", message))
+
+
 class RecipeParser(HfArgumentParser):
     """``HfArgumentParser`` whose errors are :class:`ConfigError` (one line, no usage dump, no exit)."""
 
@@ -44,10 +60,23 @@ class RecipeParser(HfArgumentParser):
         super().__init__(dataclass_types, **kwargs)
 
     def error(self, message: str):  # argparse calls this for bad flags and values
-        import re
+        raise_config_error(message)
 
-        message = re.sub(r"argument --([\w]+)(/--[\w-]+)?", r"\1", message)
-        raise ConfigError(message)
+    def parse_command(self, argv: list[str]) -> tuple:
+        """The dataclasses (and a namespace of extra arguments); a flag nobody knows is a ConfigError."""
+        *parsed, remaining = self.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if remaining:
+            known = [o for action in self._actions for o in action.option_strings]
+            flag = next((r for r in remaining if r.startswith("-")), remaining[0])
+            raise ConfigError(f"unknown flag or argument {flag!r}{suggest(flag, known)}")
+        return tuple(parsed)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A plain ``argparse`` parser with the same one-line errors, for commands without dataclasses."""
+
+    def error(self, message: str):
+        raise_config_error(message)
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:

@@ -71,11 +71,16 @@ def load_for_inference(model_name_or_path: str | Path, device: str | None = None
     import torch
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+    from .modeling import load_source_config
+
     source = str(model_name_or_path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = load_source_config(source)  # one-line ModelLoadError for non-checkpoints; repairs timm configs
     try:
-        model = AutoModelForImageClassification.from_pretrained(source, trust_remote_code=False)
+        model = AutoModelForImageClassification.from_pretrained(
+            source, config=config, trust_remote_code=False
+        )
         processor = AutoImageProcessor.from_pretrained(source)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load an image classifier from {source!r}: {exc}") from exc

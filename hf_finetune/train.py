@@ -167,7 +167,8 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
 
 def _init_rows_from_data(loaded, data, eval_transform, merge: str = "lse") -> None:
     """``label_init_from_data``: choose/weight source rows from the pretrained model's predictions."""
-    from .data_init import copy_weighted_rows, data_driven_rows, source_probabilities_per_class
+    from .data_init import data_driven_rows, source_probabilities_per_class
+    from .heads import copy_source_rows
     from .labels import match_labels
 
     if loaded.mapping is None:  # label_mapping none: every target is unmatched
@@ -182,7 +183,7 @@ def _init_rows_from_data(loaded, data, eval_transform, merge: str = "lse") -> No
         exclude_rows=background,
     )
     rows = data_driven_rows(loaded.mapping, probs, loaded.source_labels)
-    copy_weighted_rows(loaded.model, loaded.source_head, rows, merge=merge)
+    copy_source_rows(loaded.model, loaded.source_head, rows, merge=merge)
     logger.info(
         "label_init_from_data: %d target rows chosen or weighted from the pretrained model's predictions",
         len(rows),
@@ -197,7 +198,7 @@ def _first_eval(log_history: list[dict[str, Any]]) -> dict[str, float]:
     return {}
 
 
-def _save_final(trainer, loaded, training_args, explicit: dict[str, Any] | None, result: TrainResult) -> None:
+def _save_final(trainer, loaded, training_args, explicit: dict[str, Any] | None) -> None:
     """Write the final model so that a crash at any moment never leaves a folder that looks finished."""
     out = Path(training_args.output_dir)
     staging = out / ".final-partial"
@@ -252,16 +253,10 @@ def main(
     existed = out.exists()
     try:
         trainer, loaded, data = build_trainer(model_args, data_args, training_args, callbacks=callbacks)
-    except BaseException:
-        if not existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # Trainer may have created it; a bad input leaves nothing behind
-        raise
-
-    try:
         train_output = trainer.train(resume_from_checkpoint=resume)
     except BaseException:
         if not existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # nothing was written: leave nothing behind
+            out.rmdir()  # Trainer may have created it: a bad input or a failure before any write leaves nothing
         raise
     train_metrics = dict(train_output.metrics)
     train_metrics["train_samples"] = len(data.dataset["train"])
@@ -283,7 +278,7 @@ def main(
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         trainer.save_state()
-        _save_final(trainer, loaded, training_args, explicit, result)
+        _save_final(trainer, loaded, training_args, explicit)
     result.seconds = time.time() - start
     if trainer.is_world_process_zero():
         logger.info("%s", result.summary())

@@ -450,3 +450,43 @@ def test_eval_matches_training_eval(trained, kind, tiny_image_folder, env):
     assert metrics["split"] == "validation"
     assert abs(metrics["accuracy"] - trained_eval["eval_accuracy"]) < 1e-6
     assert sorted(metrics["per_class"]) == LABELS
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["predict", "{model}", "{images}", "--top-k", "two"], ["top_k", "'two'"]),
+        (["predict", "{missing}", "{images}"], ["model_name_or_path", "{missing}", "does not exist"]),
+        (["eval", "{model}", "--train_dir", "{images}", "--batch_size", "x"], ["batch_size", "'x'"]),
+        (
+            ["eval", "{model}", "--train_dir", "{images}", "--split", "tset"],
+            ["split", "'tset'", "'validation'"],
+        ),
+        (
+            ["map-labels", "--model_name_or_path", "{model}", "--train_dir", "{images}", "--nope", "1"],
+            ["--nope"],
+        ),
+    ],
+    ids=[
+        "predict-bad-type",
+        "predict-missing-model",
+        "eval-bad-type",
+        "eval-unknown-split",
+        "map-labels-unknown-flag",
+    ],
+)
+def test_other_commands_fail_in_one_line(
+    argv, expected, tiny_hf_checkpoint, tiny_image_folder, tmp_path, env
+):
+    values = {
+        "model": str(tiny_hf_checkpoint),
+        "images": str(tiny_image_folder),
+        "missing": str(tmp_path / "gone"),
+    }
+    proc = run([*MODULE, *(a.format(**values) for a in argv)], env)
+    lines = message_lines(proc.stderr)
+    assert proc.returncode == 2, describe(proc)
+    assert "Traceback" not in proc.stderr and len(lines) == 1, describe(proc)
+    assert lines[0].startswith("hf-finetune: error:")
+    for fragment in expected:
+        assert fragment.format(**values) in lines[0], describe(proc)

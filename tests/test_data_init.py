@@ -10,7 +10,7 @@ from conftest import SOURCE_LABELS
 from torch import nn
 
 from hf_finetune import DataArguments, FinetuneTrainingArguments, ModelArguments
-from hf_finetune.data_init import copy_weighted_rows, data_driven_rows
+from hf_finetune.data_init import data_driven_rows
 from hf_finetune.heads import copy_source_rows
 from hf_finetune.labels import match_labels
 from hf_finetune.train import build_trainer
@@ -22,7 +22,7 @@ def test_weighted_row_is_the_logsumexp_expansion():
     head = {"weight": source.weight.detach().clone(), "bias": source.bias.detach().clone()}
     a = [0.7, 0.2, 0.1]
     target = nn.Linear(6, 1)
-    copy_weighted_rows(target, head, [(0, [0, 2, 3], a)])
+    copy_source_rows(target, head, [(0, [0, 2, 3], a)])
     x = torch.randn(50, 6)
     with torch.no_grad():
         z = source(x)[:, [0, 2, 3]]
@@ -32,7 +32,7 @@ def test_weighted_row_is_the_logsumexp_expansion():
         assert bool((target(x)[:, 0] <= torch.logsumexp(z, 1) + 1e-5).all())
     # uniform weights reproduce the mean + log n rule
     uniform, plain = nn.Linear(6, 1), nn.Linear(6, 1)
-    copy_weighted_rows(uniform, head, [(0, [1, 2], [0.5, 0.5])])
+    copy_source_rows(uniform, head, [(0, [1, 2], [0.5, 0.5])])
     copy_source_rows(plain, head, [(0, [1, 2])])
     torch.testing.assert_close(uniform.weight, plain.weight)
     torch.testing.assert_close(uniform.bias, plain.bias)

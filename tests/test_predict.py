@@ -145,3 +145,20 @@ def test_real_mobilenet_matches_pipeline_top5():
     expected = [{"path": str(f), "predictions": classifier(str(f))} for f in files]
     assert all(len(e["predictions"]) == 5 for e in expected)  # the pipeline's default top_k
     _assert_same(records, expected)
+
+
+def test_predict_loads_a_timm_checkpoint_with_the_save_for_hf_trap(tiny_timm_checkpoint, tmp_path):
+    """The raw timm folder (model_args repeats num_classes) loads through the same repaired config as training."""
+    make_image_folder(tmp_path / "imgs", {"a": 2}, size=(32, 32), seed=5)
+    records = predict_images(tiny_timm_checkpoint, [tmp_path / "imgs"], top_k=2, progress=False)
+    assert len(records) == 2
+    assert all(len(r["predictions"]) == 2 for r in records)
+    assert {p["label"] for r in records for p in r["predictions"]} <= {
+        "tench",
+        "goldfish",
+        "great white shark",
+        "hotdog, hot dog, red hot",
+        "ant, emmet, pismire",
+        "cat",
+        "dog",
+    }
