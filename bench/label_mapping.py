@@ -5,8 +5,9 @@ validation accuracy at epochs 0 (before any step), 1, 2, 3 for
   (a) reused rows   -- label_mapping auto: `hotdog` starts from ImageNet's `hotdog, hot dog, red hot` row,
   (b) fresh head    -- label_mapping none: a re-initialised 2-way head,
   (c) from scratch  -- the same architecture with random weights.
-Same seed, data, augmentation, schedule and batch size for all three (from-scratch trains its BatchNorm
-statistics, the pretrained runs freeze them).
+Same seeds, data, augmentation, schedule and batch size for all three (from-scratch trains its BatchNorm
+statistics, the pretrained runs freeze them). The validation split has 50 images (one image = 0.02), so
+every variant runs once per seed (--seeds, default 42 0 1) and the table shows the mean, then the range.
 
 Part 2, ../shared/data/cifar10-test: the zero-shot accuracy of the mapped 10-way head (many-to-one rows:
 `dog` from every ImageNet dog breed, ...) on a seeded, stratified subset, against chance (0.10), and the
@@ -38,7 +39,9 @@ MODELS = {
 }
 
 
-def hotdog_curves(name: str, path: Path, epochs: int, variant: str, workdir: Path) -> list[float]:
+def hotdog_curves(
+    name: str, path: Path, epochs: int, variant: str, workdir: Path, seed: int = 42
+) -> list[float]:
     from transformers import AutoModelForImageClassification
 
     from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
@@ -53,7 +56,7 @@ def hotdog_curves(name: str, path: Path, epochs: int, variant: str, workdir: Pat
         num_train_epochs=epochs,
         learning_rate=1e-4,
         per_device_train_batch_size=25,
-        seed=42,
+        seed=seed,
         batchnorm="train" if variant == "scratch" else "freeze",
         save_strategy="no",
         load_best_model_at_end=False,
@@ -64,7 +67,7 @@ def hotdog_curves(name: str, path: Path, epochs: int, variant: str, workdir: Pat
     if variant == "scratch":
         import torch
 
-        torch.manual_seed(42)
+        torch.manual_seed(seed)
         scratch = AutoModelForImageClassification.from_config(loaded.model.config)
         trainer.model = trainer.model_wrapped = scratch
         trainer.head_names = []  # every parameter is new: one learning rate for all
@@ -161,6 +164,7 @@ def cifar_variants(path: Path, images: int, seed: int = 0) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 0, 1])
     parser.add_argument("--cifar-images", type=int, default=2000)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--variants", nargs="+", default=["reuse", "fresh", "scratch"])
@@ -181,25 +185,39 @@ def main() -> int:
             for name in args.models:
                 for variant in args.variants:
                     start = time.time()
-                    curve = hotdog_curves(name, MODELS[name], args.epochs, variant, Path(tmp))
+                    curves = []
+                    for seed in args.seeds:
+                        curves.append(
+                            hotdog_curves(name, MODELS[name], args.epochs, variant, Path(tmp), seed)
+                        )
+                        print(
+                            f"hotdog {name:18s} {variant:8s} seed {seed:3d} "
+                            + " ".join(f"{a:.2f}" for a in curves[-1]),
+                            flush=True,
+                        )
                     results["hotdog"][f"{name}/{variant}"] = {
-                        "accuracy": curve,
+                        "accuracy": [sum(c) / len(c) for c in zip(*curves, strict=True)],
+                        "per_seed": dict(zip(args.seeds, curves, strict=True)),
                         "seconds": time.time() - start,
                     }
-                    print(
-                        f"hotdog {name:18s} {variant:8s} " + " ".join(f"{a:.2f}" for a in curve), flush=True
-                    )
         for name in args.models:
             results["cifar10"][name] = cifar_zero_shot(MODELS[name], args.cifar_images)
             results["cifar10"][name]["variants"] = cifar_variants(MODELS[name], args.cifar_images)
     print()
     if results["hotdog"]:
+        seeds = " ".join(str(s) for s in args.seeds)
+        print(f"hotdog validation accuracy, mean over seeds {seeds} (min-max in brackets)")
         header = "| model | variant | " + " | ".join(f"epoch {i}" for i in range(args.epochs + 1)) + " |"
         print(header)
         print("|" + "---|" * (args.epochs + 3))
         for key, value in results["hotdog"].items():
             name, variant = key.split("/")
-            print(f"| {name} | {variant} | " + " | ".join(f"{a:.2f}" for a in value["accuracy"]) + " |")
+            per_epoch = list(zip(*value["per_seed"].values(), strict=True))
+            cells = [
+                f"{m:.3f} ({min(e):.2f}-{max(e):.2f})"
+                for m, e in zip(value["accuracy"], per_epoch, strict=True)
+            ]
+            print(f"| {name} | {variant} | " + " | ".join(cells) + " |")
         print()
     print(
         "| model | CIFAR-10 images | zero-shot, mapped rows | zero-shot, whole 10-way head | "

@@ -20,7 +20,11 @@ For every target label an explicit ``mapping`` entry wins. Otherwise the first l
                    synonym (``cat`` -> ``tabby cat``, ``Persian cat``, ...).
 6. ``definition``  many-to-one, ImageNet-1k sources only: the target is the genus of the class's WordNet
                    definition (``Chihuahua: an old breed of tiny short-haired dog ...`` -> ``dog``), or the
-                   genus of that genus, and so on (see :func:`definition_genus` and ``_genus_chain``).
+                   genus of that genus, and so on (see :func:`definition_genus` and ``_chain``). A target
+                   that names one WordNet sense reaches its synonyms' classes too (``automobile`` is
+                   ``car, auto, automobile, machine, motorcar``, so ``sports car: a small low car ...``
+                   matches); when that genus word has other senses (``car`` is also a railcar) the
+                   match's note lists them.
 
 Levels 5 and 6 form one many-to-one stage, because English compounds are a weak signal on their own
 (a ``hot dog`` is no dog, a ``sea lion`` no lion) and definitions are the stronger one: on ImageNet-1k
@@ -384,26 +388,41 @@ def _synset_genus(synset: str) -> str:
     return ""
 
 
-def _resolve_word(word: str) -> str | None:
-    """The one synset that ``word`` names (preferring synsets where it is the first lemma), else None."""
+def _senses(word: str) -> list[str]:
+    """The synsets that ``word`` may name: those where it is the first lemma, else every one having it."""
     lemmas, _, by_word, _ = _wordnet()
     found = by_word.get(word, [])
-    if len(found) > 1:
-        first = [s for s in found if lemmas[s][0] == word]
-        found = first or found
+    return [s for s in found if lemmas[s][0] == word] or list(found)
+
+
+def _resolve_word(word: str) -> str | None:
+    """The one synset that ``word`` names (preferring synsets where it is the first lemma), else None."""
+    found = _senses(word)
     return found[0] if len(found) == 1 else None
 
 
+@dataclass(frozen=True)
+class _Chain:
+    """What a synset is a kind of, from its definition's genus, that genus' genus, and so on."""
+
+    words: frozenset[str]  # genus words and the lemmas of every resolved genus synset
+    synsets: frozenset[str]  # the genus synsets resolved on the way (a word naming exactly one synset)
+    open_word: str = ""  # an ambiguous genus word that ended the chain (``car``: automobile or railcar?)
+    open_senses: tuple[str, ...] = ()  # the synsets that word may name
+
+
 @functools.cache
-def _genus_chain(synset: str) -> frozenset[str]:
-    """Words naming what ``synset`` is a kind of: its genus, that genus' synonyms and genus, and so on.
+def _chain(synset: str) -> _Chain:
+    """The genus chain of ``synset``.
 
     Each hop resolves the genus word to a WordNet synset in timm's data; an ambiguous word (``car``,
-    ``crane``, ``vessel``) ends the chain there, so ambiguity never leaks into unrelated classes.
-    At most ``_MAX_GENUS_HOPS`` hops.
+    ``crane``, ``vessel``) ends the chain there, so ambiguity never leaks into unrelated classes; the
+    word and its senses are kept so that a target naming one of those senses can still be matched, with
+    a note. At most ``_MAX_GENUS_HOPS`` hops.
     """
     lemmas = _wordnet()[0]
     seen = {synset}
+    resolved: set[str] = set()
     words: set[str] = set()
     genus = _synset_genus(synset)
     for _ in range(_MAX_GENUS_HOPS + 1):
@@ -411,12 +430,27 @@ def _genus_chain(synset: str) -> frozenset[str]:
             break
         words.update({genus, genus.split()[-1]})
         parent = _resolve_word(genus)
-        if parent is None or parent in seen:
+        if parent is None:
+            senses = tuple(s for s in _senses(genus) if s not in seen)
+            return _Chain(frozenset(words), frozenset(resolved), genus if len(senses) > 1 else "", senses)
+        if parent in seen:
             break
         seen.add(parent)
+        resolved.add(parent)
         words.update(lemmas[parent])
         genus = _synset_genus(parent)
-    return frozenset(words)
+    return _Chain(frozenset(words), frozenset(resolved))
+
+
+def _genus_chain(synset: str) -> frozenset[str]:
+    """Words naming what ``synset`` is a kind of (see :func:`_chain`)."""
+    return _chain(synset).words
+
+
+def _target_sense(words: set[str]) -> str | None:
+    """The one WordNet synset a target names (``automobile`` -> ``car, auto, automobile, ...``), else None."""
+    senses = {s for w in words for s in [_resolve_word(w)] if s is not None}
+    return senses.pop() if len(senses) == 1 else None
 
 
 # ------------------------------------------------------------------------------------------ matching
@@ -495,13 +529,22 @@ def _many_level(target: str, source: _Source) -> tuple[str, list[int], str] | No
     ]
     def_rows: list[int] = []
     vetoed: list[int] = []
+    sense_rows: list[int] = []  # reached through a synonym of the target (automobile -> car)
+    open_words: dict[str, tuple[str, ...]] = {}  # ambiguous genus word -> its senses, for the note
+    sense = _target_sense(words) if source.offset is not None else None
     if source.offset is not None:
         for i in source.rows():
             synset = source.row_synset.get(i)
             if synset is None:
                 continue
-            if _genus_chain(synset) & words:
+            chain = _chain(synset)
+            if chain.words & words:
                 def_rows.append(i)
+            elif sense is not None and (sense in chain.synsets or sense in chain.open_senses):
+                def_rows.append(i)
+                sense_rows.append(i)
+                if sense not in chain.synsets:
+                    open_words[chain.open_word] = chain.open_senses
             elif i in head_rows:
                 vetoed.append(i)
     head_rows = [i for i in head_rows if i not in vetoed]
@@ -513,6 +556,12 @@ def _many_level(target: str, source: _Source) -> tuple[str, list[int], str] | No
     if source.offset is not None:
         extra = len(set(rows) - set(head_rows))
         note += f"; definition: +{extra} rows"
+        if sense_rows:
+            lemmas = _wordnet()[0]
+            note += f"; {len(sense_rows)} of them through the synonyms {', '.join(lemmas[sense])!r}"
+            for word, senses in open_words.items():
+                others = "; ".join(", ".join(lemmas[s][:2]) for s in senses if s != sense)
+                note += f" (their genus {word!r} may also mean: {others})"
         if vetoed:
             names = ", ".join(f"{i}: {source.labels[i]}" for i in vetoed[:3])
             more = f" +{len(vetoed) - 3} more" if len(vetoed) > 3 else ""

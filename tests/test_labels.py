@@ -246,6 +246,32 @@ def test_definition_level_dog():
     assert 537 in sled.source_indices
 
 
+CAR_ROWS = {
+    436,
+    468,
+    511,
+    609,
+    627,
+    661,
+    751,
+    817,
+}  # beach wagon, cab, convertible, jeep, limo, Model T, racer, sports car
+
+
+def test_synonym_of_a_genus_reaches_its_classes():
+    # "automobile" is a synonym of WordNet's "car, auto, automobile, machine, motorcar"; ImageNet defines
+    # a sports car as "a small low car ...", and "car" also names a railcar and an elevator car.
+    m = one("automobile")
+    assert m.kind == "definition"
+    assert set(m.source_indices) == CAR_ROWS
+    assert 565 not in m.source_indices and 705 not in m.source_indices  # freight car, passenger car
+    assert "through the synonyms 'car, auto, automobile, machine, motorcar'" in m.note
+    assert "may also mean: car, railcar; car, elevator car" in m.note  # the ambiguity is said, not hidden
+    assert set(one("motorcar").source_indices) == CAR_ROWS
+    # a target that names no single WordNet sense gains nothing from it
+    assert one("jet").kind == "none"
+
+
 def test_cifar10_rows_per_class_table():
     report = match_labels(CIFAR10, TIMM_NAMES)
     print()
@@ -260,6 +286,7 @@ def test_cifar10_rows_per_class_table():
     assert counts["bird"] >= 40
     assert counts["cat"] >= 5 and counts["ship"] >= 5 and counts["truck"] >= 5
     assert counts["frog"] >= 3 and counts["airplane"] >= 1 and counts["horse"] >= 1
+    assert counts["automobile"] == 8  # the car rows, through WordNet's "car, auto, automobile, ..."
     assert counts["deer"] == 0  # ImageNet-1k has no deer
     kinds = {m.target: m.kind for m in report.matches}
     assert kinds["deer"] == "none"
