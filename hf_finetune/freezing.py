@@ -18,7 +18,15 @@ from torch import nn
 
 from .heads import head_parameter_names
 
-__all__ = ["BodyLayout", "body_layout", "freeze_parameters", "configure_batchnorm", "FreezeReport"]
+__all__ = [
+    "BodyLayout",
+    "body_layout",
+    "block_class_names",
+    "set_wrap_classes",
+    "freeze_parameters",
+    "configure_batchnorm",
+    "FreezeReport",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +87,40 @@ def body_layout(model: nn.Module) -> BodyLayout:
     stem = [n for i, n in enumerate(order) if i < first_block_index and n not in in_blocks]
     rest = [n for i, n in enumerate(order) if i > last_block_index and n not in in_blocks]
     return BodyLayout(stem=stem, blocks=blocks, rest=rest)
+
+
+def block_class_names(model: nn.Module) -> list[str]:
+    """Class names of the body's blocks (:func:`body_layout`), the units FSDP wraps one by one.
+
+    A block that is itself a container (timm EfficientNet's stages are ``Sequential``s of blocks) is
+    replaced by its children's classes, so that the wrap is by the block class and not by every container.
+    """
+    modules = dict(model.named_modules())
+    names: list[str] = []
+    for block_name, _ in body_layout(model).blocks:
+        block = modules[block_name]
+        if isinstance(block, (nn.Sequential, nn.ModuleList)):
+            units = [c for c in block.children() if _param_count(c) > 0]
+        else:
+            units = [block]
+        for unit in units:
+            if type(unit).__name__ not in names:
+                names.append(type(unit).__name__)
+    return names
+
+
+def set_wrap_classes(model: nn.Module) -> list[str]:
+    """Make ``model._no_split_modules`` the classes of its blocks (:func:`block_class_names`).
+
+    accelerate's FSDP ``TRANSFORMER_BASED_WRAP`` with no class list wraps the classes named by
+    ``_no_split_modules``; transformers models name theirs (``ViTLayer``) but some name none
+    (MobileNetV2) and timm models through ``TimmWrapper`` name the whole wrapper. Keeps the model's own
+    list when the body has no block structure. Returns the list now in place.
+    """
+    names = block_class_names(model)
+    if names:
+        model._no_split_modules = names
+    return list(getattr(model, "_no_split_modules", None) or [])
 
 
 def freeze_parameters(

@@ -197,6 +197,7 @@ def load_model_for_labels(
 
     from transformers import AutoModelForImageClassification
 
+    from .freezing import set_wrap_classes
     from .labels import match_labels, parse_label_mapping
 
     if not labels:
@@ -270,6 +271,7 @@ def load_model_for_labels(
         rows = [(t, list(m.source_indices)) for t, m in enumerate(matches) if m.source_indices]
         if rows:
             copy_source_rows(model, source_head, rows, merge=label_merge)
+    set_wrap_classes(model)  # FSDP auto-wrap by block class (recipes/accelerate_configs/fsdp.yaml)
     state = dict(model.named_parameters())
     shapes = {name: tuple(state[name].shape) for name in reinitialized if name in state}
     processor = load_image_processor(model_name_or_path, revision=revision, cache_dir=cache_dir, token=token)

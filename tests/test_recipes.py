@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from conftest import ROOT, requires_shared
@@ -46,6 +48,15 @@ def test_recipe_folder_readme_has_launch_line(recipe):
     assert f"hf-finetune train {rel}" in text, (
         f"{readme.relative_to(ROOT)} lacks the launch line `hf-finetune train {rel}`"
     )
+    # and its accelerate launch line, with a config of recipes/accelerate_configs that exists
+    launches = re.findall(
+        r"accelerate launch --config_file (recipes/accelerate_configs/\S+\.yaml) -m hf_finetune train (\S+)",
+        text,
+    )
+    assert launches, f"{readme.relative_to(ROOT)} lacks an `accelerate launch --config_file ...` line"
+    for config, recipe_path in launches:
+        assert (ROOT / config).is_file(), f"{readme.relative_to(ROOT)} names {config}, which does not exist"
+        assert (ROOT / recipe_path).is_file(), f"{readme.relative_to(ROOT)} names {recipe_path}"
 
 
 @requires_shared

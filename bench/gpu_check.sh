@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One prepared GPU check (run it on a machine with a GPU, from the repository root):
+#   bash bench/gpu_check.sh [OUT_DIR]
+# Trains recipes/mobilenet_v2/hotdog/config_full.yaml in bf16 under accelerate (single_gpu.yaml; also
+# multi_gpu.yaml when there are several GPUs), then prints a table of validation accuracy before/after and
+# training images per second, read from the run's own train_results.json / eval_results.json / trainer_state.
+set -euo pipefail
+OUT=${1:-${OUT:-gpu_check_output}}
+mkdir -p "$OUT"
+PY=${PYTHON:-python}
+RECIPE=recipes/mobilenet_v2/hotdog/config_full.yaml
+NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
+if [ "$NGPU" -lt 1 ]; then
+  echo "gpu_check: no GPU visible (torch.cuda.device_count() == 0)"; exit 2
+fi
+$PY -c "import torch; print('gpu:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
+run() {  # name, accelerate config, extra flags
+  local name=$1 config=$2; shift 2
+  local start=$(date +%s.%N)
+  $PY -m accelerate.commands.launch --config_file "recipes/accelerate_configs/$config.yaml" \
+    ${NPROC:+--num_processes "$NPROC"} -m hf_finetune train "$RECIPE" \
+    --output_dir "$OUT/$name" --overwrite_output_dir true --bf16 true --report_to none \
+    --disable_tqdm true "$@" > "$OUT/$name.log" 2>&1
+  local end=$(date +%s.%N)
+  $PY - "$OUT/$name" "$name" "$start" "$end" <<'PY'
+import json, sys
+from pathlib import Path
+out, name, start, end = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+train = json.loads((out / "train_results.json").read_text())
+state = json.loads((out / "trainer_state.json").read_text())
+evals = [e for e in state["log_history"] if "eval_accuracy" in e]
+print(f"| {name} | {evals[0]['eval_accuracy']:.2f} | {max(e['eval_accuracy'] for e in evals):.2f} | "
+      f"{train['train_samples_per_second']:.1f} | {train['train_runtime']:.1f} | {end - start:.1f} |")
+PY
+}
+echo "| run | accuracy epoch 0 | best accuracy | train images/s | train s | wall s |"
+echo "|---|---|---|---|---|---|"
+run single_gpu_bf16 single_gpu
+if [ "$NGPU" -gt 1 ]; then NPROC=$NGPU run multi_gpu_bf16 multi_gpu; fi

@@ -1,0 +1,145 @@
+"""Running the same recipe under ``accelerate launch``: named hardware configs and process placement.
+
+Hardware lives in accelerate config files (``recipes/accelerate_configs/*.yaml``), hyperparameters in
+recipes. ``hf-finetune train RECIPE --accelerate_config NAME_OR_PATH`` is the same as::
+
+    accelerate launch --config_file recipes/accelerate_configs/NAME.yaml -m hf_finetune train RECIPE
+
+A multi-process launch on a machine where no GPU is visible trains on the CPU over gloo: without it, each
+process would believe it is alone and train, evaluate and write the output folder by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, suggest
+
+__all__ = [
+    "ACCELERATE_CONFIG_FLAG",
+    "accelerate_config_dirs",
+    "available_accelerate_configs",
+    "resolve_accelerate_config",
+    "pop_accelerate_config",
+    "launch_command",
+    "launch",
+    "use_cpu_when_no_gpu",
+]
+
+ACCELERATE_CONFIG_FLAG = "--accelerate_config"
+
+
+def accelerate_config_dirs() -> list[Path]:
+    """Where named configs are looked up: ``./recipes/accelerate_configs``, then the one beside the package."""
+    here = Path.cwd() / "recipes" / "accelerate_configs"
+    beside = Path(__file__).resolve().parents[1] / "recipes" / "accelerate_configs"
+    dirs = [here] if here.is_dir() else []
+    if beside.is_dir() and beside.resolve() not in {d.resolve() for d in dirs}:
+        dirs.append(beside)
+    return dirs
+
+
+def available_accelerate_configs() -> dict[str, Path]:
+    """Config name (file stem) -> path, first directory first."""
+    found: dict[str, Path] = {}
+    for directory in accelerate_config_dirs():
+        for path in sorted(directory.glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def resolve_accelerate_config(value: str) -> Path:
+    """A config file for ``value``: an existing path, or a name from :func:`available_accelerate_configs`.
+
+    Raises :class:`ConfigError` naming the available configs when ``value`` is neither, and when the file
+    is not a config accelerate can read.
+    """
+    path = Path(value).expanduser()
+    if not path.is_file():
+        configs = available_accelerate_configs()
+        name = path.name.removesuffix(".yaml")
+        if len(path.parts) > 1 or name not in configs:  # a path that does not exist, or an unknown name
+            names = ", ".join(configs) or "none found"
+            raise ConfigError(
+                f"accelerate_config: {value!r} is neither an existing file nor a known config name"
+                f"{suggest(name, list(configs))}; available: {names}"
+            )
+        path = configs[name]
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    try:
+        load_config_from_file(str(path))
+    except (ValueError, TypeError, KeyError, OSError) as err:
+        raise ConfigError(f"accelerate_config: {path} is not a valid accelerate config: {err}") from None
+    return path
+
+
+def pop_accelerate_config(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take ``--accelerate_config X`` / ``--accelerate-config=X`` out of ``argv``."""
+    rest: list[str] = []
+    value: str | None = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, eq, inline = arg.partition("=")
+        if flag in (ACCELERATE_CONFIG_FLAG, "--accelerate-config"):
+            if eq:
+                value = inline
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value = argv[i + 1]
+                i += 1
+            else:
+                raise ConfigError("--accelerate_config: expected a config name (e.g. cpu_ddp) or a file path")
+            i += 1
+            continue
+        rest.append(arg)
+        i += 1
+    return value, rest
+
+
+def launch_command(config: Path, train_argv: list[str]) -> list[str]:
+    """The ``accelerate launch`` command line that trains ``train_argv`` under ``config``."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "-m",
+        "hf_finetune",
+        "train",
+        *train_argv,
+    ]
+
+
+def launch(config: str | Path, train_argv: list[str]) -> int:
+    """Run ``hf_finetune train`` under ``accelerate launch``; returns its exit status."""
+    config = resolve_accelerate_config(str(config))
+    command = launch_command(config, train_argv)
+    print(f"hf-finetune: accelerate launch --config_file {config} -m hf_finetune train ...", flush=True)
+    completed = subprocess.run(command, check=False)
+    if completed.returncode < 0:  # killed by a signal
+        return 128 - completed.returncode
+    return completed.returncode
+
+
+def use_cpu_when_no_gpu() -> bool:
+    """In a multi-process launch where no GPU is visible, make the Trainer use CPU DDP (gloo).
+
+    accelerate's MULTI_GPU launcher (torchrun) is the one that starts several local processes without MPI;
+    on a CPU-only machine each process would otherwise initialise no process group and train alone.
+    Returns True when it switched ``ACCELERATE_USE_CPU`` on.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("ACCELERATE_USE_CPU"):
+        return False
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    if getattr(torch, "xpu", None) is not None and torch.xpu.is_available():
+        return False
+    os.environ["ACCELERATE_USE_CPU"] = "true"
+    return True
