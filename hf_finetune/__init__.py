@@ -29,6 +29,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ModelLoadError",
+    "HubError",
     # model and head
     "LoadedModel",
     "load_model_for_labels",
@@ -54,6 +55,9 @@ __all__ = [
     # after training
     "predict_images",
     "evaluate_model",
+    # the Hub
+    "push_to_hub",
+    "render_model_card",
 ]
 
 _WHERE = {
@@ -65,6 +69,7 @@ _WHERE = {
     "ConfigError": "errors",
     "DataError": "errors",
     "ModelLoadError": "errors",
+    "HubError": "errors",
     "LoadedModel": "modeling",
     "load_model_for_labels": "modeling",
     "head_parameter_names": "heads",
@@ -86,6 +91,8 @@ _WHERE = {
     "TrainResult": "train",
     "predict_images": "predict",
     "evaluate_model": "evaluation",
+    "push_to_hub": "hub",
+    "render_model_card": "model_card",
 }
 _RENAMED = {"finetune": "main"}  # hf_finetune.train is the module; its main() is finetune()
 

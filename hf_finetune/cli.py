@@ -4,6 +4,7 @@
     hf-finetune predict MODEL IMAGE_OR_FOLDER... [--top-k 5] [--output preds.csv] [--batch-size 32]
     hf-finetune eval MODEL (--train_dir DIR | --dataset_name ID | --train_file F) [--split validation]
     hf-finetune map-labels --model_name_or_path M (--train_dir DIR | --dataset_name ID) [--label_mapping ...]
+    hf-finetune push OUTPUT_DIR --repo-id ORG/NAME [--private] [--revision BRANCH] [--commit-message MSG]
 
 Errors a user can fix print one line (``hf-finetune: error: ...``) and exit with status 2, no traceback.
 Heavy libraries are imported inside the commands, so ``--help`` answers at once.
@@ -22,6 +23,7 @@ COMMANDS = {
     "predict": "top-k predictions of a model for image files or folders",
     "eval": "metrics of a saved model on a split of a dataset",
     "map-labels": "show which pretrained classifier rows would start each target label, without training",
+    "push": "push a finished output folder to the Hugging Face Hub with its model card",
 }
 
 
@@ -57,7 +59,22 @@ def _train(argv: list[str]) -> int:
         from .parser import RecipeParser
 
         RecipeParser().print_help()
+        print(
+            "\nhardware:\n  --accelerate_config NAME_OR_PATH\n"
+            "                        run under `accelerate launch` with this config: a file, or the name of one\n"
+            "                        in recipes/accelerate_configs (cpu, cpu_ddp, single_gpu, multi_gpu, ...)"
+        )
         return 0
+    from .launch import launch, pop_accelerate_config, resolve_accelerate_config, use_cpu_when_no_gpu
+
+    accelerate_config, argv = pop_accelerate_config(argv)
+    if accelerate_config is not None:
+        from .parser import parse_train_args
+
+        config = resolve_accelerate_config(accelerate_config)
+        parse_train_args(argv)  # a bad recipe fails here, in one line, before any process starts
+        return launch(config, argv)
+    use_cpu_when_no_gpu()
     from .parser import parse_train_args
     from .train import main as train_main
 
@@ -167,6 +184,53 @@ def _map_labels(argv: list[str]) -> int:
     return 0
 
 
+class _LightParser(argparse.ArgumentParser):
+    """``parser.CommandParser``'s one-line errors without importing transformers (``push --help`` is instant)."""
+
+    def error(self, message: str):
+        import re
+
+        from .errors import ConfigError
+
+        raise ConfigError(re.sub(r"(--[\w-]+)/--[\w-]+", r"\1", message) + f"; see {self.prog} --help")
+
+
+def _push(argv: list[str]) -> int:
+    parser = _LightParser(
+        prog="hf-finetune push",
+        description=COMMANDS["push"] + ". The token comes from HF_TOKEN or `hf auth login`; it is never "
+        "written anywhere. Uploaded: the model (safetensors), its processor, the run's record (recipe.yaml, "
+        "labels, results) and a model card (README.md); never checkpoint-* folders or training_args.bin.",
+    )
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="the output folder of a finished run")
+    parser.add_argument(
+        "--repo-id", "--repo_id", dest="repo_id", required=True, metavar="ORG/NAME", help="the model repo"
+    )
+    parser.add_argument(
+        "--private",
+        action="store_true",
+        help="create the repo private (an existing repo keeps its visibility)",
+    )
+    parser.add_argument(
+        "--revision", default=None, metavar="BRANCH", help="branch to push to (default: main)"
+    )
+    parser.add_argument(
+        "--commit-message", "--commit_message", dest="commit_message", default=None, help="the commit message"
+    )
+    args = parser.parse_args(argv)
+    from .hub import push_to_hub
+
+    result = push_to_hub(
+        args.output_dir,
+        args.repo_id,
+        private=True if args.private else None,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
+    print(f"pushed {len(result.files)} files to {result.repo_id}@{result.revision}: {result.commit_url}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -184,14 +248,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     _setup_logging()
-    from transformers.utils import logging as hf_logging
+    if not any(a in ("-h", "--help") for a in rest):  # --help answers without loading transformers
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_warning()
-    hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_warning()
+        hf_logging.disable_progress_bar()
     from .errors import HfFinetuneError
 
     try:
-        handlers = {"train": _train, "predict": _predict, "eval": _eval, "map-labels": _map_labels}
+        handlers = {
+            "train": _train,
+            "predict": _predict,
+            "eval": _eval,
+            "map-labels": _map_labels,
+            "push": _push,
+        }
         return handlers[command](rest)
     except HfFinetuneError as err:
         print(f"hf-finetune: error: {err}", file=sys.stderr)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["HfFinetuneError", "ConfigError", "DataError", "ModelLoadError", "suggest"]
+__all__ = ["HfFinetuneError", "ConfigError", "DataError", "ModelLoadError", "HubError", "suggest"]
 
 
 class HfFinetuneError(ValueError):
@@ -26,6 +26,10 @@ class DataError(HfFinetuneError):
 
 class ModelLoadError(HfFinetuneError):
     """The checkpoint is neither a transformers nor a timm image classifier, or cannot be loaded."""
+
+
+class HubError(HfFinetuneError):
+    """A push to the Hugging Face Hub cannot start (no token, offline mode) or failed (refused, unreachable)."""
 
 
 def suggest(word: str, choices: Iterable[str], n: int = 3) -> str:

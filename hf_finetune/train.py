@@ -3,12 +3,18 @@
 load data -> load model for its labels -> freeze / BatchNorm policy -> train -> evaluate -> save.
 
 The output folder only looks like a finished model at the very end: checkpoints live in ``checkpoint-*``
-subfolders while training, and the final files are written into a hidden temporary folder and moved into
-place with the weights file last.
+subfolders while training, and the final files (the model card ``README.md`` and the per-class validation
+figures ``eval_per_class.json`` among them) are written into a hidden temporary folder and moved into place
+with the weights file last.
+
+``push_to_hub: true`` (with ``hub_model_id``) pushes that final folder once, at the very end, from the main
+process only (:func:`hf_finetune.hub.push_to_hub`); transformers' own pushes of every checkpoint are off. The Hub
+keys are checked before anything is trained.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +34,7 @@ __all__ = ["main", "TrainResult", "is_finished_model_dir", "build_trainer"]
 logger = logging.getLogger("hf_finetune")
 
 FINAL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+STAGING = ".final-partial"  # the final files are written here, then moved into the output folder
 
 
 @dataclass
@@ -42,6 +49,7 @@ class TrainResult:
     best_checkpoint: str | None = None
     reinitialized: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    hub_commit_url: str | None = None  # set when push_to_hub pushed the model
 
     def summary(self) -> str:
         def fmt(metrics: dict[str, float]) -> str:
@@ -152,6 +160,10 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         _init_rows_from_data(loaded, data, eval_transform, model_args.label_merge)
     train_dataset = data.dataset["train"].with_transform(make_batch_transform(train_transform))
     eval_dataset = data.dataset["validation"].with_transform(make_batch_transform(eval_transform))
+    if training_args.world_size > 1 and training_args.data_seed is None:
+        # The sampler's order must be the same on every rank (each takes its own share of it); accelerate
+        # seeds it from data_seed, else from the global seed, which differs per rank below.
+        training_args.data_seed = training_args.seed
     trainer = FinetuneTrainer(
         model=model,
         args=training_args,
@@ -162,6 +174,22 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         processing_class=loaded.processor,
         callbacks=callbacks,
     )
+    if training_args.world_size > 1:
+        logger.info(
+            "processes: %d (%s, this is rank %d); per-device batch %d, global batch %d",
+            training_args.world_size,
+            training_args.distributed_state.distributed_type,
+            training_args.process_index,
+            training_args.per_device_train_batch_size,
+            training_args.per_device_train_batch_size
+            * training_args.world_size
+            * training_args.gradient_accumulation_steps,
+        )
+    if training_args.process_index > 0:
+        # Every rank built the same model from the same seed (DDP also broadcasts rank 0's weights); the
+        # sampler has its own seeded generator, so the data order stays shared. Augmentation draws from
+        # the global generators: give each rank its own, derived from the seed, so runs stay reproducible.
+        set_seed(training_args.seed + training_args.process_index)
     return trainer, loaded, data
 
 
@@ -198,27 +226,86 @@ def _first_eval(log_history: list[dict[str, Any]]) -> dict[str, float]:
     return {}
 
 
-def _save_final(trainer, loaded, training_args, explicit: dict[str, Any] | None) -> None:
-    """Write the final model so that a crash at any moment never leaves a folder that looks finished."""
-    out = Path(training_args.output_dir)
-    staging = out / ".final-partial"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+def _per_class_report(prediction, labels: list[str]) -> dict[str, Any] | None:
+    """The per-class figures of the final evaluation (the report ``hf-finetune eval`` writes)."""
+    import numpy as np
+
+    from .metrics import per_class_report
+
+    if prediction is None:
+        return None
+
+    def first(value):
+        while isinstance(value, (tuple, list)):
+            value = value[0]
+        return np.asarray(value)
+
+    report = per_class_report(first(prediction.predictions), first(prediction.label_ids), labels)
+    report["split"] = "validation"
+    report["num_images"] = int(first(prediction.label_ids).reshape(-1).shape[0])
+    return report
+
+
+def _save_sharded_weights(trainer, out: Path) -> bool:
+    """Under FSDP or DeepSpeed the weights are sharded: every rank must take part in gathering them, so
+    they are saved into the staging folder by all ranks together (the main process writes the file).
+    Returns True when it saved them; under DDP or one process it does nothing (the main process saves)."""
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return False
+    staging = out / STAGING
+    if trainer.is_world_process_zero():
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    return True
+
+
+def _save_final(
+    trainer,
+    loaded,
+    training_args,
+    explicit: dict[str, Any] | None,
+    data_args: DataArguments | None = None,
+    eval_report: dict[str, Any] | None = None,
+    weights_saved: bool = False,
+) -> None:
+    """Write the final model so that a crash at any moment never leaves a folder that looks finished.
+
+    ``weights_saved``: the weights are already in the staging folder (:func:`_save_sharded_weights`)."""
+    from .hub import normalize_timm_config
+    from .model_card import CARD_NAME, PER_CLASS_NAME, render_model_card
+
+    out = Path(training_args.output_dir)
+    staging = out / STAGING
+    if not weights_saved:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        trainer.save_model(str(staging))
     loaded.processor.save_pretrained(str(staging))
+    config_path = staging / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    fixed = normalize_timm_config(config)  # timm.create_model and TimmWrapper both load the folder
+    if fixed != config:
+        config_path.write_text(json.dumps(fixed, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     recipe = dict(explicit or {})
     (staging / "recipe.yaml").write_text(
         "# The keys this model was trained with; rerun with: hf-finetune train recipe.yaml\n"
         + yaml.safe_dump(recipe, sort_keys=False),
         encoding="utf-8",
     )
+    data_keys = ("dataset_name", "dataset_config_name", "train_dir", "train_file", "validation_split")
     (staging / "labels.json").write_text(
         json.dumps(
             {
                 "labels": loaded.labels,
                 "source_labels_count": len(loaded.source_labels),
                 "reinitialized": loaded.reinitialized,
+                "base_model": loaded.name_or_path,
+                "data": {k: getattr(data_args, k) for k in data_keys if getattr(data_args, k, None)},
             },
             indent=2,
         ),
@@ -228,7 +315,18 @@ def _save_final(trainer, loaded, training_args, explicit: dict[str, Any] | None)
         (staging / "label_mapping.json").write_text(
             json.dumps(loaded.mapping.to_dict(), indent=2), encoding="utf-8"
         )
-    for path in (out / name for name in FINAL_WEIGHTS):  # a stale model from an earlier run goes first
+    if eval_report is not None:
+        (staging / PER_CLASS_NAME).write_text(json.dumps(eval_report, indent=2), encoding="utf-8")
+    # A stale model from an earlier run goes first, with the files of it that this run may not write.
+    for name in (*FINAL_WEIGHTS, "label_mapping.json", PER_CLASS_NAME, CARD_NAME):
+        if (out / name).exists() and not (staging / name).exists():
+            (out / name).unlink()
+    try:  # the model card, from the files above and the Trainer's results beside them
+        card = render_model_card(out, training_args.hub_model_id, extra_dirs=[staging])
+        (staging / CARD_NAME).write_text(card, encoding="utf-8")
+    except Exception as err:  # a card must never cost the model; `hf-finetune push` renders it again
+        logger.warning("model card not written (%s: %s)", type(err).__name__, err)
+    for path in (out / name for name in FINAL_WEIGHTS):
         if path.exists():
             path.unlink()
     names = sorted(p.name for p in staging.iterdir())
@@ -236,6 +334,18 @@ def _save_final(trainer, loaded, training_args, explicit: dict[str, Any] | None)
     for name in [n for n in names if n not in weights] + weights:
         os.replace(staging / name, out / name)
     staging.rmdir()
+
+
+@contextlib.contextmanager
+def _final_push_only(training_args):
+    """transformers' Trainer pushes at its start and at every save when ``push_to_hub`` is set: switch that off
+    while training (the finished folder is pushed once, at the end), and give the caller its arguments back."""
+    flag = training_args.push_to_hub
+    training_args.push_to_hub = False
+    try:
+        yield
+    finally:
+        training_args.push_to_hub = flag
 
 
 def main(
@@ -246,40 +356,68 @@ def main(
     callbacks=None,
 ) -> TrainResult:
     """Fine-tune ``model_args.model_name_or_path`` on the data of ``data_args``; returns a :class:`TrainResult`."""
+    from .hub import check_hub_arguments
+
     start = time.time()
     _check_output_dir(training_args)
+    push_repo = check_hub_arguments(training_args)  # before any training: a bad Hub setting loses nothing
     resume = _resolve_resume(training_args)
     out = Path(training_args.output_dir)
     existed = out.exists()
-    try:
-        trainer, loaded, data = build_trainer(model_args, data_args, training_args, callbacks=callbacks)
-        train_output = trainer.train(resume_from_checkpoint=resume)
-    except BaseException:
-        if not existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # Trainer may have created it: a bad input or a failure before any write leaves nothing
-        raise
-    train_metrics = dict(train_output.metrics)
-    train_metrics["train_samples"] = len(data.dataset["train"])
-    eval_metrics = trainer.evaluate()
-    eval_metrics["eval_samples"] = len(data.dataset["validation"])
+    with _final_push_only(training_args):
+        try:
+            trainer, loaded, data = build_trainer(model_args, data_args, training_args, callbacks=callbacks)
+            train_output = trainer.train(resume_from_checkpoint=resume)
+        except BaseException:
+            if not existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # Trainer may have created it: a bad input or a failure before any write leaves nothing
+            raise
+        train_metrics = dict(train_output.metrics)
+        train_metrics["train_samples"] = len(data.dataset["train"])
+        captured: dict[str, Any] = {}
+        compute_metrics = trainer.compute_metrics
+        if compute_metrics is not None:  # keep the final evaluation's logits for the per-class figures
 
-    result = TrainResult(
-        output_dir=str(out),
-        labels=list(data.labels),
-        metrics_before=_first_eval(trainer.state.log_history),
-        metrics_after={k: v for k, v in eval_metrics.items()},
-        train_metrics=train_metrics,
-        best_checkpoint=trainer.state.best_model_checkpoint,
-        reinitialized=list(loaded.reinitialized),
-    )
-    if trainer.is_world_process_zero():
-        trainer.log_metrics("train", train_metrics)
-        trainer.save_metrics("train", train_metrics)
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        trainer.save_state()
-        _save_final(trainer, loaded, training_args, explicit)
+            def capture(prediction):
+                captured["prediction"] = prediction
+                return compute_metrics(prediction)
+
+            trainer.compute_metrics = capture
+        try:
+            eval_metrics = trainer.evaluate()
+        finally:
+            trainer.compute_metrics = compute_metrics
+        eval_metrics["eval_samples"] = len(data.dataset["validation"])
+
+        result = TrainResult(
+            output_dir=str(out),
+            labels=list(data.labels),
+            metrics_before=_first_eval(trainer.state.log_history),
+            metrics_after={k: v for k, v in eval_metrics.items()},
+            train_metrics=train_metrics,
+            best_checkpoint=trainer.state.best_model_checkpoint,
+            reinitialized=list(loaded.reinitialized),
+        )
+        weights_saved = _save_sharded_weights(trainer, out)
+        if trainer.is_world_process_zero():
+            trainer.log_metrics("train", train_metrics)
+            trainer.save_metrics("train", train_metrics)
+            trainer.log_metrics("eval", eval_metrics)
+            trainer.save_metrics("eval", eval_metrics)
+            trainer.save_state()
+            report = _per_class_report(captured.get("prediction"), list(data.labels))
+            _save_final(trainer, loaded, training_args, explicit, data_args, report, weights_saved)
     result.seconds = time.time() - start
     if trainer.is_world_process_zero():
         logger.info("%s", result.summary())
+        if push_repo is not None:  # the main process only, once the folder is complete
+            from .hub import push_to_hub
+
+            pushed = push_to_hub(
+                out,
+                push_repo,
+                private=training_args.hub_private_repo,
+                revision=training_args.hub_revision,
+            )
+            result.hub_commit_url = pushed.commit_url
     return result
