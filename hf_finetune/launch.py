@@ -115,9 +115,9 @@ def launch_command(config: Path, train_argv: list[str]) -> list[str]:
     ]
 
 
-def launch(config: str | Path, train_argv: list[str]) -> int:
-    """Run ``hf_finetune train`` under ``accelerate launch``; returns its exit status."""
-    config = resolve_accelerate_config(str(config))
+def launch(config: Path, train_argv: list[str]) -> int:
+    """Run ``hf_finetune train`` under ``accelerate launch`` with ``config`` (a file, as
+    :func:`resolve_accelerate_config` returns it); returns its exit status."""
     command = launch_command(config, train_argv)
     print(f"hf-finetune: accelerate launch --config_file {config} -m hf_finetune train ...", flush=True)
     completed = subprocess.run(command, check=False)

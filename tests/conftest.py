@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,21 @@ SOURCE_LABELS = [
     "cat",
     "dog",
 ]
+
+
+def run_hf_finetune(
+    *args, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """``python -m hf_finetune ARGS`` in a subprocess (offline unless ``env`` says otherwise)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1") if env is None else env
+    return subprocess.run(
+        [sys.executable, "-m", "hf_finetune", *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def make_image_folder(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, run_hf_finetune
 
 from hf_finetune.errors import ConfigError
 from hf_finetune.launch import (
@@ -114,13 +114,7 @@ def test_pop_accelerate_config_and_command():
 
 
 def test_cli_unknown_accelerate_config_is_one_line_exit_2(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "hf_finetune", "train", "--accelerate_config", "nope", "--seed", "1"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+    proc = run_hf_finetune("train", "--accelerate_config", "nope", "--seed", "1", timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "accelerate_config: 'nope'" in lines[0] and "cpu_ddp" in lines[0]
@@ -169,13 +163,8 @@ def test_two_cpu_processes_train_evaluate_and_save_once(tmp_path, digits, tiny_h
         report_to="none",
         disable_tqdm=True,
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "hf_finetune", "train", str(recipe), "--accelerate_config", "cpu_ddp"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_env(),
-        timeout=600,
+    proc = run_hf_finetune(
+        "train", recipe, "--accelerate_config", "cpu_ddp", env=_env(), cwd=tmp_path, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "processes: 2 (DistributedType.MULTI_CPU, this is rank 0)" in proc.stdout

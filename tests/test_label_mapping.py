@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, SHARED_DATA, SHARED_MODELS, make_image_folder, requires_shared
+from conftest import SHARED_DATA, SHARED_MODELS, make_image_folder, requires_shared, run_hf_finetune
 
 from hf_finetune import DataArguments, FinetuneTrainingArguments, ModelArguments, finetune
 
@@ -21,21 +18,9 @@ def food_folder(tmp_path_factory):
     return root
 
 
-def _cli(*args):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run(
-        [sys.executable, "-m", "hf_finetune", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
-
-
 def test_map_labels_prints_every_target_without_training(tiny_hf_checkpoint, food_folder, tmp_path):
     report_path = tmp_path / "report.json"
-    proc = _cli(
+    proc = run_hf_finetune(
         "map-labels",
         "--model_name_or_path",
         str(tiny_hf_checkpoint),
@@ -55,7 +40,7 @@ def test_map_labels_prints_every_target_without_training(tiny_hf_checkpoint, foo
 
 def test_bad_mapping_entry_is_one_line_exit_2(tiny_hf_checkpoint, food_folder, tmp_path):
     out = tmp_path / "out"
-    proc = _cli(
+    proc = run_hf_finetune(
         "train",
         "--model_name_or_path",
         str(tiny_hf_checkpoint),
@@ -70,7 +55,7 @@ def test_bad_mapping_entry_is_one_line_exit_2(tiny_hf_checkpoint, food_folder, t
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
     assert lines[0].startswith("hf-finetune: error:") and "'zebr'" in lines[0] and "zebra" in lines[0]
     assert not out.exists()
-    proc = _cli(
+    proc = run_hf_finetune(
         "map-labels",
         "--model_name_or_path",
         str(tiny_hf_checkpoint),

@@ -4,13 +4,10 @@ folder, and the real-weight acceptance run (MobileNetV2 on real hotdog photos)."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, SHARED_DATA, SHARED_MODELS, requires_shared
+from conftest import SHARED_DATA, SHARED_MODELS, requires_shared, run_hf_finetune
 from safetensors.torch import load_file
 
 from hf_finetune import DataArguments, FinetuneTrainingArguments, ModelArguments, finetune
@@ -52,15 +49,7 @@ def test_python_api_equals_cli(tiny_hf_checkpoint, tiny_image_folder, tmp_path):
     ]
     for key, value in SETTINGS.items():
         argv += [f"--{key}", str(value)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "hf_finetune", *argv],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
+    proc = run_hf_finetune(*argv)
     assert proc.returncode == 0, proc.stderr[-2000:]
     api_eval = json.loads((api_out / "eval_results.json").read_text())
     cli_eval = json.loads((cli_out / "eval_results.json").read_text())
