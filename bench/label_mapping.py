@@ -62,6 +62,8 @@ def hotdog_curves(
         load_best_model_at_end=False,
         logging_strategy="no",
         disable_tqdm=True,
+        bf16=False,  # fp32 NCHW, as the README's tables were measured (bf16 became the CPU default later)
+        channels_last=False,
     )
     trainer, loaded, _ = build_trainer(model_args, data_args, training_args)
     if variant == "scratch":
@@ -153,7 +155,12 @@ def cifar_variants(path: Path, images: int, seed: int = 0) -> dict[str, float]:
                 train_dir=str(SHARED / "data" / "cifar10-test"), train_val_split=min(0.99, images / 10000)
             ),
             FinetuneTrainingArguments(
-                output_dir="unused", disable_tqdm=True, per_device_eval_batch_size=100, seed=seed
+                output_dir="unused",
+                disable_tqdm=True,
+                per_device_eval_batch_size=100,
+                seed=seed,
+                bf16=False,  # fp32 NCHW, as the README's tables were measured
+                channels_last=False,
             ),
         )
         out[name] = trainer.evaluate()["eval_accuracy"]

@@ -15,6 +15,7 @@ Keys follow the transformers example scripts where one exists.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -304,6 +305,58 @@ class FinetuneTrainingArguments(TrainingArguments):
         metadata={"help": "Allow writing into an output_dir that already holds a fine-tuned model."},
     )
 
+    # --- speed: unset (or "auto") means chosen from the machine and the model (hf_finetune.performance) ---
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bfloat16 mixed precision (autocast). Unset/auto: on for GPUs with bfloat16 and CPUs with "
+            "AVX512-BF16 or AMX (about 2x faster on such a CPU, bench/throughput.py); false turns it off."
+        },
+    )
+    channels_last: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Run the model in channels_last (NHWC) memory format. Unset/auto: on when most weights are "
+            "2-D convolutions (CNNs), off otherwise (ViTs)."
+        },
+    )
+    dataloader_num_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Processes that decode and augment images. Unset/auto: on a GPU up to 8 (with pinned "
+            "memory, persistent workers, prefetch 4); on a CPU only the logical CPUs the compute threads "
+            "leave free (the model's arithmetic needs the cores)."
+        },
+    )
+    dataloader_persistent_workers: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Keep loader workers alive between epochs. Unset/auto: on whenever there are workers."
+        },
+    )
+    dataloader_pin_memory: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Page-locked batches for faster copies to a GPU. Unset/auto: on with a GPU, off on a CPU."
+        },
+    )
+    cache_images: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Decode and resize every image once into a memory-mapped datasets cache (validation: the "
+            "final crop; training: no larger than random-resized-crop needs). Unset/auto: on when training "
+            "on a GPU, where the data pipeline is the bottleneck; off on a CPU."
+        },
+    )
+    feature_cache: bool | None = field(
+        default=None,
+        metadata={
+            "help": "When the whole body is frozen (linear probe), compute its features once (validation "
+            "transform, no augmentation) and train the head on them. Unset/auto: on when the whole body is "
+            "frozen and one process trains; false keeps augmenting every epoch through the frozen body."
+        },
+    )
+
     # --- fine-tuning options -------------------------------------------------------------------------
     head_lr_multiplier: float = field(
         default=10.0,
@@ -346,6 +399,7 @@ class FinetuneTrainingArguments(TrainingArguments):
         for key in ("per_device_train_batch_size", "per_device_eval_batch_size"):
             _check(getattr(self, key) > 0, key, getattr(self, key), "a positive integer")
         _check(not (self.bf16 and self.fp16), "bf16/fp16", "both true", "at most one mixed-precision mode")
+        self._resolve_speed_defaults()
         if isinstance(self.freeze_patterns, str):
             self.freeze_patterns = [self.freeze_patterns]
         import re
@@ -357,6 +411,12 @@ class FinetuneTrainingArguments(TrainingArguments):
                 raise ConfigError(
                     f"freeze_patterns: {pattern!r} is not a valid regular expression ({err})"
                 ) from None
+        _check(
+            self.dataloader_num_workers >= 0,
+            "dataloader_num_workers",
+            self.dataloader_num_workers,
+            "0 (load in the training process) or a positive count",
+        )
         try:
             super().__post_init__()
         except ConfigError:
@@ -364,3 +424,57 @@ class FinetuneTrainingArguments(TrainingArguments):
         except (ValueError, TypeError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"training arguments: {first}") from None
+
+    def _resolve_speed_defaults(self) -> None:
+        """Turn unset speed keys into values for this machine; ``auto_choices`` says what was chosen and why."""
+        from .performance import bf16_supported, device_kind, loader_settings
+
+        for key in (
+            "bf16",
+            "channels_last",
+            "dataloader_persistent_workers",
+            "dataloader_pin_memory",
+            "cache_images",
+            "feature_cache",
+        ):
+            value = getattr(self, key)
+            if isinstance(value, str):  # "auto" or a YAML/flag string
+                lowered = value.strip().lower()
+                if lowered == "auto":
+                    setattr(self, key, None)
+                elif lowered in ("true", "false", "yes", "no", "1", "0"):
+                    setattr(self, key, lowered in ("true", "yes", "1"))
+                else:
+                    raise ConfigError(f"{key}: got {value!r}; expected true, false or auto")
+        if isinstance(self.dataloader_num_workers, str) and self.dataloader_num_workers.strip() == "auto":
+            self.dataloader_num_workers = None
+        self.auto_choices: dict[str, str] = {}
+        kind = device_kind(self.use_cpu)
+        if self.bf16 is None:
+            if self.fp16:
+                self.bf16 = False
+            else:
+                self.bf16, why = bf16_supported(self.use_cpu)
+                self.auto_choices["bf16"] = f"{'on' if self.bf16 else 'off'} ({why})"
+        if self.bf16 and kind == "cpu":
+            self.use_cpu = True  # transformers accepts bf16 without a GPU only with use_cpu
+        if self.dataloader_num_workers is None:
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            settings = loader_settings(kind, local_processes=local)
+            self.dataloader_num_workers = settings["num_workers"]
+            if settings["prefetch_factor"] is not None and self.dataloader_prefetch_factor is None:
+                self.dataloader_prefetch_factor = settings["prefetch_factor"]
+            self.auto_choices["dataloader_num_workers"] = (
+                f"{self.dataloader_num_workers} ({settings['reason']})"
+            )
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = kind == "cuda"
+        if self.dataloader_persistent_workers is None:
+            self.dataloader_persistent_workers = self.dataloader_num_workers > 0
+        if self.cache_images is None:
+            self.cache_images = kind == "cuda"
+            self.auto_choices["cache_images"] = (
+                "on (GPU training: decoding would be the bottleneck)"
+                if self.cache_images
+                else "off (CPU training: decoding is a few percent of a step)"
+            )

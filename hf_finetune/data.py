@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,11 +64,18 @@ class LoadedData:
         return "\n".join(lines)
 
 
+def _label_column(dataset: datasets.Dataset) -> np.ndarray:
+    """The ``label`` column as one numpy array (one Arrow read, not a Python loop over rows)."""
+    return np.asarray(dataset.with_format("numpy")["label"], dtype=np.int64)
+
+
 def label_counts(dataset: datasets.Dataset) -> dict[str, int]:
     """Images per class name of a split, in label-id order (classes without images count 0)."""
     names = dataset.features["label"].names
-    counts = Counter(dataset["label"])
-    return {name: counts.get(index, 0) for index, name in enumerate(names)}
+    counts = (
+        np.bincount(_label_column(dataset), minlength=len(names)) if len(dataset) else np.zeros(len(names))
+    )
+    return {name: int(counts[index]) for index, name in enumerate(names)}
 
 
 def stratified_split_indices(
@@ -120,7 +126,7 @@ def load_image_dataset(
 
     if "validation" not in splits:
         train_idx, val_idx = stratified_split_indices(
-            splits["train"]["label"], data_args.train_val_split, seed, labels
+            _label_column(splits["train"]), data_args.train_val_split, seed, labels
         )
         splits["validation"] = splits["train"].select(val_idx)
         splits["train"] = splits["train"].select(train_idx)

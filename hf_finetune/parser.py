@@ -109,6 +109,42 @@ _DICT_KEYS = {f.name for f in fields(FinetuneTrainingArguments) if "dict" in str
 }
 
 
+# Keys whose unset value means "chosen from the machine" (FinetuneTrainingArguments); `auto` spells it out.
+AUTO_KEYS = {
+    "bf16",
+    "channels_last",
+    "dataloader_num_workers",
+    "dataloader_persistent_workers",
+    "dataloader_pin_memory",
+    "cache_images",
+    "feature_cache",
+}
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "auto"
+
+
+def _drop_auto_flags(argv: list[str]) -> list[str]:
+    """``--bf16 auto`` (or ``--bf16=auto``) is the same as leaving ``--bf16`` out."""
+    out: list[str] = []
+    skip = False
+    for index, token in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if token.startswith("--"):
+            key, _, inline = token[2:].partition("=")
+            if key.replace("-", "_") in AUTO_KEYS:
+                if inline and _is_auto(inline):
+                    continue
+                if not inline and index + 1 < len(argv) and _is_auto(argv[index + 1]):
+                    skip = True
+                    continue
+        out.append(token)
+    return out
+
+
 def _flag_keys(argv: list[str]) -> list[str]:
     keys = []
     for token in argv:
@@ -130,6 +166,8 @@ def parse_train_args(argv: list[str] | None = None) -> ParsedArgs:
     if argv and not argv[0].startswith("-"):
         recipe_path = argv.pop(0)
     recipe = load_recipe(recipe_path) if recipe_path else {}
+    argv = _drop_auto_flags(argv)
+    recipe = {k: v for k, v in recipe.items() if not (k in AUTO_KEYS and _is_auto(v))}
 
     parser = RecipeParser()
     valid = set(known_keys())

@@ -15,6 +15,7 @@ keys are checked before anything is trained.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ class TrainResult:
     reinitialized: list[str] = field(default_factory=list)
     seconds: float = 0.0
     hub_commit_url: str | None = None  # set when push_to_hub pushed the model
+    feature_cache_seconds: float | None = None  # time spent computing cached features (linear probe)
 
     def summary(self) -> str:
         def fmt(metrics: dict[str, float]) -> str:
@@ -106,7 +108,18 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
     from transformers import set_seed
 
     from .data import load_image_dataset
+    from .features import CACHE_DIR as FEATURE_CACHE_DIR
+    from .features import (
+        HeadOnlyModel,
+        build_feature_cache,
+        collate_features,
+        decide_feature_cache,
+        feature_head,
+    )
     from .freezing import configure_batchnorm, freeze_parameters
+    from .heads import head_parameter_names
+    from .image_cache import CACHE_DIR as IMAGE_CACHE_DIR
+    from .image_cache import build_image_cache
     from .metrics import build_compute_metrics
     from .modeling import load_model_for_labels
     from .trainer import FinetuneTrainer
@@ -141,6 +154,9 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         logger.info("%s", line)
     freeze = freeze_parameters(model, training_args.freeze_layers, training_args.freeze_patterns)
     logger.info("%s", freeze.describe())
+    channels_last = _apply_channels_last(model, training_args)
+    for key, choice in getattr(training_args, "auto_choices", {}).items():
+        logger.info("%s: %s", key, choice)
 
     data_config = data_config_from_processor(loaded.processor, data_args.image_size)
     apply_image_size(loaded.processor, model.config, data_args.image_size)
@@ -158,22 +174,80 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
     )
     if model_args.label_init_from_data and loaded.source_head is not None:
         _init_rows_from_data(loaded, data, eval_transform, model_args.label_merge)
-    train_dataset = data.dataset["train"].with_transform(make_batch_transform(train_transform))
-    eval_dataset = data.dataset["validation"].with_transform(make_batch_transform(eval_transform))
+    use_cache, why = decide_feature_cache(
+        training_args.feature_cache,
+        model,
+        freeze.trainable,
+        head_parameter_names(model),
+        training_args.world_size,
+    )
+    if use_cache or freeze.frozen:
+        logger.info("feature_cache: %s", why)
+    collator = functools.partial(collate_images, channels_last=channels_last)
+    trainer_model, head_names, cache, image_cache = model, None, None, None
+    if use_cache:
+        head_name, head = feature_head(model)
+        cache = build_feature_cache(
+            model,
+            head,
+            {"train": data.dataset["train"], "validation": data.dataset["validation"]},
+            eval_transform,
+            Path(training_args.output_dir) / FEATURE_CACHE_DIR,
+            batch_size=training_args.per_device_eval_batch_size,
+            bf16=bool(training_args.bf16),
+            channels_last=channels_last,
+        )
+        logger.info(
+            "feature_cache: %d-dimensional features of %d + %d images in %.1f s (validation transform, "
+            "BatchNorm running statistics, no augmentation); the head trains on them",
+            cache.dim,
+            len(cache.datasets["train"]),
+            len(cache.datasets["validation"]),
+            cache.seconds,
+        )
+        train_dataset, eval_dataset = cache.datasets["train"], cache.datasets["validation"]
+        trainer_model = HeadOnlyModel(model, head_name, head)
+        head_names = [n for n, _ in trainer_model.named_parameters()]
+        collator = collate_features
+    elif training_args.cache_images:
+        image_cache = build_image_cache(
+            {"train": data.dataset["train"], "validation": data.dataset["validation"]},
+            data_config,
+            data_args.augmentation,
+            data_args.crop_scale_min,
+            data_args.hflip_prob,
+            train_transform,
+            eval_transform,
+            Path(training_args.output_dir) / IMAGE_CACHE_DIR / f"rank{training_args.process_index}",
+        )
+        logger.info(
+            "cache_images: %d + %d images decoded and resized once in %.1f s (%.0f MiB, memory-mapped)",
+            len(image_cache.train),
+            len(image_cache.validation),
+            image_cache.seconds,
+            image_cache.nbytes / 2**20,
+        )
+        train_dataset, eval_dataset = image_cache.train, image_cache.validation
+    else:
+        train_dataset = data.dataset["train"].with_transform(make_batch_transform(train_transform))
+        eval_dataset = data.dataset["validation"].with_transform(make_batch_transform(eval_transform))
     if training_args.world_size > 1 and training_args.data_seed is None:
         # The sampler's order must be the same on every rank (each takes its own share of it); accelerate
         # seeds it from data_seed, else from the global seed, which differs per rank below.
         training_args.data_seed = training_args.seed
     trainer = FinetuneTrainer(
-        model=model,
+        model=trainer_model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=collate_images,
+        data_collator=collator,
         compute_metrics=build_compute_metrics(len(data.labels)),
         processing_class=loaded.processor,
         callbacks=callbacks,
+        head_names=head_names,
     )
+    trainer.feature_cache = cache
+    trainer.image_cache = image_cache
     if training_args.world_size > 1:
         logger.info(
             "processes: %d (%s, this is rank %d); per-device batch %d, global batch %d",
@@ -191,6 +265,26 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         # the global generators: give each rank its own, derived from the seed, so runs stay reproducible.
         set_seed(training_args.seed + training_args.process_index)
     return trainer, loaded, data
+
+
+def _apply_channels_last(model, training_args) -> bool:
+    """``channels_last``: NHWC weights (inputs are made NHWC by the collator); unset means chosen from the
+    model (:func:`hf_finetune.performance.wants_channels_last`)."""
+    import torch
+
+    from .performance import conv_weight_fraction, wants_channels_last
+
+    wanted = training_args.channels_last
+    if wanted is None:
+        wanted = wants_channels_last(model)
+        logger.info(
+            "channels_last: %s (auto: %.0f%% of the weights are 2-D convolutions)",
+            "on" if wanted else "off",
+            100 * conv_weight_fraction(model),
+        )
+    if wanted:
+        model.to(memory_format=torch.channels_last)
+    return bool(wanted)
 
 
 def _init_rows_from_data(loaded, data, eval_transform, merge: str = "lse") -> None:
@@ -369,6 +463,8 @@ def main(
             trainer, loaded, data = build_trainer(model_args, data_args, training_args, callbacks=callbacks)
             train_output = trainer.train(resume_from_checkpoint=resume)
         except BaseException:
+            for cache_dir in (".feature-cache", ".image-cache"):
+                shutil.rmtree(out / cache_dir, ignore_errors=True)
             if not existed and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()  # Trainer may have created it: a bad input or a failure before any write leaves nothing
             raise
@@ -398,6 +494,12 @@ def main(
             best_checkpoint=trainer.state.best_model_checkpoint,
             reinitialized=list(loaded.reinitialized),
         )
+        if trainer.feature_cache is not None:  # the head trained on cached features: save the whole model
+            result.feature_cache_seconds = trainer.feature_cache.seconds
+            trainer.model = trainer.model_wrapped = loaded.model
+            trainer.feature_cache.remove()
+        if trainer.image_cache is not None:
+            trainer.image_cache.remove()
         weights_saved = _save_sharded_weights(trainer, out)
         if trainer.is_world_process_zero():
             trainer.log_metrics("train", train_metrics)

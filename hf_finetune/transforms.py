@@ -18,6 +18,7 @@ __all__ = [
     "data_config_from_processor",
     "build_transforms",
     "make_batch_transform",
+    "as_rgb",
     "collate_images",
     "apply_image_size",
 ]
@@ -124,21 +125,27 @@ def build_transforms(
     return train_transform, eval_transform
 
 
-def make_batch_transform(
-    transform: Callable, image_column: str = "image", label_column: str = "label"
-) -> Callable:
-    """A ``Dataset.with_transform`` function: images (paths or PIL) -> ``pixel_values``, labels -> ``labels``."""
+def as_rgb(image: Any):
+    """An RGB PIL image from what an ``image`` column holds: a path, a PIL image or an undecoded
+    ``datasets.Image`` value (``{"path": ..., "bytes": ...}``)."""
+    import io
+
     from PIL import Image
 
     from .images import load_image
 
+    if isinstance(image, dict):
+        image = image.get("path") or Image.open(io.BytesIO(image["bytes"]))
+    return load_image(image) if isinstance(image, str) else to_rgb(image)
+
+
+def make_batch_transform(
+    transform: Callable, image_column: str = "image", label_column: str = "label"
+) -> Callable:
+    """A ``Dataset.with_transform`` function: images (paths or PIL) -> ``pixel_values``, labels -> ``labels``."""
+
     def apply(batch: dict[str, list]) -> dict[str, list]:
-        pixel_values = []
-        for image in batch[image_column]:
-            if isinstance(image, dict):  # an undecoded datasets.Image value
-                image = image.get("path") or Image.open(__import__("io").BytesIO(image["bytes"]))
-            image = load_image(image) if isinstance(image, str) else to_rgb(image)
-            pixel_values.append(transform(image))
+        pixel_values = [transform(as_rgb(image)) for image in batch[image_column]]
         out = {"pixel_values": pixel_values}
         if label_column in batch:
             out["labels"] = batch[label_column]
@@ -147,11 +154,14 @@ def make_batch_transform(
     return apply
 
 
-def collate_images(examples: list[dict]) -> dict[str, Any]:
-    """Stack ``pixel_values`` and ``labels`` into a batch for the model."""
+def collate_images(examples: list[dict], channels_last: bool = False) -> dict[str, Any]:
+    """Stack ``pixel_values`` and ``labels`` into a batch for the model (NHWC in memory if ``channels_last``)."""
     import torch
 
-    batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+    pixel_values = torch.stack([e["pixel_values"] for e in examples])
+    if channels_last and pixel_values.ndim == 4:
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+    batch = {"pixel_values": pixel_values}
     if "labels" in examples[0]:
         batch["labels"] = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long)
     return batch

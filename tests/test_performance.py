@@ -1,0 +1,286 @@
+"""The speed defaults keep results correct: bf16/loader choices from the machine, channels_last, the image
+cache and the linear-probe feature cache (the speed itself is measured by bench/throughput.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_finetune import performance
+from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
+from hf_finetune.errors import ConfigError
+
+
+def _args(tmp_path: Path, **kwargs) -> FinetuneTrainingArguments:
+    base = dict(output_dir=str(tmp_path / "out"), report_to=[], disable_tqdm=True)
+    return FinetuneTrainingArguments(**{**base, **kwargs})
+
+
+# --- choices from the machine ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_bf16_auto_follows_the_cpu(tmp_path, monkeypatch, supported):
+    monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
+    monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: supported)
+    args = _args(tmp_path)
+    assert args.bf16 is supported
+    assert args.auto_choices["bf16"].startswith("on" if supported else "off")
+    if supported:
+        assert args.use_cpu is True  # what transformers needs to accept bf16 without a GPU
+        assert args.mixed_precision == "bf16"
+
+
+def test_bf16_explicit_values_win(tmp_path, monkeypatch):
+    monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
+    monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: True)
+    assert _args(tmp_path, bf16=False).bf16 is False
+    assert "bf16" not in _args(tmp_path, bf16=False).auto_choices
+    assert _args(tmp_path, bf16="auto").bf16 is True
+
+
+def test_auto_is_accepted_in_recipes_and_flags(tmp_path, tiny_image_folder, tiny_hf_checkpoint, monkeypatch):
+    from hf_finetune.parser import parse_train_args
+
+    monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: False)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {tiny_hf_checkpoint}\ntrain_dir: {tiny_image_folder}\n"
+        f"output_dir: {tmp_path / 'out'}\nbf16: auto\nchannels_last: auto\ndataloader_num_workers: auto\n"
+    )
+    _, _, training_args = parse_train_args([str(recipe), "--cache_images", "auto", "--feature_cache=auto"])
+    assert training_args.bf16 is False and training_args.channels_last is None
+    assert training_args.cache_images is False and training_args.feature_cache is None
+    assert isinstance(training_args.dataloader_num_workers, int)
+    _, _, flagged = parse_train_args([str(recipe), "--bf16", "true", "--dataloader_num_workers", "3"])
+    assert flagged.bf16 is True and flagged.dataloader_num_workers == 3
+    with pytest.raises(ConfigError, match="bf16"):
+        parse_train_args([str(recipe), "--bf16", "sometimes"])
+
+
+def test_loader_settings_from_the_machine():
+    two_core = performance.loader_settings("cpu", cpu_count=2, compute_threads=2)
+    assert two_core["num_workers"] == 0 and two_core["persistent_workers"] is False
+    hyperthreaded = performance.loader_settings("cpu", cpu_count=32, compute_threads=16)
+    assert hyperthreaded["num_workers"] == 4 and hyperthreaded["persistent_workers"] is True
+    gpu = performance.loader_settings("cuda", cpu_count=16, local_processes=2)
+    assert gpu == {**gpu, "num_workers": 7, "persistent_workers": True, "prefetch_factor": 4}
+    assert performance.loader_settings("cuda", cpu_count=1)["num_workers"] == 1
+
+
+def test_pin_memory_only_with_a_gpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
+    assert _args(tmp_path).dataloader_pin_memory is False
+    monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cuda")
+    monkeypatch.setattr(performance, "bf16_supported", lambda use_cpu=False: (False, "test"))
+    args = _args(tmp_path)
+    assert (
+        args.dataloader_pin_memory is True and args.cache_images is True and args.dataloader_num_workers >= 1
+    )
+
+
+def test_channels_last_choice_and_same_logits(tiny_hf_checkpoint):
+    from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(tiny_hf_checkpoint).eval()
+    assert performance.wants_channels_last(model)
+    vit = ViTForImageClassification(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=4,
+        )
+    )
+    assert not performance.wants_channels_last(vit)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        nchw = model(pixel_values=x).logits
+        model.to(memory_format=torch.channels_last)
+        nhwc = model(pixel_values=x.contiguous(memory_format=torch.channels_last)).logits
+    assert model.resnet.embedder.embedder.convolution.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc, nchw, atol=1e-5, rtol=1e-4)
+
+
+# --- the image cache -------------------------------------------------------------------------------------
+
+
+def _pipeline(tiny_image_folder, checkpoint, augmentation="rrc_flip"):
+    from hf_finetune.data import load_image_dataset
+    from hf_finetune.modeling import load_image_processor
+    from hf_finetune.transforms import build_transforms, data_config_from_processor
+
+    data = load_image_dataset(DataArguments(train_dir=str(tiny_image_folder)))
+    config = data_config_from_processor(load_image_processor(str(checkpoint)))
+    train_t, eval_t = build_transforms(config, augmentation)
+    return data, config, train_t, eval_t
+
+
+@pytest.mark.parametrize("augmentation", ["rrc_flip", "none"])
+def test_cached_images_give_the_same_tensors(tmp_path, tiny_image_folder, tiny_hf_checkpoint, augmentation):
+    from hf_finetune.image_cache import build_image_cache
+    from hf_finetune.transforms import make_batch_transform
+
+    data, config, train_t, eval_t = _pipeline(tiny_image_folder, tiny_hf_checkpoint, augmentation)
+    splits = {"train": data.dataset["train"], "validation": data.dataset["validation"]}
+    cache = build_image_cache(splits, config, augmentation, 0.25, 0.5, train_t, eval_t, tmp_path / "cache")
+    plain_val = data.dataset["validation"].with_transform(make_batch_transform(eval_t))
+    for i in range(len(plain_val)):
+        assert torch.equal(cache.validation[i]["pixel_values"], plain_val[i]["pixel_values"])
+        assert cache.validation[i]["labels"] == plain_val[i]["labels"]
+    plain_train = data.dataset["train"].with_transform(make_batch_transform(train_t))
+    for i in range(6):  # the tiny images are below the side limit: the same random crop, bit for bit
+        random.seed(i)  # timm's random-resized-crop draws from `random`, the flip from torch
+        torch.manual_seed(i)
+        cached = cache.train[i]["pixel_values"]
+        random.seed(i)
+        torch.manual_seed(i)
+        assert torch.equal(cached, plain_train[i]["pixel_values"])
+    assert cache.nbytes > 0 and all(p.suffix == ".arrow" for p in cache.folder.iterdir())
+
+
+def test_large_images_are_cached_at_the_side_limit(tmp_path, tiny_hf_checkpoint):
+    from hf_finetune.data import load_image_dataset
+    from hf_finetune.image_cache import build_image_cache, train_side_limit
+    from hf_finetune.modeling import load_image_processor
+    from hf_finetune.transforms import build_transforms, data_config_from_processor
+
+    for name in ("a", "b"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((300, 400, 3), 40 * i, dtype=np.uint8)).save(
+                tmp_path / "imgs" / name / f"{i}.png"
+            )
+    data = load_image_dataset(DataArguments(train_dir=str(tmp_path / "imgs"), train_val_split=0.34))
+    config = data_config_from_processor(load_image_processor(str(tiny_hf_checkpoint)))
+    train_t, eval_t = build_transforms(config, "rrc_flip")
+    splits = {"train": data.dataset["train"], "validation": data.dataset["validation"]}
+    cache = build_image_cache(splits, config, "rrc_flip", 0.25, 0.5, train_t, eval_t, tmp_path / "cache")
+    limit = train_side_limit(32, 0.25)
+    assert limit == 74
+    rows = cache.train.with_format(None)
+    heights = [r["height"] for r in rows]
+    widths = [r["width"] for r in rows]
+    assert set(heights) == {limit} and set(widths) == {round(400 * limit / 300)}
+    assert cache.train[0]["pixel_values"].shape == (3, 32, 32)
+
+
+# --- the linear-probe feature cache ---------------------------------------------------------------------
+
+
+def test_cached_features_equal_recomputed_ones(tmp_path, tiny_timm_checkpoint, tiny_image_folder):
+    from hf_finetune.features import HeadOnlyModel, build_feature_cache, feature_head
+    from hf_finetune.modeling import load_model_for_labels
+
+    data, _, _, eval_t = _pipeline(tiny_image_folder, tiny_timm_checkpoint)
+    loaded = load_model_for_labels(str(tiny_timm_checkpoint), data.labels)
+    model = loaded.model.eval()
+    name, head = feature_head(model)
+    assert name == "timm_model.classifier"
+    cache = build_feature_cache(
+        model, head, {"validation": data.dataset["validation"]}, eval_t, tmp_path / "fc"
+    )
+    cached = torch.tensor(np.asarray(cache.datasets["validation"].with_format("numpy")["features"]))
+    assert cached.shape == (len(data.dataset["validation"]), model.timm_model.num_features)
+    from hf_finetune.transforms import make_batch_transform
+
+    images = data.dataset["validation"].with_transform(make_batch_transform(eval_t))
+    pixel_values = torch.stack([images[i]["pixel_values"] for i in range(len(images))])
+    with torch.no_grad():
+        recomputed = model.timm_model.forward_head(
+            model.timm_model.forward_features(pixel_values), pre_logits=True
+        )
+        logits = model(pixel_values=pixel_values).logits
+        probe_logits = HeadOnlyModel(model, name, head)(features=cached).logits
+    torch.testing.assert_close(cached, recomputed, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probe_logits, logits, atol=1e-5, rtol=1e-5)
+    assert cache.datasets["validation"]["label"] == list(data.dataset["validation"]["label"])
+
+
+def test_linear_probe_trains_the_head_on_cached_features(tmp_path, tiny_hf_checkpoint, tiny_image_folder):
+    from safetensors.torch import load_file
+
+    from hf_finetune.train import main
+
+    out = tmp_path / "probe"
+    training_args = _args(
+        tmp_path,
+        output_dir=str(out),
+        freeze_layers=-1,
+        num_train_epochs=2,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        bf16=False,
+    )
+    result = main(
+        ModelArguments(model_name_or_path=str(tiny_hf_checkpoint), label_mapping="none"),
+        DataArguments(train_dir=str(tiny_image_folder)),
+        training_args,
+    )
+    assert result.feature_cache_seconds is not None and result.feature_cache_seconds > 0
+    assert not (out / ".feature-cache").exists()
+    saved = load_file(str(out / "model.safetensors"))
+    source = load_file(str(tiny_hf_checkpoint / "model.safetensors"))
+    body = [k for k in saved if not k.startswith("classifier")]
+    assert body and all(torch.equal(saved[k], source[k]) for k in body)  # the frozen body, bit for bit
+    assert saved["classifier.1.weight"].shape == (3, 16)
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    accuracies = [e["eval_accuracy"] for e in history if "eval_accuracy" in e]
+    assert accuracies[-1] > accuracies[0] and accuracies[-1] >= 0.9
+    from hf_finetune.predict import predict_images
+
+    image = next((tiny_image_folder / "val" / "zebra").iterdir())
+    assert predict_images(str(out), [str(image)], top_k=1)[0]["predictions"][0]["label"] == "zebra"
+
+
+def test_feature_cache_true_needs_a_frozen_body(tmp_path, tiny_hf_checkpoint, tiny_image_folder):
+    from hf_finetune.train import main
+
+    with pytest.raises(ConfigError, match="feature_cache: true cannot be used: .* set freeze_layers: -1"):
+        main(
+            ModelArguments(model_name_or_path=str(tiny_hf_checkpoint)),
+            DataArguments(train_dir=str(tiny_image_folder)),
+            _args(tmp_path, feature_cache=True, max_steps=1),
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_with_cached_images_cleans_up(tmp_path, tiny_hf_checkpoint, tiny_image_folder):
+    from hf_finetune.train import main
+
+    out = tmp_path / "cached"
+    result = main(
+        ModelArguments(model_name_or_path=str(tiny_hf_checkpoint)),
+        DataArguments(train_dir=str(tiny_image_folder)),
+        _args(
+            tmp_path,
+            output_dir=str(out),
+            cache_images=True,
+            num_train_epochs=1,
+            per_device_train_batch_size=12,
+        ),
+    )
+    assert result.metrics_after["eval_accuracy"] >= 0.0 and (out / "model.safetensors").is_file()
+    assert not (out / ".image-cache").exists()
+
+
+def test_frozen_parameters_get_no_gradient(tiny_hf_checkpoint):
+    from transformers import AutoModelForImageClassification
+
+    from hf_finetune.freezing import freeze_parameters
+
+    model = AutoModelForImageClassification.from_pretrained(tiny_hf_checkpoint)
+    report = freeze_parameters(model, freeze_layers=1)
+    loss = model(pixel_values=torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 1])).loss
+    loss.backward()
+    named = dict(model.named_parameters())
+    assert report.frozen and all(named[n].grad is None for n in report.frozen)
+    assert all(named[n].grad is not None for n in report.trainable)
