@@ -4,6 +4,8 @@
 # Trains recipes/mobilenet_v2/hotdog/config_full.yaml in bf16 under accelerate (single_gpu.yaml; also
 # multi_gpu.yaml when there are several GPUs), then prints a table of validation accuracy before/after and
 # training images per second, read from the run's own train_results.json / eval_results.json / trainer_state.
+# Then bench/throughput.py on the GPU: images/s of the transformers example vs hf-finetune vs the compute
+# ceiling, accuracy after the same steps, MFU.
 set -euo pipefail
 OUT=${1:-${OUT:-gpu_check_output}}
 mkdir -p "$OUT"
@@ -37,3 +39,8 @@ echo "| run | accuracy epoch 0 | best accuracy | train images/s | train s | wall
 echo "|---|---|---|---|---|---|"
 run single_gpu_bf16 single_gpu
 if [ "$NGPU" -gt 1 ]; then NPROC=$NGPU run multi_gpu_bf16 multi_gpu; fi
+
+# Throughput against the transformers example recipe on this GPU (issue 6): baseline, project defaults and
+# compute ceiling, their ratios, accuracy after the same steps, and MFU (FLOPs counted by torch).
+echo
+$PY bench/throughput.py --parts main ablations --datasets hotdog cifar10 --steps 60 --json "$OUT/throughput.json"

@@ -10,14 +10,15 @@ train/val folder of symlinks), every run in its own fresh process, same images, 
 * ceiling   -- the same model, settings and optimiser as `project`, stepping on one batch of real
                images already in memory (no data loading, no Trainer): what the arithmetic allows.
 
-Images/s are steady-state (the first 3 steps are left out) and include the data loading; validation
+Images/s are steady-state (the first 3 steps are left out) and include the data loading; the main table
+runs the three variants alternately --repeats times (default 2) and shows the median images/s; validation
 accuracy is measured after the same number of steps on the same validation images. Peak RSS is the
 process's high-water mark. Then, on hotdog + EfficientNet-Lite0, what each speed default is worth
 (ablations, measured both ways), and the linear probe with the feature cache (`freeze_layers: -1`) against
 the baseline's full fine-tuning epoch.
 
     python bench/throughput.py [--steps 24] [--batch 32] [--models efficientnet_lite0 mobilenet_v2]
-        [--datasets hotdog cifar10] [--parts main ablations probe] [--json results.json]
+        [--datasets hotdog cifar10] [--parts main ablations probe] [--repeats 2] [--json results.json]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,9 +46,11 @@ ABLATIONS = {  # name -> extra `hf-finetune train` flags on top of the defaults
     "project, bf16 off, channels_last off": ["--bf16", "false", "--channels_last", "false"],
     "project, bf16 off (channels_last on)": ["--bf16", "false"],
     "project, channels_last off (bf16 on)": ["--channels_last", "false"],
+    "project, tune_depthwise_precision off": ["--tune_depthwise_precision", "false"],
     "project + 1 loader worker": ["--dataloader_num_workers", "1"],
     "project + cache_images": ["--cache_images", "true"],
     "project + torch_compile": ["--torch_compile", "true"],
+    "project, freeze_layers 6 (Lite0: all but the last stage)": ["--freeze_layers", "6"],
 }
 
 
@@ -199,6 +203,16 @@ def _ceiling(
     optimizer = trainer.create_optimizer()
     params = [p for p in net.parameters() if p.requires_grad]
     device_type = "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu"
+    if device_type == "cuda":
+        net.to("cuda")
+        inputs = {k: v.to("cuda") for k, v in inputs.items()}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # The arithmetic of a step: 3 x the forward's FLOPs (the backward is about twice the forward). Counting the
+    # backward too would overcount: torch's counter prices depthwise convolution backward as a dense one.
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(**inputs)
+    flops_per_image = 3 * counter.get_total_flops() / batch
     times = []
     for _ in range(steps):
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bool(training_args.bf16)):
@@ -207,18 +221,47 @@ def _ceiling(
         torch.nn.utils.clip_grad_norm_(params, training_args.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if device_type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter())
     timed = len(times) - WARMUP_STEPS
-    return {"images_per_second": timed * batch / (times[-1] - times[WARMUP_STEPS - 1])}
+    return {
+        "images_per_second": timed * batch / (times[-1] - times[WARMUP_STEPS - 1]),
+        "flops_per_image": flops_per_image,
+        "device": torch.cuda.get_device_name(0) if device_type == "cuda" else "cpu",
+        "peak_flops": peak_flops(device_type),
+    }
+
+
+# Dense bfloat16 tensor-core peaks (vendor data sheets), for MFU on a GPU.
+GPU_PEAK_BF16 = {
+    "H200": 989.4e12,
+    "H100": 989.4e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+}
+
+
+def peak_flops(device_type: str) -> float | None:
+    if device_type != "cuda":
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    return next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
 
 
 _RUNS: dict[tuple, dict] = {}  # one run per (variant, model, data, flags) in a bench invocation
 
 
-def spawn(variant: str, model: str, data: str, args, workdir: Path, extra: list[str] | None = None) -> dict:
+def spawn(
+    variant: str, model: str, data: str, args, workdir: Path, extra: list[str] | None = None, repeat: int = 0
+) -> dict:
     """Run one variant in a fresh process (its own peak RSS, no warm caches from another run); a run already
     made in this invocation (the baseline, shared by the tables) is reused."""
-    key = (variant, model, data, tuple(extra or ()))
+    key = (variant, model, data, tuple(extra or ()), repeat)
     if key not in _RUNS:
         _RUNS[key] = _spawn(variant, model, data, args, workdir, extra)
     return _RUNS[key]
@@ -253,21 +296,37 @@ def main_part(args, workdir: Path) -> list[dict]:
     rows = []
     for model in args.models:
         for data in args.datasets:
-            runs = {v: spawn(v, model, data, args, workdir) for v in ("baseline", "project", "ceiling")}
-            rows.append({"model": model, "data": data, **{v: r for v, r in runs.items()}})
+            repeats = {v: [] for v in ("baseline", "project", "ceiling")}
+            for repeat in range(args.repeats):  # alternated, so a slow minute of the machine hits all three
+                for variant, runs in repeats.items():
+                    runs.append(spawn(variant, model, data, args, workdir, repeat=repeat))
+            row = {"model": model, "data": data}
+            for variant, runs in repeats.items():
+                merged = dict(runs[0])
+                merged["images_per_second"] = statistics.median(r["images_per_second"] for r in runs)
+                merged["images_per_second_runs"] = [r["images_per_second"] for r in runs]
+                merged["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
+                row[variant] = merged
+            rows.append(row)
     print(
         "\n| model | data | baseline img/s | project img/s | ceiling img/s | project / baseline | "
-        "project / ceiling | accuracy baseline | accuracy project | peak RSS baseline / project (MiB) |"
+        "project / ceiling | accuracy baseline | accuracy project | peak RSS baseline / project (MiB) | "
+        "project GFLOP/s | MFU |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         b, p, c = row["baseline"], row["project"], row["ceiling"]
+        achieved = p["images_per_second"] * c["flops_per_image"]
+        mfu = f"{achieved / c['peak_flops']:.1%}" if c.get("peak_flops") else "n/a (CPU)"
         print(
             f"| {row['model']} | {row['data']} | {b['images_per_second']:.2f} | {p['images_per_second']:.2f} | "
             f"{c['images_per_second']:.2f} | {p['images_per_second'] / b['images_per_second']:.2f}x | "
             f"{p['images_per_second'] / c['images_per_second']:.2f} | {b['accuracy']:.3f} | {p['accuracy']:.3f} | "
-            f"{b['peak_rss_mib']:.0f} / {p['peak_rss_mib']:.0f} |"
+            f"{b['peak_rss_mib']:.0f} / {p['peak_rss_mib']:.0f} | {achieved / 1e9:.0f} | {mfu} |"
         )  # fmt: skip
+    if rows:
+        print(f"(device: {rows[0]['ceiling']['device']}; FLOPs per image: 3 x the forward's, counted by torch's "
+              "FlopCounterMode)")  # fmt: skip
     return rows
 
 
@@ -339,6 +398,7 @@ def main() -> None:
         "--parts", nargs="+", default=["main", "ablations", "probe"], choices=["main", "ablations", "probe"]
     )
     parser.add_argument("--probe-epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each main-table variant (median)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None)
     for hidden in ("--_one", "--_model", "--_train", "--_val", "--_out", "--_extra"):

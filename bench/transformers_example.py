@@ -159,6 +159,7 @@ def build_trainer(
         data_collator=collate_fn,
         callbacks=callbacks,
     )
+    trainer.example_transforms = (_train_transforms, _val_transforms)  # for tests and readers
     return trainer
 
 

@@ -320,6 +320,14 @@ class FinetuneTrainingArguments(TrainingArguments):
             "2-D convolutions (CNNs), off otherwise (ViTs)."
         },
     )
+    tune_depthwise_precision: bool | None = field(
+        default=None,
+        metadata={
+            "help": "With bf16 on a CPU, time every depthwise convolution shape in bf16 and fp32 once before "
+            "training (about 2 s) and run the ones that are faster in fp32 there (oneDNN's bf16 depthwise "
+            "kernels are up to 3x slower for strided and 5x5 shapes). Unset/auto: on with bf16 on a CPU."
+        },
+    )
     dataloader_num_workers: int | None = field(
         default=None,
         metadata={
@@ -432,6 +440,7 @@ class FinetuneTrainingArguments(TrainingArguments):
         for key in (
             "bf16",
             "channels_last",
+            "tune_depthwise_precision",
             "dataloader_persistent_workers",
             "dataloader_pin_memory",
             "cache_images",

@@ -113,6 +113,7 @@ _DICT_KEYS = {f.name for f in fields(FinetuneTrainingArguments) if "dict" in str
 AUTO_KEYS = {
     "bf16",
     "channels_last",
+    "tune_depthwise_precision",
     "dataloader_num_workers",
     "dataloader_persistent_workers",
     "dataloader_pin_memory",

@@ -136,3 +136,94 @@ def conv_weight_fraction(model) -> float:
 def wants_channels_last(model) -> bool:
     """``channels_last: auto``: NHWC pays off when most weights are 2-D convolutions (CNNs, not ViTs)."""
     return conv_weight_fraction(model) >= 0.5
+
+
+def _depthwise_convs(model) -> list[tuple[str, Any]]:
+    from torch import nn
+
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+    ]
+
+
+def _fp32_forward(self, x):
+    """A depthwise convolution that runs in fp32 inside bf16 autocast, its output cast back to bfloat16."""
+    import torch
+
+    with torch.autocast("cpu", enabled=False):
+        out = type(self).forward(self, x.float())
+    return out.to(torch.bfloat16)
+
+
+def tune_depthwise_precision(
+    model, input_shape: tuple[int, ...], channels_last: bool = False, reps: int = 3, margin: float = 0.9
+) -> list[tuple[str, float, float]]:
+    """Under bf16 autocast on a CPU, run in fp32 the depthwise convolutions that are faster there.
+
+    oneDNN's bfloat16 depthwise convolutions are much slower than its fp32 ones for some shapes (strided and
+    5x5 kernels: up to 3x in the backward pass on an AVX512-BF16 CPU), while everything else gains from
+    bfloat16. Like ``cudnn.benchmark``, each depthwise shape of ``model`` (found with one forward pass at
+    ``input_shape``, e.g. ``(8, 3, 224, 224)``) is timed forward + backward in both precisions, and the
+    convolutions whose fp32 time is below ``margin`` x their bf16 time get an fp32 forward. The weights and the
+    saved model are unchanged. Returns ``(name, bf16 seconds, fp32 seconds)`` of every convolution switched.
+    """
+    import statistics
+    import time
+    import types
+
+    import torch
+
+    convs = _depthwise_convs(model)
+    if not convs:
+        return []
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name):
+        def hook(module, args, out):  # returns None: the output is left alone
+            shapes.setdefault(name, tuple(args[0].shape))
+
+        return hook
+
+    hooks = [module.register_forward_hook(record(name)) for name, module in convs]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(pixel_values=torch.zeros(input_shape).contiguous(memory_format=memory_format))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+
+    def timed(module, shape, fp32: bool) -> float:
+        x = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=memory_format).requires_grad_(True)
+        times = []
+        for _ in range(reps + 1):
+            start = time.perf_counter()
+            if fp32:
+                with torch.autocast("cpu", enabled=False):
+                    y = module._conv_forward(x.float(), module.weight, module.bias).to(torch.bfloat16)
+            else:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    y = module._conv_forward(x, module.weight, module.bias)
+            y.float().sum().backward()
+            times.append(time.perf_counter() - start)
+        module.zero_grad(set_to_none=True)
+        return statistics.median(times[1:])
+
+    decided: dict[tuple, tuple[float, float]] = {}
+    switched = []
+    for name, module in convs:
+        if name not in shapes:
+            continue
+        key = (shapes[name], module.kernel_size, module.stride, module.padding, module.dilation)
+        if key not in decided:
+            decided[key] = (timed(module, shapes[name], False), timed(module, shapes[name], True))
+        bf16_s, fp32_s = decided[key]
+        if fp32_s < margin * bf16_s:
+            module.forward = types.MethodType(_fp32_forward, module)
+            switched.append((name, bf16_s, fp32_s))
+    return switched

@@ -284,3 +284,35 @@ def test_frozen_parameters_get_no_gradient(tiny_hf_checkpoint):
     named = dict(model.named_parameters())
     assert report.frozen and all(named[n].grad is None for n in report.frozen)
     assert all(named[n].grad is not None for n in report.trainable)
+
+
+def test_depthwise_precision_tuning_switches_only_the_forward(tiny_timm_checkpoint):
+    from transformers import AutoModelForImageClassification
+
+    from hf_finetune.modeling import load_model_for_labels
+
+    model = load_model_for_labels(str(tiny_timm_checkpoint), ["a", "b"]).model.eval()
+    assert isinstance(model, AutoModelForImageClassification._model_mapping[type(model.config)])
+    depthwise = performance._depthwise_convs(model)
+    assert depthwise
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        fp32 = model(pixel_values=x).logits
+    assert performance.tune_depthwise_precision(model, (2, 3, 32, 32), margin=0.0) == []  # never faster
+    switched = performance.tune_depthwise_precision(model, (2, 3, 32, 32), reps=1, margin=1e9)
+    assert sorted(name for name, _, _ in switched) == sorted(name for name, _ in depthwise)
+    assert all(bf16_s > 0 and fp32_s > 0 for _, bf16_s, fp32_s in switched)
+    module = dict(model.named_modules())[switched[0][0]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(torch.randn(1, module.in_channels, 8, 8, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16  # the neighbours still see bfloat16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(pixel_values=x).logits.float()
+    torch.testing.assert_close(mixed, fp32, atol=0.1, rtol=0.05)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # weights untouched
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(pixel_values=x, labels=torch.tensor([0, 1, 0, 1])).loss
+    loss.backward()
+    assert module.weight.grad is not None and module.weight.grad.dtype == torch.float32

@@ -1,0 +1,46 @@
+"""The benchmark baseline (bench/transformers_example.py) is the transformers example recipe with Trainer's
+defaults, and it runs: on a tiny random model here, on the real checkpoints in bench/throughput.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def test_the_baseline_is_the_example_with_trainer_defaults(tmp_path, tiny_hf_checkpoint, tiny_image_folder):
+    import torch
+    import transformers_example
+    from torchvision.transforms import CenterCrop, RandomHorizontalFlip, RandomResizedCrop, Resize
+    from transformers import TrainingArguments
+
+    trainer = transformers_example.build_trainer(
+        str(tiny_hf_checkpoint),
+        str(tiny_image_folder / "train"),
+        str(tiny_image_folder / "val"),
+        str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=3,
+    )
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
+    args = trainer.args
+    assert (args.bf16, args.fp16) == (False, False) == (defaults["bf16"], defaults["fp16"])
+    assert args.dataloader_num_workers == defaults["dataloader_num_workers"] == 0
+    assert args.learning_rate == defaults["learning_rate"] == 5e-5
+    assert args.lr_scheduler_type == defaults["lr_scheduler_type"] == "linear"
+    assert args.optim == defaults["optim"]
+    assert trainer.model.config.num_labels == 3  # a fresh 3-way head, no rows reused
+    sample = trainer.train_dataset[0]
+    assert sample["pixel_values"].shape == (3, 32, 32) and sample["pixel_values"].is_contiguous()
+    train_steps, val_steps = (list(t.transforms) for t in trainer.example_transforms)
+    assert [type(t) for t in train_steps[:2]] == [RandomResizedCrop, RandomHorizontalFlip]
+    assert [type(t) for t in val_steps[:2]] == [Resize, CenterCrop]
+    first = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    moved = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, first[k])]
+    assert any(k.startswith("classifier") for k in moved) and any(k.startswith("resnet") for k in moved)
