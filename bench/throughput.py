@@ -211,7 +211,8 @@ def _ceiling(
     # The arithmetic of a step: 3 x the forward's FLOPs (the backward is about twice the forward). Counting the
     # backward too would overcount: torch's counter prices depthwise convolution backward as a dense one.
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(**inputs)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bool(training_args.bf16)):
+            net(**inputs)
     flops_per_image = 3 * counter.get_total_flops() / batch
     times = []
     for _ in range(steps):
