@@ -108,28 +108,11 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
     from transformers import set_seed
 
     from .data import load_image_dataset
-    from .features import CACHE_DIR as FEATURE_CACHE_DIR
-    from .features import (
-        HeadOnlyModel,
-        build_feature_cache,
-        collate_features,
-        decide_feature_cache,
-        feature_head,
-    )
     from .freezing import configure_batchnorm, freeze_parameters
-    from .heads import head_parameter_names
-    from .image_cache import CACHE_DIR as IMAGE_CACHE_DIR
-    from .image_cache import build_image_cache
     from .metrics import build_compute_metrics
     from .modeling import load_model_for_labels
     from .trainer import FinetuneTrainer
-    from .transforms import (
-        apply_image_size,
-        build_transforms,
-        collate_images,
-        data_config_from_processor,
-        make_batch_transform,
-    )
+    from .transforms import apply_image_size, build_transforms, data_config_from_processor
 
     set_seed(training_args.seed)
     data = loaded_data if loaded_data is not None else load_image_dataset(data_args, seed=training_args.seed)
@@ -175,80 +158,34 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
     )
     if model_args.label_init_from_data and loaded.source_head is not None:
         _init_rows_from_data(loaded, data, eval_transform, model_args.label_merge)
-    use_cache, why = decide_feature_cache(
-        training_args.feature_cache,
+    inputs = _training_inputs(
         model,
-        freeze.trainable,
-        head_parameter_names(model),
-        training_args.world_size,
+        data,
+        data_args,
+        training_args,
+        freeze,
+        data_config,
+        train_transform,
+        eval_transform,
+        channels_last,
     )
-    if use_cache or freeze.frozen:
-        logger.info("feature_cache: %s", why)
-    collator = functools.partial(collate_images, channels_last=channels_last)
-    trainer_model, head_names, cache, image_cache = model, None, None, None
-    if use_cache:
-        head_name, head = feature_head(model)
-        cache = build_feature_cache(
-            model,
-            head,
-            {"train": data.dataset["train"], "validation": data.dataset["validation"]},
-            eval_transform,
-            Path(training_args.output_dir) / FEATURE_CACHE_DIR,
-            batch_size=training_args.per_device_eval_batch_size,
-            bf16=bool(training_args.bf16),
-            channels_last=channels_last,
-        )
-        logger.info(
-            "feature_cache: %d-dimensional features of %d + %d images in %.1f s (validation transform, "
-            "BatchNorm running statistics, no augmentation); the head trains on them",
-            cache.dim,
-            len(cache.datasets["train"]),
-            len(cache.datasets["validation"]),
-            cache.seconds,
-        )
-        train_dataset, eval_dataset = cache.datasets["train"], cache.datasets["validation"]
-        trainer_model = HeadOnlyModel(model, head_name, head)
-        head_names = [n for n, _ in trainer_model.named_parameters()]
-        collator = collate_features
-    elif training_args.cache_images:
-        image_cache = build_image_cache(
-            {"train": data.dataset["train"], "validation": data.dataset["validation"]},
-            data_config,
-            data_args.augmentation,
-            data_args.crop_scale_min,
-            data_args.hflip_prob,
-            train_transform,
-            eval_transform,
-            Path(training_args.output_dir) / IMAGE_CACHE_DIR / f"rank{training_args.process_index}",
-        )
-        logger.info(
-            "cache_images: %d + %d images decoded and resized once in %.1f s (%.0f MiB, memory-mapped)",
-            len(image_cache.train),
-            len(image_cache.validation),
-            image_cache.seconds,
-            image_cache.nbytes / 2**20,
-        )
-        train_dataset, eval_dataset = image_cache.train, image_cache.validation
-    else:
-        train_dataset = data.dataset["train"].with_transform(make_batch_transform(train_transform))
-        eval_dataset = data.dataset["validation"].with_transform(make_batch_transform(eval_transform))
     if training_args.world_size > 1 and training_args.data_seed is None:
         # The sampler's order must be the same on every rank (each takes its own share of it); accelerate
         # seeds it from data_seed, else from the global seed, which differs per rank below.
         training_args.data_seed = training_args.seed
     trainer = FinetuneTrainer(
-        model=trainer_model,
+        model=inputs.model,
         args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=collator,
+        train_dataset=inputs.train_dataset,
+        eval_dataset=inputs.eval_dataset,
+        data_collator=inputs.collator,
         compute_metrics=build_compute_metrics(len(data.labels)),
         processing_class=loaded.processor,
         callbacks=callbacks,
-        head_names=head_names,
+        head_names=inputs.head_names,
     )
-    trainer.feature_cache = cache
-    trainer.image_cache = image_cache
+    trainer.feature_cache = inputs.feature_cache
+    trainer.image_cache = inputs.image_cache
     if training_args.world_size > 1:
         logger.info(
             "processes: %d (%s, this is rank %d); per-device batch %d, global batch %d",
@@ -266,6 +203,106 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         # the global generators: give each rank its own, derived from the seed, so runs stay reproducible.
         set_seed(training_args.seed + training_args.process_index)
     return trainer, loaded, data
+
+
+@dataclass
+class _TrainingInputs:
+    """What the Trainer trains: the model (or the head alone, on cached features), its datasets and collator."""
+
+    model: Any
+    train_dataset: Any
+    eval_dataset: Any
+    collator: Any
+    head_names: list[str] | None = None
+    feature_cache: Any = None
+    image_cache: Any = None
+
+
+def _training_inputs(
+    model, data, data_args, training_args, freeze, data_config, train_transform, eval_transform, channels_last
+) -> _TrainingInputs:
+    """Images transformed on the fly (the default), images decoded once (``cache_images``), or the frozen body's
+    features computed once and the head trained alone (``feature_cache``)."""
+    from .features import CACHE_DIR as FEATURE_CACHE_DIR
+    from .features import (
+        HeadOnlyModel,
+        build_feature_cache,
+        collate_features,
+        decide_feature_cache,
+        feature_head,
+    )
+    from .heads import head_parameter_names
+    from .image_cache import CACHE_DIR as IMAGE_CACHE_DIR
+    from .image_cache import build_image_cache
+    from .transforms import collate_images, make_batch_transform
+
+    splits = {"train": data.dataset["train"], "validation": data.dataset["validation"]}
+    use_cache, why = decide_feature_cache(
+        training_args.feature_cache,
+        model,
+        freeze.trainable,
+        head_parameter_names(model),
+        training_args.world_size,
+    )
+    if use_cache or freeze.frozen:
+        logger.info("feature_cache: %s", why)
+    if use_cache:
+        head_name, head = feature_head(model)
+        cache = build_feature_cache(
+            model,
+            head,
+            splits,
+            eval_transform,
+            Path(training_args.output_dir) / FEATURE_CACHE_DIR,
+            batch_size=training_args.per_device_eval_batch_size,
+            bf16=bool(training_args.bf16),
+            channels_last=channels_last,
+        )
+        logger.info(
+            "feature_cache: %d-dimensional features of %d + %d images in %.1f s (validation transform, "
+            "BatchNorm running statistics, no augmentation); the head trains on them",
+            cache.dim,
+            len(cache.datasets["train"]),
+            len(cache.datasets["validation"]),
+            cache.seconds,
+        )
+        head_model = HeadOnlyModel(model, head_name, head)
+        return _TrainingInputs(
+            model=head_model,
+            train_dataset=cache.datasets["train"],
+            eval_dataset=cache.datasets["validation"],
+            collator=collate_features,
+            head_names=[n for n, _ in head_model.named_parameters()],
+            feature_cache=cache,
+        )
+    collator = functools.partial(collate_images, channels_last=channels_last)
+    if training_args.cache_images:
+        image_cache = build_image_cache(
+            splits,
+            data_config,
+            data_args.augmentation,
+            data_args.crop_scale_min,
+            data_args.hflip_prob,
+            train_transform,
+            eval_transform,
+            Path(training_args.output_dir) / IMAGE_CACHE_DIR / f"rank{training_args.process_index}",
+        )
+        logger.info(
+            "cache_images: %d + %d images decoded and resized once in %.1f s (%.0f MiB, memory-mapped)",
+            len(image_cache.train),
+            len(image_cache.validation),
+            image_cache.seconds,
+            image_cache.nbytes / 2**20,
+        )
+        return _TrainingInputs(
+            model, image_cache.train, image_cache.validation, collator, image_cache=image_cache
+        )
+    return _TrainingInputs(
+        model,
+        splits["train"].with_transform(make_batch_transform(train_transform)),
+        splits["validation"].with_transform(make_batch_transform(eval_transform)),
+        collator,
+    )
 
 
 def _apply_channels_last(model, training_args) -> bool:
