@@ -22,10 +22,28 @@ from transformers import TrainingArguments
 
 from .errors import ConfigError
 
-__all__ = ["ModelArguments", "DataArguments", "FinetuneTrainingArguments", "AUGMENTATIONS", "BATCHNORM_MODES"]
+__all__ = [
+    "ModelArguments",
+    "DataArguments",
+    "FinetuneTrainingArguments",
+    "AUGMENTATIONS",
+    "BATCHNORM_MODES",
+    "AUTO_KEYS",
+]
 
 AUGMENTATIONS = ("rrc_flip", "flip", "none")
 BATCHNORM_MODES = ("auto", "train", "freeze")
+# Training keys whose unset value means "chosen from the machine and the model"; `auto` spells that out.
+AUTO_KEYS = (
+    "bf16",
+    "channels_last",
+    "tune_depthwise_precision",
+    "dataloader_num_workers",
+    "dataloader_persistent_workers",
+    "dataloader_pin_memory",
+    "cache_images",
+    "feature_cache",
+)
 
 
 def _check(condition: bool, key: str, value, expected: str) -> None:
@@ -310,7 +328,8 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "bfloat16 mixed precision (autocast). Unset/auto: on for GPUs with bfloat16 and CPUs with "
-            "AVX512-BF16 or AMX (about 2x faster on such a CPU, bench/throughput.py); false turns it off."
+            "AVX512-BF16 or AMX (1.5x faster with channels_last on such a CPU, bench/throughput.py); false "
+            "turns it off."
         },
     )
     channels_last: bool | None = field(
@@ -325,7 +344,7 @@ class FinetuneTrainingArguments(TrainingArguments):
         metadata={
             "help": "With bf16 on a CPU, time every depthwise convolution shape in bf16 and fp32 once before "
             "training (about 2 s) and run the ones that are faster in fp32 there (oneDNN's bf16 depthwise "
-            "kernels are up to 3x slower for strided and 5x5 shapes). Unset/auto: on with bf16 on a CPU."
+            "kernels were 2-11x slower for strided and 5x5 shapes on an AVX512-BF16 CPU). Unset/auto: on with bf16 on a CPU."
         },
     )
     dataloader_num_workers: int | None = field(
@@ -437,33 +456,27 @@ class FinetuneTrainingArguments(TrainingArguments):
         """Turn unset speed keys into values for this machine; ``auto_choices`` says what was chosen and why."""
         from .performance import bf16_supported, device_kind, loader_settings
 
-        for key in (
-            "bf16",
-            "channels_last",
-            "tune_depthwise_precision",
-            "dataloader_persistent_workers",
-            "dataloader_pin_memory",
-            "cache_images",
-            "feature_cache",
-        ):
+        for key in AUTO_KEYS:  # strings come from Python callers; the parser already dropped "auto"
             value = getattr(self, key)
-            if isinstance(value, str):  # "auto" or a YAML/flag string
-                lowered = value.strip().lower()
-                if lowered == "auto":
-                    setattr(self, key, None)
-                elif lowered in ("true", "false", "yes", "no", "1", "0"):
-                    setattr(self, key, lowered in ("true", "yes", "1"))
-                else:
-                    raise ConfigError(f"{key}: got {value!r}; expected true, false or auto")
-        if isinstance(self.dataloader_num_workers, str) and self.dataloader_num_workers.strip() == "auto":
-            self.dataloader_num_workers = None
+            if not isinstance(value, str):
+                continue
+            lowered = value.strip().lower()
+            if lowered == "auto":
+                setattr(self, key, None)
+            elif key == "dataloader_num_workers" and lowered.isdigit():
+                setattr(self, key, int(lowered))
+            elif key != "dataloader_num_workers" and lowered in ("true", "false", "yes", "no", "1", "0"):
+                setattr(self, key, lowered in ("true", "yes", "1"))
+            else:
+                expected = "a count or auto" if key == "dataloader_num_workers" else "true, false or auto"
+                raise ConfigError(f"{key}: got {value!r}; expected {expected}")
         self.auto_choices: dict[str, str] = {}
         kind = device_kind(self.use_cpu)
         if self.bf16 is None:
             if self.fp16:
                 self.bf16 = False
             else:
-                self.bf16, why = bf16_supported(self.use_cpu)
+                self.bf16, why = bf16_supported(kind)
                 self.auto_choices["bf16"] = f"{'on' if self.bf16 else 'off'} ({why})"
         if self.bf16 and kind == "cpu":
             self.use_cpu = True  # transformers accepts bf16 without a GPU only with use_cpu

@@ -45,12 +45,10 @@ def train_side_limit(input_side: int, crop_scale_min: float) -> int:
     return math.ceil(input_side / math.sqrt(crop_scale_min * 0.75))
 
 
-def _downscale(limit: int, interpolation: str) -> Callable:
-    from PIL import Image
+def _downscale(limit: int, interpolation: str | None) -> Callable:
+    from timm.data.transforms import str_to_pil_interp
 
-    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}.get(
-        str(interpolation), Image.BICUBIC
-    )
+    resample = str_to_pil_interp(interpolation or "bicubic")
 
     def apply(image):
         width, height = image.size

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
+from .configs import AUTO_KEYS, DataArguments, FinetuneTrainingArguments, ModelArguments
 from .errors import ConfigError, suggest
 
 __all__ = [
@@ -106,19 +106,6 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 # TrainingArguments fields that accept a mapping (JSON-like values).
 _DICT_KEYS = {f.name for f in fields(FinetuneTrainingArguments) if "dict" in str(f.type).lower()} | {
     "label_mapping"
-}
-
-
-# Keys whose unset value means "chosen from the machine" (FinetuneTrainingArguments); `auto` spells it out.
-AUTO_KEYS = {
-    "bf16",
-    "channels_last",
-    "tune_depthwise_precision",
-    "dataloader_num_workers",
-    "dataloader_persistent_workers",
-    "dataloader_pin_memory",
-    "cache_images",
-    "feature_cache",
 }
 
 

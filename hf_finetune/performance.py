@@ -7,6 +7,8 @@
 * DataLoader workers: on a GPU the data pipeline is the bottleneck, so up to 8 workers with pinned memory,
   persistent workers and a deeper prefetch; on a CPU the model's arithmetic needs the cores, so workers only
   get the logical CPUs that the compute threads leave free.
+* ``tune_depthwise_precision``: with bf16 on a CPU, the depthwise convolutions that oneDNN runs faster in
+  fp32 than in bf16 (timed per shape before training) run in fp32.
 
 ``bench/throughput.py`` measures each of them against the transformers example recipe.
 """
@@ -17,16 +19,14 @@ import os
 from typing import Any
 
 __all__ = [
-    "AUTO",
     "device_kind",
     "cpu_supports_bf16",
     "bf16_supported",
     "loader_settings",
     "conv_weight_fraction",
     "wants_channels_last",
+    "tune_depthwise_precision",
 ]
-
-AUTO = "auto"
 
 
 def device_kind(use_cpu: bool = False) -> str:
@@ -62,9 +62,8 @@ def cpu_supports_bf16() -> bool:
     return False
 
 
-def bf16_supported(use_cpu: bool = False) -> tuple[bool, str]:
-    """Whether ``bf16: auto`` turns bfloat16 autocast on here, and why (for the log)."""
-    kind = device_kind(use_cpu)
+def bf16_supported(kind: str) -> tuple[bool, str]:
+    """Whether ``bf16: auto`` turns bfloat16 autocast on for a device ``kind`` (:func:`device_kind`), and why."""
     if kind == "cuda":
         import torch
 

@@ -515,7 +515,9 @@ def main(
     callbacks=None,
 ) -> TrainResult:
     """Fine-tune ``model_args.model_name_or_path`` on the data of ``data_args``; returns a :class:`TrainResult`."""
+    from .features import CACHE_DIR as FEATURE_CACHE_DIR
     from .hub import check_hub_arguments
+    from .image_cache import CACHE_DIR as IMAGE_CACHE_DIR
 
     start = time.time()
     _check_output_dir(training_args)
@@ -528,7 +530,7 @@ def main(
             trainer, loaded, data = build_trainer(model_args, data_args, training_args, callbacks=callbacks)
             train_output = trainer.train(resume_from_checkpoint=resume)
         except BaseException:
-            for cache_dir in (".feature-cache", ".image-cache"):
+            for cache_dir in (FEATURE_CACHE_DIR, IMAGE_CACHE_DIR):
                 shutil.rmtree(out / cache_dir, ignore_errors=True)
             if not existed and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()  # Trainer may have created it: a bad input or a failure before any write leaves nothing

@@ -276,6 +276,8 @@ BAD_INPUTS = [
     ("train-val-split", dict(BASE, train_val_split=1.5), [], ["train_val_split", "1.5"]),
     ("bf16-and-fp16", dict(BASE, bf16=True, fp16=True), [], ["bf16", "fp16"]),
     ("bf16-and-fp16-flags", BASE, ["--bf16", "true", "--fp16", "true"], ["bf16", "fp16"]),
+    ("workers-negative", dict(BASE, dataloader_num_workers=-1), [], ["dataloader_num_workers", "-1"]),
+    ("cache-images-word", dict(BASE, cache_images="sometimes"), [], ["cache_images", "sometimes"]),
     ("missing-model", {"train_dir": "d"}, [], ["model_name_or_path", "None"]),
     ("missing-model-flags", None, ["--train_dir", "d"], ["model_name_or_path"]),
     (

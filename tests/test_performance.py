@@ -78,7 +78,7 @@ def test_pin_memory_only_with_a_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
     assert _args(tmp_path).dataloader_pin_memory is False
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cuda")
-    monkeypatch.setattr(performance, "bf16_supported", lambda use_cpu=False: (False, "test"))
+    monkeypatch.setattr(performance, "bf16_supported", lambda kind: (False, "test"))
     args = _args(tmp_path)
     assert (
         args.dataloader_pin_memory is True and args.cache_images is True and args.dataloader_num_workers >= 1
