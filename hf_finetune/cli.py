@@ -80,8 +80,27 @@ def _train(argv: list[str]) -> int:
 
     parsed = parse_train_args(argv)
     model_args, data_args, training_args = parsed
-    train_main(model_args, data_args, training_args, explicit=parsed.explicit)
+    try:
+        train_main(model_args, data_args, training_args, explicit=parsed.explicit)
+    except BaseException:
+        _end_process_group(wait=False)  # a failed rank must not wait for ranks that may never arrive
+        raise
+    _end_process_group(wait=True)
     return 0
+
+
+def _end_process_group(wait: bool) -> None:
+    """Under several processes, shut the process group down before the interpreter exits (after all ranks
+    finished, when ``wait``): a rank that exits with its gloo/NCCL threads still running aborts ("terminate
+    called without an active exception") while the main rank is still saving."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            if wait:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def _predict(argv: list[str]) -> int:
