@@ -5,11 +5,12 @@
 # multi_gpu.yaml when there are several GPUs), then prints a table of validation accuracy before/after and
 # training images per second, read from the run's own train_results.json / eval_results.json / trainer_state.
 # Then bench/throughput.py on the GPU: images/s of the transformers example vs hf-finetune vs the compute
-# ceiling, accuracy after the same steps, MFU.
+# ceiling, accuracy after the same steps, MFU, and the GPU ablations. REPEATS (1) and STEPS (100) size it.
 set -euo pipefail
 OUT=${1:-${OUT:-gpu_check_output}}
 mkdir -p "$OUT"
 PY=${PYTHON:-python}
+WORK=${WORK:-$(mktemp -d)}  # the trained models; logs and tables go to OUT
 RECIPE=recipes/mobilenet_v2/hotdog/config_full.yaml
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
 if [ "$NGPU" -lt 1 ]; then
@@ -21,10 +22,10 @@ run() {  # name, accelerate config, extra flags
   local start=$(date +%s.%N)
   $PY -m accelerate.commands.launch --config_file "recipes/accelerate_configs/$config.yaml" \
     ${NPROC:+--num_processes "$NPROC"} -m hf_finetune train "$RECIPE" \
-    --output_dir "$OUT/$name" --overwrite_output_dir true --bf16 true --report_to none \
+    --output_dir "$WORK/$name" --overwrite_output_dir true --bf16 true --report_to none \
     --disable_tqdm true "$@" > "$OUT/$name.log" 2>&1
   local end=$(date +%s.%N)
-  $PY - "$OUT/$name" "$name" "$start" "$end" <<'PY'
+  $PY - "$WORK/$name" "$name" "$start" "$end" <<'PY'
 import json, sys
 from pathlib import Path
 out, name, start, end = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
@@ -37,10 +38,15 @@ PY
 }
 echo "| run | accuracy epoch 0 | best accuracy | train images/s | train s | wall s |"
 echo "|---|---|---|---|---|---|"
-run single_gpu_bf16 single_gpu
-if [ "$NGPU" -gt 1 ]; then NPROC=$NGPU run multi_gpu_bf16 multi_gpu; fi
+run single_gpu_bf16 single_gpu || echo "single_gpu run failed: see $OUT/single_gpu_bf16.log"
+if [ "$NGPU" -gt 1 ]; then
+  NPROC=$NGPU run multi_gpu_bf16 multi_gpu || echo "multi_gpu run failed: see $OUT/multi_gpu_bf16.log"
+fi
 
 # Throughput against the transformers example recipe on this GPU (issue 6): baseline, project defaults and
-# compute ceiling, their ratios, accuracy after the same steps, and MFU (FLOPs counted by torch).
+# compute ceiling, their ratios, accuracy after the same steps, and MFU (FLOPs counted by torch); then what
+# each GPU default is worth (bf16, channels_last, the image cache, loader workers, torch.compile).
 echo
-$PY bench/throughput.py --parts main ablations --datasets hotdog cifar10 --steps 60 --json "$OUT/throughput.json"
+$PY bench/throughput.py --parts main --repeats "${REPEATS:-1}" --steps "${STEPS:-100}" --json "$OUT/throughput_main.json"
+echo
+$PY bench/throughput.py --parts ablations --steps "${STEPS:-100}" --datasets hotdog --json "$OUT/throughput_ablations.json"

@@ -335,8 +335,9 @@ class FinetuneTrainingArguments(TrainingArguments):
     channels_last: bool | None = field(
         default=None,
         metadata={
-            "help": "Run the model in channels_last (NHWC) memory format. Unset/auto: on when most weights are "
-            "2-D convolutions (CNNs), off otherwise (ViTs)."
+            "help": "Run the model in channels_last (NHWC) memory format. Unset/auto: on a CPU, on when most "
+            "weights are 2-D convolutions (CNNs), off otherwise (ViTs); off on a GPU, where NHWC measured slower "
+            "(bench/gpu_check.sh)."
         },
     )
     tune_depthwise_precision: bool | None = field(
@@ -493,6 +494,11 @@ class FinetuneTrainingArguments(TrainingArguments):
             self.dataloader_pin_memory = kind == "cuda"
         if self.dataloader_persistent_workers is None:
             self.dataloader_persistent_workers = self.dataloader_num_workers > 0
+        if self.channels_last is None and kind != "cpu":
+            # Measured on an H200 (bench/gpu_check.sh, EfficientNet-Lite0, batch 32): the compute ceiling ran at
+            # 1416 images/s NCHW and 1306 NHWC, and the whole run at 616-672 NCHW against 197-268 NHWC.
+            self.channels_last = False
+            self.auto_choices["channels_last"] = "off (on a GPU NHWC was slower for these networks)"
         if self.cache_images is None:
             self.cache_images = kind == "cuda"
             self.auto_choices["cache_images"] = (

@@ -275,7 +275,10 @@ def _training_inputs(
             head_names=[n for n, _ in head_model.named_parameters()],
             feature_cache=cache,
         )
-    collator = functools.partial(collate_images, channels_last=channels_last)
+    # NHWC batches from the loader pay off on a CPU; on a GPU the first convolution takes NCHW input as it is.
+    collator = functools.partial(
+        collate_images, channels_last=channels_last and training_args.device.type == "cpu"
+    )
     if training_args.cache_images:
         image_cache = build_image_cache(
             splits,

@@ -85,6 +85,16 @@ def test_pin_memory_only_with_a_gpu(tmp_path, monkeypatch):
     )
 
 
+def test_channels_last_auto_is_off_on_a_gpu_and_chosen_from_the_model_on_a_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(performance, "bf16_supported", lambda kind: (False, "test"))
+    monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cuda")
+    gpu = _args(tmp_path)
+    assert gpu.channels_last is False and gpu.auto_choices["channels_last"].startswith("off")
+    assert _args(tmp_path, channels_last=True).channels_last is True  # an explicit value wins
+    monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
+    assert _args(tmp_path).channels_last is None  # left to train.py, which looks at the model
+
+
 def test_channels_last_choice_and_same_logits(tiny_hf_checkpoint):
     from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
