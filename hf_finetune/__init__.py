@@ -30,6 +30,8 @@ __all__ = [
     "DataError",
     "ModelLoadError",
     "HubError",
+    "CheckpointWriteError",
+    "TrainingInterrupted",
     # model and head
     "LoadedModel",
     "load_model_for_labels",
@@ -70,6 +72,8 @@ _WHERE = {
     "DataError": "errors",
     "ModelLoadError": "errors",
     "HubError": "errors",
+    "CheckpointWriteError": "errors",
+    "TrainingInterrupted": "errors",
     "LoadedModel": "modeling",
     "load_model_for_labels": "modeling",
     "head_parameter_names": "heads",

@@ -62,7 +62,10 @@ def _train(argv: list[str]) -> int:
         print(
             "\nhardware:\n  --accelerate_config NAME_OR_PATH\n"
             "                        run under `accelerate launch` with this config: a file, or the name of one\n"
-            "                        in recipes/accelerate_configs (cpu, cpu_ddp, single_gpu, multi_gpu, ...)"
+            "                        in recipes/accelerate_configs (cpu, cpu_ddp, single_gpu, multi_gpu, ...)\n"
+            "\ninterruptions:\n  --resume              continue from the newest complete checkpoint in output_dir\n"
+            "                        (the same as --resume_from_checkpoint last). SIGINT (Ctrl-C) or SIGTERM\n"
+            "                        finishes the current step, writes a checkpoint and exits with 130 or 143."
         )
         return 0
     from .launch import launch, pop_accelerate_config, resolve_accelerate_config, use_cpu_when_no_gpu
@@ -73,7 +76,7 @@ def _train(argv: list[str]) -> int:
 
         config = resolve_accelerate_config(accelerate_config)
         parse_train_args(argv)  # a bad recipe fails here, in one line, before any process starts
-        return launch(config, argv)
+        return launch(config, argv, accelerate_config)
     use_cpu_when_no_gpu()
     from .parser import parse_train_args
     from .train import main as train_main
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.set_verbosity_warning()
         hf_logging.disable_progress_bar()
-    from .errors import HfFinetuneError
+    from .errors import HfFinetuneError, TrainingInterrupted
 
     try:
         handlers = {
@@ -286,6 +289,18 @@ def main(argv: list[str] | None = None) -> int:
     except HfFinetuneError as err:
         print(f"hf-finetune: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:
+        import os
+        import shlex
+
+        from .launch import COMMAND_ENV
+        from .parser import RESUME_FLAG
+
+        if os.environ.get("RANK", "0") == "0":
+            command = os.environ.get(COMMAND_ENV) or shlex.join(["hf-finetune", command, *rest])
+            resume = "" if RESUME_FLAG in command.split() else f" {RESUME_FLAG}"
+            print(f"hf-finetune: {err}; resume with: {command}{resume}", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print("hf-finetune: interrupted", file=sys.stderr)
         return 130

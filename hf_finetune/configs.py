@@ -71,7 +71,16 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False,
         metadata={
-            "help": "Run modelling code shipped inside the checkpoint. Off unless you trust its author."
+            "help": "Run modelling code shipped inside the checkpoint. Off unless you trust its author; the run "
+            "logs a warning when it is on."
+        },
+    )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Load a checkpoint whose weights are only in pickle files (pytorch_model.bin, *.pt, *.pth). "
+            "Off: such a checkpoint is refused, since unpickling can run code; on: they load with "
+            "torch.load(weights_only=True), which still refuses anything but tensors."
         },
     )
     label_mapping: str | None = field(
@@ -199,6 +208,14 @@ class DataArguments:
         },
     )
     hflip_prob: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip in training."})
+    strict: bool = field(
+        default=False,
+        metadata={
+            "help": "Make any bad image file (no image extension, zero bytes, not an image, a decompression "
+            "bomb, an aspect ratio beyond 50:1, or one that fails to decode) an error naming it; by default "
+            "bad files are skipped and listed in OUTPUT/bad_images.json."
+        },
+    )
 
     def __post_init__(self):
         sources = [self.dataset_name, self.train_dir, self.train_file]

@@ -2,8 +2,15 @@
 
 Whatever the source, :func:`load_image_dataset` returns a :class:`LoadedData` whose ``DatasetDict``
 has splits ``train``, ``validation`` (and ``test`` when the source has one), each with exactly two
-columns: ``image`` (a ``datasets.Image()`` feature; local files stay paths, nothing is decoded here)
-and ``label`` (``datasets.ClassLabel(names=labels)``), with the same features in every split.
+columns: ``image`` (a ``datasets.Image(decode=False)`` feature: each row holds ``{"path", "bytes"}``; local
+files stay paths and nothing is decoded here, nor when a row is read: the batch transform decodes, through
+:func:`hf_finetune.image_check.open_image`, and skips a file that fails) and ``label``
+(``datasets.ClassLabel(names=labels)``), with the same features in every split.
+
+Every file of an image folder or CSV/JSONL file is checked before training, from its header
+(:mod:`hf_finetune.image_check`): bad ones are skipped, and listed in ``LoadedData.bad_files`` (and, by a
+training run, in ``OUTPUT/bad_images.json``); with ``strict: true`` the first one is a
+:class:`~hf_finetune.errors.DataError`. A class whose every file is bad is a ``DataError`` naming it.
 
 Labels of every split are matched to the train labels by *name*; a validation class unknown to
 train, or a train class missing from validation, is a :class:`~hf_finetune.errors.DataError`
@@ -16,8 +23,9 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +34,7 @@ import numpy as np
 
 from .configs import DataArguments
 from .errors import DataError, suggest
+from .image_check import REPORT_NAME, check_image_files, reset_decode_failures, summarize_reasons
 from .images import IMAGE_EXTENSIONS, is_image_file
 
 __all__ = ["LoadedData", "load_image_dataset", "label_counts", "stratified_split_indices"]
@@ -39,6 +48,8 @@ TABLE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json"}
 
 # One split of a local source before it becomes a Dataset: image paths and their label names.
 _Rows = tuple[list[str], list[str]]
+# Files the up-front check skipped: (path, reason), in the order they were found.
+_Bad = list[tuple[str, str]]
 
 
 @dataclass
@@ -48,6 +59,18 @@ class LoadedData:
     dataset: datasets.DatasetDict
     labels: list[str]
     source: str
+    bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) skipped by the check
+
+    def bad_files_summary(self) -> str | None:
+        """One line: how many files the up-front check skipped and why; ``None`` when none."""
+        if not self.bad_files:
+            return None
+        reasons = summarize_reasons(reason for _, reason in self.bad_files)
+        path, reason = self.bad_files[0]
+        return (
+            f"skipped {len(self.bad_files)} bad image file{'s' if len(self.bad_files) != 1 else ''} "
+            f"({reasons}; e.g. {path}: {reason}); a training run lists them in OUTPUT/{REPORT_NAME}"
+        )
 
     def summary(self) -> str:
         """A few lines: the source, then the number of images per split and per class."""
@@ -61,12 +84,24 @@ class LoadedData:
                 high = max(counts, key=counts.__getitem__)
                 detail = f"per class {counts[low]} ({low}) to {counts[high]} ({high})"
             lines.append(f"  {split}: {len(dataset)} images ({detail})")
+        if self.bad_files:
+            lines.append(
+                f"  skipped: {len(self.bad_files)} bad image files "
+                f"({summarize_reasons(reason for _, reason in self.bad_files)})"
+            )
         return "\n".join(lines)
 
 
 def _label_column(dataset: datasets.Dataset) -> np.ndarray:
     """The ``label`` column as one numpy array (one Arrow read, not a Python loop over rows)."""
-    return np.asarray(dataset.with_format("numpy")["label"], dtype=np.int64)
+    return np.asarray(_column_values(dataset, "label", numpy=True), dtype=np.int64)
+
+
+def _column_values(dataset: datasets.Dataset, column: str, numpy: bool = False) -> Any:
+    """Every value of one column as a Python list (or numpy array), read as one Arrow table: indexing a
+    ``Dataset`` by column name iterates row by row through its formatter (seconds per 100,000 rows)."""
+    values = dataset.select_columns([column]).with_format("arrow")[:].column(column)
+    return values.to_numpy() if numpy else values.to_pylist()
 
 
 def label_counts(dataset: datasets.Dataset) -> dict[str, int]:
@@ -118,11 +153,17 @@ def load_image_dataset(
 
     ``seed`` drives the stratified validation hold-out and the ``max_*_samples`` shuffles;
     ``cache_dir`` is where ``datasets`` caches what it reads (its default cache when ``None``).
+    ``data_args.strict`` also becomes this process's policy for images that fail while decoding
+    (:func:`hf_finetune.image_check.set_strict`); the decode failures recorded so far are forgotten.
     """
+    strict = bool(getattr(data_args, "strict", False))
+    reset_decode_failures(strict=strict)
+    bad: _Bad = []
     if data_args.dataset_name is not None:
         splits, labels, source = _from_dataset(data_args, cache_dir)
     else:
-        splits, labels, source = _from_local(data_args, cache_dir)
+        splits, labels, source = _from_local(data_args, cache_dir, bad, strict)
+    bad = list(dict(bad).items())  # a folder scanned twice (train_dir also validation_dir) lists a file once
 
     if "validation" not in splits:
         train_idx, val_idx = stratified_split_indices(
@@ -142,7 +183,11 @@ def load_image_dataset(
             splits[split] = splits[split].shuffle(seed=seed).select(range(limit))
 
     order = [name for name in ("train", "validation", "test") if name in splits]
-    return LoadedData(datasets.DatasetDict({name: splits[name] for name in order}), labels, source)
+    data = LoadedData(datasets.DatasetDict({name: splits[name] for name in order}), labels, source, bad)
+    line = data.bad_files_summary()
+    if line:
+        logger.warning("%s", line)
+    return data
 
 
 # --- labels -------------------------------------------------------------------------------------------
@@ -173,13 +218,27 @@ def _sorted_names(names: set[str]) -> list[str]:
     return sorted(names, key=key)
 
 
+def _name_key(name: str) -> str:
+    """What two class names must differ in to be told apart: Unicode NFC form, case, surrounding spaces."""
+    return unicodedata.normalize("NFC", name).casefold().strip()
+
+
 def _check_case_collisions(names: Sequence[str], where: str) -> None:
+    """Two class names that are the same after NFC normalisation, case folding and stripping surrounding
+    whitespace (``Cat`` and ``cat``; ``café`` written with U+00E9 and with e + U+0301; ``cat`` and ``cat ``)
+    are an error naming both."""
     seen: dict[str, str] = {}
     for name in names:
-        other = seen.setdefault(name.casefold(), name)
+        other = seen.setdefault(_name_key(name), name)
         if other != name:
+            if other.casefold() == name.casefold():
+                how = "differ only in case"
+            else:
+                how = "are one name once case-folded, stripped of surrounding spaces and NFC-normalised"
+                if other.casefold().strip() != name.casefold().strip():  # Unicode forms: show code points
+                    how += f" ({ascii(other)} and {ascii(name)})"
             raise DataError(
-                f"{where}: class names {other!r} and {name!r} differ only in case; rename one so they are "
+                f"{where}: class names {other!r} and {name!r} {how}; rename one so they are "
                 "distinct, or merge them"
             )
 
@@ -198,15 +257,19 @@ def _check_split_labels(split: str, present: set[str], train: Sequence[str], whe
 
 
 def _features(labels: list[str]) -> datasets.Features:
-    return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=labels)})
+    return datasets.Features(
+        {"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=labels)}
+    )
 
 
 # --- image folders and CSV/JSONL files --------------------------------------------------------------
 
 
 def _from_local(
-    data_args: DataArguments, cache_dir: str | None
+    data_args: DataArguments, cache_dir: str | None, bad: _Bad, strict: bool = False
 ) -> tuple[dict[str, datasets.Dataset], list[str], str]:
+    """The splits of an image folder or CSV/JSONL file; files the up-front check refuses are skipped and
+    appended to ``bad`` (``strict``: the first is an error instead)."""
     rows: dict[str, _Rows] = {}
     if data_args.train_dir is not None:
         root = _existing(
@@ -219,37 +282,37 @@ def _from_local(
             )
         if (root / "train").is_dir():
             found = ["train/"]
-            rows["train"] = _scan_folder(root / "train", "train_dir")
+            rows["train"] = _scan_folder(root / "train", "train_dir", bad, strict)
             for name in ("val", "validation"):
                 if data_args.validation_dir is None and (root / name).is_dir():
-                    rows["validation"] = _scan_folder(root / name, "train_dir")
+                    rows["validation"] = _scan_folder(root / name, "train_dir", bad, strict)
                     found.append(f"{name}/")
                     break
             if (root / "test").is_dir():
-                rows["test"] = _scan_folder(root / "test", "train_dir")
+                rows["test"] = _scan_folder(root / "test", "train_dir", bad, strict)
                 found.append("test/")
             source = f"image folder {root} ({', '.join(found)})"
         else:
-            rows["train"] = _scan_folder(root, "train_dir")
+            rows["train"] = _scan_folder(root, "train_dir", bad, strict)
             source = f"image folder {root}"
     else:
         path = _existing(
             data_args.train_file, "train_file", "a CSV or JSONL file of (image path, label) rows"
         )
-        rows["train"] = _read_table(path, "train_file", data_args, cache_dir)
+        rows["train"] = _read_table(path, "train_file", data_args, cache_dir, bad, strict)
         source = f"{_table_kind(path, 'train_file')} file {path}"
 
     if data_args.validation_dir is not None and data_args.validation_file is not None:
         raise DataError("validation_dir/validation_file: both are set; expected at most one of them")
     if data_args.validation_dir is not None:
         folder = _existing(data_args.validation_dir, "validation_dir", "a folder of CLASS/*.jpg")
-        rows["validation"] = _scan_folder(folder, "validation_dir")
+        rows["validation"] = _scan_folder(folder, "validation_dir", bad, strict)
         source += f", validation folder {folder}"
     elif data_args.validation_file is not None:
         path = _existing(
             data_args.validation_file, "validation_file", "a CSV or JSONL file of (image path, label) rows"
         )
-        rows["validation"] = _read_table(path, "validation_file", data_args, cache_dir)
+        rows["validation"] = _read_table(path, "validation_file", data_args, cache_dir, bad, strict)
         source += f", validation file {path}"
 
     labels = _sorted_names(set(rows["train"][1]))
@@ -273,12 +336,37 @@ def _existing(value: str | None, key: str, expected: str) -> Path:
     return path
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _files_under(folder: Path) -> list[str]:
+    """Every file under ``folder``, recursively, sorted as paths (by their parts); hidden files and
+    folders (a name starting with ``.``) are left out, and symbolic links to folders are not followed.
+    ``os.scandir`` reads the file type with the name: no ``stat`` per file."""
+    found: list[str] = []
+    pending = [str(folder)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif entry.is_file():
+                    found.append(entry.path)
+    found.sort(key=lambda path: path.split(os.sep))
+    return found
 
 
-def _scan_folder(root: Path, key: str) -> _Rows:
-    """(paths, class names) of ``root/CLASS/**/*.<image ext>``, sorted; hidden files and folders skipped."""
+def _bad_file(key: str, where: str, path: str, reason: str) -> DataError:
+    return DataError(
+        f"{key}: {where}{path}: {reason} (strict: true refuses bad image files; without it they are "
+        "skipped and listed)"
+    )
+
+
+def _scan_folder(root: Path, key: str, bad: _Bad | None = None, strict: bool = False) -> _Rows:
+    """(paths, class names) of ``root/CLASS/**/*``, sorted; hidden files and folders skipped. Every other
+    file is checked (:func:`hf_finetune.image_check.check_image_file`): bad ones are skipped and appended
+    to ``bad``, or, with ``strict``, the first is an error. A class folder left without images is an error
+    naming it."""
     if not root.is_dir():
         raise DataError(f"{key}: {root} is not a folder; expected a folder of CLASS/*.jpg")
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -290,20 +378,39 @@ def _scan_folder(root: Path, key: str) -> _Rows:
                 "subfolder per class"
             )
         raise DataError(f"{key}: {root} contains no images; expected a folder of CLASS/*.jpg")
-    paths: list[str] = []
-    names: list[str] = []
-    for folder in classes:
-        files = sorted(
-            p for p in folder.rglob("*") if p.is_file() and is_image_file(p) and not _hidden(p, folder)
-        )
+    _check_case_collisions([folder.name for folder in classes], f"{key}: {root}")
+    per_class = [(folder, _files_under(folder)) for folder in classes]
+    for folder, files in per_class:
         if not files:
             raise DataError(
                 f"{key}: class folder {folder} has no images (extensions {', '.join(IMAGE_EXTENSIONS)}); "
                 "add images or remove the folder"
             )
-        paths.extend(str(p) for p in files)
-        names.extend([folder.name] * len(files))
-    _check_case_collisions([folder.name for folder in classes], f"{key}: {root}")
+    reasons = iter(check_image_files([path for _, files in per_class for path in files]))
+    paths: list[str] = []
+    names: list[str] = []
+    for folder, files in per_class:
+        kept = []
+        skipped: _Bad = []
+        for path in files:
+            reason = next(reasons)
+            if reason is None:
+                kept.append(path)
+            elif strict:
+                raise _bad_file(key, "", path, reason)
+            else:
+                skipped.append((path, reason))
+        if bad is not None:
+            bad.extend(skipped)
+        if not kept:
+            path, reason = skipped[0]
+            raise DataError(
+                f"{key}: class folder {folder} has no images it can use: all {len(files)} files are bad "
+                f"({summarize_reasons(r for _, r in skipped)}; e.g. {Path(path).name}: {reason}); "
+                "add images or remove the folder"
+            )
+        paths.extend(kept)
+        names.extend([folder.name] * len(kept))
     return paths, names
 
 
@@ -314,8 +421,18 @@ def _table_kind(path: Path, key: str) -> str:
     return "CSV" if suffix == ".csv" else "JSONL"
 
 
-def _read_table(path: Path, key: str, data_args: DataArguments, cache_dir: str | None) -> _Rows:
-    """(absolute image paths, label names) of a CSV/JSONL file, every row checked."""
+def _read_table(
+    path: Path,
+    key: str,
+    data_args: DataArguments,
+    cache_dir: str | None,
+    bad: _Bad | None = None,
+    strict: bool = False,
+) -> _Rows:
+    """(absolute image paths, label names) of a CSV/JSONL file, every row checked: a row without a path
+    or label, or naming a file that does not exist, is an error naming the row; a file the image check
+    refuses is skipped and appended to ``bad`` (``strict``: an error); a class all of whose files are bad
+    is an error naming it."""
     if not path.is_file():
         raise DataError(
             f"{key}: {path} is not a file; expected a CSV or JSONL file of (image path, label) rows"
@@ -345,7 +462,8 @@ def _read_table(path: Path, key: str, data_args: DataArguments, cache_dir: str |
     folder = path.parent
     paths: list[str] = []
     names: list[str] = []
-    for row, (image, label) in enumerate(zip(table[image_column], table[label_column], strict=True), start=1):
+    images, labels = _column_values(table, image_column), _column_values(table, label_column)
+    for row, (image, label) in enumerate(zip(images, labels, strict=True), start=1):
         where = f"{key}: {path} row {row}"
         if image is None or str(image).strip() == "":
             raise DataError(f"{where}: empty image path in column {image_column!r}")
@@ -358,7 +476,29 @@ def _read_table(path: Path, key: str, data_args: DataArguments, cache_dir: str |
             raise DataError(f"{where}: image {str(image)!r} does not exist (looked for {file})")
         paths.append(str(file))
         names.append(name)
-    return paths, names
+    kept_paths: list[str] = []
+    kept_names: list[str] = []
+    skipped: dict[str, list[tuple[str, str]]] = {}
+    for row, (file, name, reason) in enumerate(zip(paths, names, check_image_files(paths), strict=True), 1):
+        if reason is None:
+            kept_paths.append(file)
+            kept_names.append(name)
+        elif strict:
+            raise _bad_file(key, f"{path} row {row}: image ", file, reason)
+        else:
+            skipped.setdefault(name, []).append((file, reason))
+    if bad is not None:
+        bad.extend(entry for entries in skipped.values() for entry in entries)
+    emptied = _sorted_names(set(skipped) - set(kept_names))
+    if emptied:
+        name = emptied[0]
+        file, reason = skipped[name][0]
+        raise DataError(
+            f"{key}: {path}: class {name!r} has no images it can use: all {len(skipped[name])} of its files "
+            f"are bad ({summarize_reasons(r for _, r in skipped[name])}; e.g. {file}: {reason})"
+            + (f"; so are all files of {emptied[1:]}" if len(emptied) > 1 else "")
+        )
+    return kept_paths, kept_names
 
 
 # --- datasets from the Hub or a local dataset folder --------------------------------------------------
@@ -440,7 +580,9 @@ def _from_dataset(
         labels = list(train_label.names)
     else:
         _check_label_feature(train_label, label_column, f"{source} split {data_args.train_split!r}")
-        labels = _sorted_names({n for n in map(_label_name, chosen["train"][label_column]) if n is not None})
+        labels = _sorted_names(
+            {n for n in map(_label_name, _column_values(chosen["train"], label_column)) if n is not None}
+        )
     _check_case_collisions(labels, source)
     features = _features(labels)
 
@@ -451,7 +593,9 @@ def _from_dataset(
             if column not in dataset.features:
                 raise DataError(f"{where}: column {column!r} not found; columns: {list(dataset.features)}")
         ids = _label_ids(dataset, label_column, labels, split, where)
-        unlabeled = sum(1 for i in (dataset[label_column] if ids is None else ids) if i is None or i < 0)
+        unlabeled = sum(
+            1 for i in (_column_values(dataset, label_column) if ids is None else ids) if i is None or i < 0
+        )
         if unlabeled:
             if split == "test":
                 logger.warning(
@@ -486,10 +630,12 @@ def _label_ids(
     if isinstance(feature, datasets.ClassLabel):
         if list(feature.names) == labels:
             return None
-        values = [feature.names[i] if i is not None and i >= 0 else None for i in dataset[column]]
+        values = [
+            feature.names[i] if i is not None and i >= 0 else None for i in _column_values(dataset, column)
+        ]
     else:
         _check_label_feature(feature, column, where)
-        values = [_label_name(v) for v in dataset[column]]
+        values = [_label_name(v) for v in _column_values(dataset, column)]
     if split != "train":
         _check_split_labels(split, {v for v in values if v is not None}, labels, where)
     return [index[v] if v is not None else -1 for v in values]
@@ -506,7 +652,7 @@ def _to_contract(
     """``dataset`` reduced to ``image``/``label`` with ``features`` (``ids`` replace the labels if given)."""
     out = dataset.select_columns([image_column, label_column])
     if not isinstance(out.features[image_column], datasets.Image):
-        image_paths = [_resolve(v, root) for v in out[image_column]]
+        image_paths = [_resolve(v, root) for v in _column_values(out, image_column)]
         out = out.remove_columns(image_column).add_column(image_column, image_paths)
     if ids is not None:
         out = out.remove_columns(label_column).add_column(label_column, ids)

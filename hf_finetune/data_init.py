@@ -78,6 +78,9 @@ def source_probabilities_per_class(
     try:
         for start in range(0, len(subset), batch_size):
             rows = [subset[i] for i in range(start, min(start + batch_size, len(subset)))]
+            rows = [r for r in rows if r["pixel_values"] is not None]  # images that failed to decode
+            if not rows:
+                continue
             pixels = torch.stack([r["pixel_values"] for r in rows]).to(device)
             model(pixel_values=pixels)
             logits = []

@@ -9,7 +9,16 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["HfFinetuneError", "ConfigError", "DataError", "ModelLoadError", "HubError", "suggest"]
+__all__ = [
+    "HfFinetuneError",
+    "ConfigError",
+    "DataError",
+    "ModelLoadError",
+    "HubError",
+    "CheckpointWriteError",
+    "TrainingInterrupted",
+    "suggest",
+]
 
 
 class HfFinetuneError(ValueError):
@@ -30,6 +39,25 @@ class ModelLoadError(HfFinetuneError):
 
 class HubError(HfFinetuneError):
     """A push to the Hugging Face Hub cannot start (no token, offline mode) or failed (refused, unreachable)."""
+
+
+class CheckpointWriteError(HfFinetuneError):
+    """A checkpoint or the final model could not be written (a full disk, a file-size limit, a failed
+    write); the previous checkpoint is intact."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT or SIGTERM after finishing its step and writing a checkpoint.
+
+    Not an :class:`HfFinetuneError`: the CLI exits with 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum: int, step: int, max_steps: int, checkpoint: str | None):
+        import signal
+
+        self.signum, self.step, self.max_steps, self.checkpoint = signum, step, max_steps, checkpoint
+        name = signal.Signals(signum).name
+        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint was written"
+        super().__init__(f"interrupted by {name} after step {step} of {max_steps}; {where}")
 
 
 def suggest(word: str, choices: Iterable[str], n: int = 3) -> str:

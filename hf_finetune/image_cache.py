@@ -11,6 +11,9 @@ Each epoch otherwise decodes every file again and resizes it from its full size.
   ``train_side_limit`` (the size below which random-resized-crop's smallest crop would have to be upsampled
   for the model's input); larger images are downscaled to that side once. Random-resized-crop then runs
   on it every epoch as before; for images within the limit the result is bit for bit the uncached one.
+
+An image that fails to decode is left out of the cache (logged and reported as
+:func:`hf_finetune.image_check.record_decode_failure` says; under ``strict: true`` it is an error).
 """
 
 from __future__ import annotations
@@ -83,15 +86,22 @@ def _cache_split(dataset, prepare: Callable, path: Path, desc: str):
     import datasets
     import numpy as np
 
+    from .image_check import BadImageError, record_decode_failure
     from .transforms import as_rgb
 
     def encode(batch):
-        out: dict[str, list] = {"pixels": [], "height": [], "width": [], "label": batch["label"]}
-        for image in batch["image"]:
-            array = np.asarray(prepare(as_rgb(image)), dtype=np.uint8)
+        out: dict[str, list] = {"pixels": [], "height": [], "width": [], "label": []}
+        for image, label in zip(batch["image"], batch["label"], strict=True):
+            try:
+                rgb = as_rgb(image)
+            except BadImageError as err:  # left out of the cache: skipped for the whole run
+                record_decode_failure(err)
+                continue
+            array = np.asarray(prepare(rgb), dtype=np.uint8)
             out["pixels"].append(array.tobytes())
             out["height"].append(array.shape[0])
             out["width"].append(array.shape[1])
+            out["label"].append(label)
         return out
 
     features = datasets.Features(
@@ -102,7 +112,7 @@ def _cache_split(dataset, prepare: Callable, path: Path, desc: str):
             "label": dataset.features["label"],
         }
     )
-    return dataset.map(
+    cached = dataset.map(
         encode,
         batched=True,
         batch_size=64,
@@ -113,6 +123,11 @@ def _cache_split(dataset, prepare: Callable, path: Path, desc: str):
         load_from_cache_file=False,
         desc=desc,
     )
+    if len(cached) == 0 and len(dataset) > 0:
+        from .errors import DataError
+
+        raise DataError(f"cache_images: not one of the {len(dataset)} images could be decoded ({desc})")
+    return cached
 
 
 def cached_batch_transform(finish: Callable) -> Callable:

@@ -27,9 +27,11 @@ __all__ = [
     "launch_command",
     "launch",
     "use_cpu_when_no_gpu",
+    "COMMAND_ENV",
 ]
 
 ACCELERATE_CONFIG_FLAG = "--accelerate_config"
+COMMAND_ENV = "HF_FINETUNE_COMMAND"  # the user's command line, for the "resume with: ..." hint of the ranks
 
 
 def accelerate_config_dirs() -> list[Path]:
@@ -115,15 +117,50 @@ def launch_command(config: Path, train_argv: list[str]) -> list[str]:
     ]
 
 
-def launch(config: Path, train_argv: list[str]) -> int:
+def launch(config: Path, train_argv: list[str], accelerate_config: str | None = None) -> int:
     """Run ``hf_finetune train`` under ``accelerate launch`` with ``config`` (a file, as
-    :func:`resolve_accelerate_config` returns it); returns its exit status."""
+    :func:`resolve_accelerate_config` returns it); returns its exit status.
+
+    The launched processes get a process group of their own, and SIGINT/SIGTERM sent to this process (or
+    Ctrl-C in its terminal) reach each of them exactly once: every rank then finishes its step and writes
+    the checkpoint (:mod:`hf_finetune.interrupt`), and this process waits for all of them to exit."""
+    import shlex
+    import signal
+    import time
+
     command = launch_command(config, train_argv)
     print(f"hf-finetune: accelerate launch --config_file {config} -m hf_finetune train ...", flush=True)
-    completed = subprocess.run(command, check=False)
-    if completed.returncode < 0:  # killed by a signal
-        return 128 - completed.returncode
-    return completed.returncode
+    env = dict(os.environ)
+    env[COMMAND_ENV] = shlex.join(
+        ["hf-finetune", "train", *train_argv, ACCELERATE_CONFIG_FLAG, accelerate_config or str(config)]
+    )
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        returncode = process.wait()
+        while received:  # the launcher may exit before the ranks have written their checkpoint
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        return 128 + received[0]
+    if returncode < 0:  # killed by a signal
+        return 128 - returncode
+    return returncode
 
 
 def use_cpu_when_no_gpu() -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,30 @@ def load_image_processor(
         )
 
 
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _pickle_refusal(model_name_or_path: str) -> str:
+    return (
+        f"model_name_or_path: {model_name_or_path} has its weights only in pickle files, which can run code when "
+        "loaded; expected model.safetensors: convert them, or set allow_pickle_weights: true to load them "
+        "with torch.load(weights_only=True)"
+    )
+
+
+def _check_weight_format(model_name_or_path: str, allow_pickle_weights: bool) -> None:
+    """A local checkpoint with pickle weights and no safetensors is refused unless pickles are allowed (a Hub
+    checkpoint is refused by ``use_safetensors=True`` when it has no safetensors file)."""
+    path = Path(model_name_or_path).expanduser()
+    if allow_pickle_weights or not path.is_dir():
+        return
+    names = [p.name for p in path.iterdir() if p.is_file()]
+    if any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names):
+        return
+    if any(n.endswith(PICKLE_WEIGHT_SUFFIXES) and n != "training_args.bin" for n in names):
+        raise ModelLoadError(_pickle_refusal(model_name_or_path))
+
+
 def load_model_for_labels(
     model_name_or_path: str,
     labels: list[str],
@@ -183,6 +208,7 @@ def load_model_for_labels(
     label_mapping: Any = "auto",
     label_merge: str = "lse",
     keep_source_head: bool = False,
+    allow_pickle_weights: bool = False,
 ) -> LoadedModel:
     """Load ``model_name_or_path`` with an output layer for ``labels``.
 
@@ -206,6 +232,8 @@ def load_model_for_labels(
         raise ModelLoadError(f"labels: duplicate class names in {labels}")
     token = token or os.environ.get("HF_TOKEN") or None
     config = load_source_config(model_name_or_path, revision, cache_dir, trust_remote_code, token)
+    _check_weight_format(model_name_or_path, allow_pickle_weights)
+    use_safetensors = None if allow_pickle_weights else True
     source_labels = source_label_names(config)
     is_timm = is_timm_config(config)
     same_labels = list(labels) == source_labels
@@ -231,9 +259,18 @@ def load_model_for_labels(
             token=token,
             ignore_mismatched_sizes=not same_labels,
             output_loading_info=True,
+            use_safetensors=use_safetensors,
         )
+    except pickle.UnpicklingError as err:  # allow_pickle_weights, and the pickle holds more than tensors
+        refused = next((line for line in str(err).splitlines() if "Unsupported global" in line), "")
+        raise ModelLoadError(
+            f"model_name_or_path: cannot load the weights of {model_name_or_path!r}: its pickle holds objects "
+            f"other than tensors, refused by torch.load(weights_only=True) ({refused.strip()})"
+        ) from None
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if use_safetensors and "safetensors" in first.lower():
+            raise ModelLoadError(_pickle_refusal(model_name_or_path)) from None
         raise ModelLoadError(
             f"model_name_or_path: cannot load the weights of {model_name_or_path!r} ({first})"
         ) from None
@@ -264,6 +301,7 @@ def load_model_for_labels(
             cache_dir=cache_dir,
             trust_remote_code=trust_remote_code,
             token=token,
+            use_safetensors=use_safetensors,
         )
         source_head = source_head_tensors(source_model, len(source_labels))
         del source_model

@@ -48,7 +48,15 @@ def raise_config_error(message: str):
     CLI) instead of a usage dump."""
     import re
 
-    raise ConfigError(re.sub(r"argument --([\w]+)(/--[\w-]+)?", r"\1", message))
+    message = re.sub(r"argument --([\w]+)(/--[\w-]+)?", r"\1", message)
+    # "invalid float value: 'three'" -> "got 'three'; expected a number"
+    expected = {"int": "an integer", "float": "a number", "string_to_bool": "true or false"}
+    message = re.sub(
+        r"invalid (\w+) value: (.+)$",
+        lambda m: f"got {m.group(2)}; expected {expected.get(m.group(1), 'a ' + m.group(1))}",
+        message,
+    )
+    raise ConfigError(message)
 
 
 class RecipeParser(HfArgumentParser):
@@ -109,6 +117,10 @@ _DICT_KEYS = {f.name for f in fields(FinetuneTrainingArguments) if "dict" in str
 }
 
 
+# Keys about this invocation, not the recipe: recipe.yaml in the output folder leaves them out.
+RUN_ONLY_KEYS = {"resume_from_checkpoint"}
+
+
 def _is_auto(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() == "auto"
 
@@ -133,6 +145,33 @@ def _drop_auto_flags(argv: list[str]) -> list[str]:
     return out
 
 
+RESUME_FLAG = "--resume"
+
+
+def _expand_resume(argv: list[str]) -> list[str]:
+    """``--resume`` (or ``--resume true``) is ``--resume_from_checkpoint last``: continue from the newest
+    complete checkpoint in output_dir; ``--resume false`` is the same as leaving it out."""
+    out: list[str] = []
+    skip = False
+    for index, token in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        key, _, inline = token.partition("=")
+        if key != RESUME_FLAG:
+            out.append(token)
+            continue
+        value = inline
+        if not inline and index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+            value, skip = argv[index + 1], True
+        value = value.strip().lower() or "true"
+        if value not in ("true", "false", "yes", "no", "1", "0"):
+            raise ConfigError(f"--resume: got {value!r}; expected no value, true or false")
+        if value in ("true", "yes", "1"):
+            out += ["--resume_from_checkpoint", "last"]
+    return out
+
+
 def _flag_keys(argv: list[str]) -> list[str]:
     keys = []
     for token in argv:
@@ -154,7 +193,7 @@ def parse_train_args(argv: list[str] | None = None) -> ParsedArgs:
     if argv and not argv[0].startswith("-"):
         recipe_path = argv.pop(0)
     recipe = load_recipe(recipe_path) if recipe_path else {}
-    argv = _drop_auto_flags(argv)
+    argv = _drop_auto_flags(_expand_resume(argv))
     recipe = {k: v for k, v in recipe.items() if not (k in AUTO_KEYS and _is_auto(v))}
 
     parser = RecipeParser()
@@ -201,7 +240,7 @@ def parse_train_args(argv: list[str] | None = None) -> ParsedArgs:
         for f in fields(obj):
             by_name[f.name] = obj
     for key in list(recipe) + _flag_keys(argv):
-        if key in by_name:
+        if key in by_name and key not in RUN_ONLY_KEYS:
             value = getattr(by_name[key], key)
             explicit[key] = _plain(value, key)
     parsed.explicit = explicit

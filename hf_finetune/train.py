@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
-from .errors import ConfigError
+from .errors import CheckpointWriteError, ConfigError, TrainingInterrupted
 
 __all__ = ["main", "TrainResult", "is_finished_model_dir", "build_trainer"]
 
@@ -84,17 +84,36 @@ def _check_output_dir(training_args: FinetuneTrainingArguments) -> None:
         )
 
 
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The complete ``checkpoint-N`` folder with the highest N in ``output_dir`` (None if there is none).
+
+    Complete means it holds ``trainer_state.json``, the last file a checkpoint gets; checkpoints are also
+    written under another name and renamed (:class:`hf_finetune.trainer.FinetuneTrainer`)."""
+    import re
+
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    steps = []
+    for path in out.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and (path / "trainer_state.json").is_file():
+            steps.append((int(match.group(1)), path))
+    return str(max(steps)[1]) if steps else None
+
+
 def _resolve_resume(training_args: FinetuneTrainingArguments) -> str | None:
     value = training_args.resume_from_checkpoint
     if value in (None, "", "false", "False"):
         return None
     if str(value).lower() in ("last", "true", "latest"):
-        from transformers.trainer_utils import get_last_checkpoint
-
         out = training_args.output_dir
-        last = get_last_checkpoint(out) if os.path.isdir(out) else None
+        last = last_checkpoint(out)
         if last is None:
-            raise ConfigError(f"resume_from_checkpoint: no checkpoint-* folder in {out} to resume from")
+            raise ConfigError(
+                f"resume_from_checkpoint: no complete checkpoint-* folder in {out} to resume from"
+            )
+        logger.info("resuming from %s", last)
         return last
     if not os.path.isdir(value):
         raise ConfigError(
@@ -115,6 +134,15 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
     from .transforms import apply_image_size, build_transforms, data_config_from_processor
 
     set_seed(training_args.seed)
+    if model_args.allow_pickle_weights:
+        logger.warning(
+            "allow_pickle_weights is on: pickle weight files load with torch.load(weights_only=True)"
+        )
+    if model_args.trust_remote_code:
+        logger.warning(
+            "trust_remote_code is on: Python code from %s will run on this machine",
+            model_args.model_name_or_path,
+        )
     data = loaded_data if loaded_data is not None else load_image_dataset(data_args, seed=training_args.seed)
     logger.info("data: %s\n%s", data.source, data.summary())
     loaded = load_model_for_labels(
@@ -126,6 +154,7 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         label_mapping=model_args.label_mapping,
         label_merge=model_args.label_merge,
         keep_source_head=model_args.label_init_from_data,
+        allow_pickle_weights=model_args.allow_pickle_weights,
     )
     logger.info("%s", loaded.describe())
     if loaded.mapping is not None and not model_args.label_init_from_data:
@@ -518,9 +547,13 @@ def main(
     callbacks=None,
 ) -> TrainResult:
     """Fine-tune ``model_args.model_name_or_path`` on the data of ``data_args``; returns a :class:`TrainResult`."""
+    from safetensors import SafetensorError
+
     from .features import CACHE_DIR as FEATURE_CACHE_DIR
     from .hub import check_hub_arguments
     from .image_cache import CACHE_DIR as IMAGE_CACHE_DIR
+    from .image_check import write_bad_image_report
+    from .interrupt import GracefulStop
 
     start = time.time()
     _check_output_dir(training_args)
@@ -528,10 +561,19 @@ def main(
     resume = _resolve_resume(training_args)
     out = Path(training_args.output_dir)
     existed = out.exists()
+    stopper = GracefulStop()
     with _final_push_only(training_args):
         try:
-            trainer, loaded, data = build_trainer(model_args, data_args, training_args, callbacks=callbacks)
-            train_output = trainer.train(resume_from_checkpoint=resume)
+            trainer, loaded, data = build_trainer(
+                model_args, data_args, training_args, callbacks=[*(callbacks or []), stopper]
+            )
+            write_bad_image_report(out, data)  # OUT/bad_images.json: files skipped by the scan or decoder
+            with stopper.handling_signals():
+                train_output = trainer.train(resume_from_checkpoint=resume)
+            if stopper.stopped_at is not None and stopper.stopped_at < trainer.state.max_steps:
+                raise TrainingInterrupted(
+                    stopper.signum, stopper.stopped_at, trainer.state.max_steps, last_checkpoint(out)
+                )
         except BaseException:
             for cache_dir in (FEATURE_CACHE_DIR, IMAGE_CACHE_DIR):
                 shutil.rmtree(out / cache_dir, ignore_errors=True)
@@ -578,7 +620,14 @@ def main(
             trainer.save_metrics("eval", eval_metrics)
             trainer.save_state()
             report = _per_class_report(captured.get("prediction"), list(data.labels))
-            _save_final(trainer, loaded, training_args, explicit, data_args, report, weights_saved)
+            try:
+                _save_final(trainer, loaded, training_args, explicit, data_args, report, weights_saved)
+            except (OSError, RuntimeError, SafetensorError) as err:  # a full disk: the checkpoints are intact
+                shutil.rmtree(out / STAGING, ignore_errors=True)
+                raise CheckpointWriteError(
+                    f"{out}: the final model could not be written ({type(err).__name__}: {err}); the "
+                    "checkpoints are intact; free disk space and rerun with --resume"
+                ) from None
     result.seconds = time.time() - start
     if trainer.is_world_process_zero():
         logger.info("%s", result.summary())

@@ -4,22 +4,33 @@
 * no weight decay on norms, biases and other 1-D tensors (BatchNorm included, unlike Trainer's default);
 * frozen parameters are left out of the optimizer (no state, no update, no gradient computed).
 
-Everything else (devices, mixed precision, DDP/FSDP/DeepSpeed through accelerate, checkpoints, resuming,
-best-model selection) is the Trainer's own.
+* checkpoints are written under a temporary name (``OUTPUT/.partial-checkpoints/checkpoint-N``) and renamed
+  to ``OUTPUT/checkpoint-N`` once complete, so a run killed while saving never leaves a folder that looks
+  like a checkpoint; a failed write (a full disk) is one :class:`~hf_finetune.errors.CheckpointWriteError`
+  and the previous checkpoints stay as they were.
+
+Everything else (devices, mixed precision, DDP/FSDP/DeepSpeed through accelerate, resuming, best-model
+selection, checkpoint rotation) is the Trainer's own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import Trainer
 
+from .errors import CheckpointWriteError
 from .heads import head_parameter_names
 
-__all__ = ["FinetuneTrainer", "parameter_groups"]
+__all__ = ["FinetuneTrainer", "parameter_groups", "PARTIAL_CHECKPOINTS"]
+
+PARTIAL_CHECKPOINTS = ".partial-checkpoints"  # inside the output folder; holds a checkpoint being written
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +109,58 @@ class FinetuneTrainer(Trainer):
                 )
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    # --- checkpoints: written under a temporary name, then renamed -------------------------------------------
+
+    def _get_output_dir(self, trial) -> str:
+        staging = getattr(self, "_checkpoint_staging", None)
+        return staging if staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = self._get_output_dir(trial)
+        name = f"checkpoint-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, PARTIAL_CHECKPOINTS)
+        staging, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
+        if self.args.should_save and os.path.exists(staging):
+            shutil.rmtree(staging)  # left by a run killed while saving
+        self._checkpoint_staging = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as err:
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)  # give the space back; earlier ones untouched
+                with contextlib.suppress(OSError):
+                    os.rmdir(staging_root)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointWriteError(
+                f"{final}: the checkpoint could not be written ({type(err).__name__}: {first}); the earlier "
+                "checkpoints are intact; free disk space and resume with --resume"
+            ) from None
+        finally:
+            self._checkpoint_staging = None
+        self.accelerator.wait_for_everyone()  # sharded (FSDP) checkpoints: every rank has written its part
+        if not self.args.should_save:
+            return
+        if self.state.best_model_checkpoint == staging:  # this checkpoint is the best one so far
+            self.state.best_model_checkpoint = final
+            self.state.save_to_json(os.path.join(staging, "trainer_state.json"))
+        if os.path.exists(final):  # the same step saved again (end of an epoch after a stop at that step)
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        if not os.listdir(staging_root):
+            os.rmdir(staging_root)
+        self._rotate(run_dir)
+
+    def _rotate(self, run_dir: str) -> None:
+        """Delete checkpoints beyond ``save_total_limit`` (never the best one), as the Trainer would have."""
+        try:
+            from transformers.trainer_utils import rotate_checkpoints
+        except ImportError:  # transformers 4.x: a Trainer method
+            self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
+            return
+        rotate_checkpoints(
+            output_dir=run_dir,
+            save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=False,
+        )

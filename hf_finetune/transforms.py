@@ -5,14 +5,16 @@ The checkpoint decides the preprocessing: timm checkpoints through their data co
 checkpoints through their image processor (size / crop_size / crop_pct, resample, image_mean/std), which is
 translated into the same data-config form. Both are then built by timm's ``create_transform``, so the
 evaluation transform is: resize the short side to ``size / crop_pct``, centre-crop ``size``, normalise.
+
+Images are decoded by the batch transform (:func:`make_batch_transform`), through
+:func:`hf_finetune.image_check.open_image`; a file that fails there is skipped, not fatal (see
+:func:`make_batch_transform` and :func:`collate_images`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-
-from .images import to_rgb
 
 __all__ = [
     "data_config_from_processor",
@@ -21,6 +23,7 @@ __all__ = [
     "as_rgb",
     "collate_images",
     "apply_image_size",
+    "EnlargeTiny",
 ]
 
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -115,6 +118,8 @@ def build_transforms(
 
         train_transform = T.Compose([T.RandomHorizontalFlip(hflip_prob), eval_transform])
     else:
+        import torchvision.transforms as T
+
         train_transform = create_transform(
             **common,
             is_training=True,
@@ -122,42 +127,111 @@ def build_transforms(
             hflip=hflip_prob,
             color_jitter=0.0,
         )
+        train_transform = T.Compose([EnlargeTiny.for_crop_scale(crop_scale_min), *train_transform.transforms])
     return train_transform, eval_transform
+
+
+class EnlargeTiny:
+    """Enlarge an image of fewer than ``min_area`` pixels by a whole factor (nearest neighbour: each pixel
+    becomes a block), leaving others as they are.
+
+    Random-resized-crop rounds its crop's sides, so on an image of a few pixels (1 x 1, 2 x 2) its smallest
+    crops are 0 pixels wide, and the resize of that empty crop is black. Enlarged to
+    :meth:`for_crop_scale`'s area, every crop it can draw is at least 1 x 1."""
+
+    def __init__(self, min_area: int):
+        self.min_area = int(min_area)
+
+    @classmethod
+    def for_crop_scale(cls, crop_scale_min: float, min_ratio: float = 3 / 4) -> EnlargeTiny:
+        """The area at which random-resized-crop's smallest crop (``crop_scale_min`` of the area, aspect
+        ``min_ratio`` to ``1 / min_ratio``) still has sides of at least 1 pixel."""
+        import math
+
+        return cls(math.ceil(1.0 / (crop_scale_min * min_ratio)))
+
+    def __call__(self, image):
+        import math
+
+        from PIL import Image
+
+        width, height = image.size
+        if width * height >= self.min_area:
+            return image
+        factor = math.ceil(math.sqrt(self.min_area / max(1, width * height)))
+        return image.resize((width * factor, height * factor), Image.Resampling.NEAREST)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(min_area={self.min_area})"
 
 
 def as_rgb(image: Any):
     """An RGB PIL image from what an ``image`` column holds: a path, a PIL image or an undecoded
-    ``datasets.Image`` value (``{"path": ..., "bytes": ...}``)."""
-    import io
+    ``datasets.Image`` value (``{"path": ..., "bytes": ...}``). A file that cannot be used raises
+    :class:`hf_finetune.image_check.BadImageError` (a ``DataError``) naming it."""
+    from .image_check import open_image
 
-    from PIL import Image
-
-    from .images import load_image
-
-    if isinstance(image, dict):
-        image = image.get("path") or Image.open(io.BytesIO(image["bytes"]))
-    return load_image(image) if isinstance(image, str) else to_rgb(image)
+    return open_image(image)
 
 
 def make_batch_transform(
     transform: Callable, image_column: str = "image", label_column: str = "label"
 ) -> Callable:
-    """A ``Dataset.with_transform`` function: images (paths or PIL) -> ``pixel_values``, labels -> ``labels``."""
+    """A ``Dataset.with_transform`` function: images (paths or PIL) -> ``pixel_values``, labels -> ``labels``.
+
+    An image that fails to decode is skipped: it is logged and reported
+    (:func:`hf_finetune.image_check.record_decode_failure`; under ``strict: true`` that raises instead),
+    and its ``pixel_values`` are taken from the last good image this transform made (with that image's
+    label) when the whole batch failed, else ``None``, which :func:`collate_images` drops."""
+    from .image_check import BadImageError, record_decode_failure
+
+    last_good: list[tuple[Any, Any]] = []  # (pixel values, label) of the last image decoded
 
     def apply(batch: dict[str, list]) -> dict[str, list]:
-        pixel_values = [transform(as_rgb(image)) for image in batch[image_column]]
+        images = batch[image_column]
+        labels = list(batch[label_column]) if label_column in batch else None
+        pixel_values: list[Any] = []
+        for image in images:
+            try:
+                rgb = as_rgb(image)
+            except BadImageError as err:
+                record_decode_failure(err)
+                pixel_values.append(None)
+                continue
+            pixel_values.append(transform(rgb))
+        good = [i for i, value in enumerate(pixel_values) if value is not None]
+        if good:
+            last = good[-1]
+            last_good[:] = [(pixel_values[last], labels[last] if labels is not None else None)]
+        elif last_good and pixel_values:  # nothing left to train on in this batch: repeat a good image
+            value, label = last_good[0]
+            pixel_values = [value] * len(pixel_values)
+            if labels is not None:
+                labels = [label] * len(labels)
         out = {"pixel_values": pixel_values}
-        if label_column in batch:
-            out["labels"] = batch[label_column]
+        if labels is not None:
+            out["labels"] = labels
         return out
 
     return apply
 
 
 def collate_images(examples: list[dict], channels_last: bool = False) -> dict[str, Any]:
-    """Stack ``pixel_values`` and ``labels`` into a batch for the model (NHWC in memory if ``channels_last``)."""
+    """Stack ``pixel_values`` and ``labels`` into a batch for the model (NHWC in memory if ``channels_last``).
+
+    Examples whose image failed to decode (``pixel_values`` ``None``, see :func:`make_batch_transform`) are
+    left out; a batch of nothing but such examples is a ``DataError`` naming the cause."""
     import torch
 
+    kept = [e for e in examples if e.get("pixel_values") is not None]
+    if not kept:
+        from .errors import DataError
+
+        raise DataError(
+            f"every image of a batch of {len(examples)} failed to decode and no good image was seen before "
+            "it to stand in; see the skipped images logged above"
+        )
+    examples = kept
     pixel_values = torch.stack([e["pixel_values"] for e in examples])
     if channels_last and pixel_values.ndim == 4:
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)

@@ -13,6 +13,7 @@ from conftest import SHARED_DATA, make_image_folder, requires_shared
 from hf_finetune.configs import DataArguments
 from hf_finetune.data import LoadedData, label_counts, load_image_dataset, stratified_split_indices
 from hf_finetune.errors import DataError
+from hf_finetune.image_check import open_image
 
 
 def _load(tmp_path: Path, seed: int = 42, **kwargs) -> LoadedData:
@@ -25,6 +26,7 @@ def _assert_contract(data: LoadedData) -> None:
     for split in data.dataset.values():
         assert split.column_names == ["image", "label"]
         assert isinstance(split.features["image"], datasets.Image)
+        assert split.features["image"].decode is False  # rows hold {"path", "bytes"}; the transform decodes
         assert isinstance(split.features["label"], datasets.ClassLabel)
         assert split.features["label"].names == data.labels
         assert split.features == features
@@ -57,8 +59,9 @@ def test_folder_with_train_and_val(tiny_image_folder, tmp_path):
         assert Path(path).parent.name == name and Path(path).parent.parent.name == "val"
     summary = data.summary()
     assert "train: 36 images" in summary and "validation: 12 images" in summary and "zebra 4" in summary
-    image = data.dataset["train"][0]["image"]  # decodes lazily on access
-    assert image.size == (40, 32)
+    image = data.dataset["train"][0]["image"]  # a path, decoded by the batch transform
+    assert image["bytes"] is None and image["path"].endswith(".png")
+    assert open_image(image).size == (40, 32)
 
 
 def test_folder_with_validation_and_test_subfolders(tmp_path):
@@ -382,7 +385,7 @@ def test_dataset_with_image_and_classlabel_features(parquet_images, tmp_path):
     assert list(data.dataset) == ["train", "validation"]
     assert label_counts(data.dataset["train"]) == {"frog": 4, "bird": 4, "fish": 4}
     assert label_counts(data.dataset["validation"]) == {"frog": 2, "bird": 2, "fish": 2}
-    assert data.dataset["validation"][0]["image"].size == (40, 32)
+    assert open_image(data.dataset["validation"][0]["image"]).size == (40, 32)
 
     explicit = _load(tmp_path, dataset_name=str(folder), validation_split="test")
     assert label_counts(explicit.dataset["validation"]) == label_counts(data.dataset["validation"])
@@ -488,4 +491,4 @@ def test_shared_hotdog(tmp_path):
     _assert_contract(data)
     assert data.labels == ["hotdog", "not_hotdog"]
     assert len(data.dataset["train"]) == 200 and len(data.dataset["validation"]) == 50
-    assert data.dataset["train"][0]["image"].mode in ("RGB", "L", "RGBA", "P", "CMYK")
+    assert open_image(data.dataset["train"][0]["image"]).mode == "RGB"

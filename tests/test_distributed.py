@@ -304,7 +304,7 @@ def test_gpu_check_script_is_ready():
     recipe = re.search(r"RECIPE=(\S+)", text).group(1)
     assert (ROOT / recipe).is_file()
     found = []
-    for name in re.findall(r"^(?:if .*then )?(?:NPROC=\S+ )?run \S+ (\w+)", text, flags=re.M):
+    for name in re.findall(r"^\s*(?:if .*then )?(?:NPROC=\S+ )?run \S+ (\w+)", text, flags=re.M):
         assert (CONFIGS_DIR / f"{name}.yaml").is_file(), name
         found.append(name)
     assert found == ["single_gpu", "multi_gpu"]

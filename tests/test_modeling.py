@@ -119,3 +119,84 @@ def test_real_mobilenet_has_background_label():
     assert len(loaded.source_labels) == 1001 and loaded.source_labels[0] == "background"
     assert loaded.source_labels[935].startswith("hotdog")
     assert loaded.reinitialized_shapes == {"classifier.bias": (2,), "classifier.weight": (2, 1280)}
+
+
+# --- security: pickle weights and remote code ----------------------------------------------------------------
+
+
+def _pickle_only_copy(source, target):
+    """``target``: the checkpoint ``source`` with its weights as a pickle (pytorch_model.bin) only."""
+    import shutil
+
+    shutil.copytree(source, target)
+    torch.save(load_file(target / "model.safetensors"), target / "pytorch_model.bin")
+    (target / "model.safetensors").unlink()
+    return target
+
+
+def test_pickle_weights_are_refused_unless_allowed(tiny_hf_checkpoint, tmp_path):
+    pickled = _pickle_only_copy(tiny_hf_checkpoint, tmp_path / "pickled")
+    with pytest.raises(ModelLoadError, match=r"only in pickle files.*allow_pickle_weights: true"):
+        load_model_for_labels(str(pickled), ["cat", "dog"])
+    loaded = load_model_for_labels(str(pickled), ["cat", "dog"], allow_pickle_weights=True)
+    source = load_file(tiny_hf_checkpoint / "model.safetensors")
+    body = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("classifier")}
+    assert body and all(torch.equal(v, source[k]) for k, v in body.items())
+
+
+class _RunsCode:  # unpickling this would create a file
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_allowed_pickle_weights_still_refuse_code(tiny_hf_checkpoint, tmp_path):
+    evil = _pickle_only_copy(tiny_hf_checkpoint, tmp_path / "evil")
+    marker = tmp_path / "code-ran"
+    torch.save({"payload": _RunsCode(marker)}, evil / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="cannot load the weights"):
+        load_model_for_labels(str(evil), ["cat", "dog"], allow_pickle_weights=True)
+    assert not marker.exists()  # torch.load(weights_only=True) refused the object
+
+
+def test_pickle_refusal_is_one_line_from_the_command(tiny_hf_checkpoint, tiny_image_folder, tmp_path):
+    from conftest import run_hf_finetune
+
+    pickled = _pickle_only_copy(tiny_hf_checkpoint, tmp_path / "pickled")
+    proc = run_hf_finetune(
+        "train",
+        "--model_name_or_path",
+        pickled,
+        "--train_dir",
+        tiny_image_folder,
+        "--output_dir",
+        tmp_path / "out",
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("hf-finetune: error: model_name_or_path: "), errors
+    assert str(pickled) in errors[0] and "allow_pickle_weights: true" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_trust_remote_code_is_off_by_default_and_announced_when_on(
+    tiny_hf_checkpoint, tiny_image_folder, tmp_path, caplog
+):
+    import logging
+
+    from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
+    from hf_finetune.train import build_trainer
+
+    assert ModelArguments(model_name_or_path="x").trust_remote_code is False
+    caplog.set_level(logging.WARNING, logger="hf_finetune")
+    build_trainer(
+        ModelArguments(model_name_or_path=str(tiny_hf_checkpoint), trust_remote_code=True),
+        DataArguments(train_dir=str(tiny_image_folder), image_size=32),
+        FinetuneTrainingArguments(output_dir=str(tmp_path / "out")),
+    )
+    warnings = [r.getMessage() for r in caplog.records if "trust_remote_code is on" in r.getMessage()]
+    assert warnings == [
+        f"trust_remote_code is on: Python code from {tiny_hf_checkpoint} will run on this machine"
+    ]

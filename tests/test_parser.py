@@ -238,8 +238,19 @@ BAD_INPUTS = [
         ["--model_name_or_path", "m", "--train_dri", "d"],
         ["train_dri", "'train_dir'"],
     ),
-    ("epochs-word", dict(BASE, num_train_epochs="three"), [], ["num_train_epochs", "three"]),
-    ("epochs-word-flag", BASE, ["--num_train_epochs", "three"], ["num_train_epochs", "three"]),
+    (
+        "epochs-word",
+        dict(BASE, num_train_epochs="three"),
+        [],
+        ["num_train_epochs: got 'three'; expected a number"],
+    ),
+    (
+        "epochs-word-flag",
+        BASE,
+        ["--num_train_epochs", "three"],
+        ["num_train_epochs", "three", "expected a number"],
+    ),
+    ("resume-word", BASE, ["--resume", "maybe"], ["--resume: got 'maybe'; expected no value, true or false"]),
     (
         "batch-fraction",
         dict(BASE, per_device_train_batch_size=2.5),
@@ -319,6 +330,25 @@ def test_bad_input_is_a_one_line_config_error(tmp_path, recipe, flags, expected)
     for part in expected:
         assert part in message, f"{part!r} not in {message!r}"
     assert "\n" not in message.strip()
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--resume"], "last"),
+        (["--resume", "true"], "last"),
+        (["--resume=yes", "--seed", "3"], "last"),
+        (["--resume", "--seed", "3"], "last"),
+        (["--resume", "false"], None),
+        (["--resume_from_checkpoint", "out/checkpoint-7"], "out/checkpoint-7"),
+    ],
+)
+def test_resume_flag_means_the_last_checkpoint_and_stays_out_of_the_recipe(tmp_path, flags, expected):
+    parsed = parse(tmp_path, BASE, *flags)
+    assert parsed[2].resume_from_checkpoint == expected
+    assert "resume_from_checkpoint" not in parsed.explicit and "resume" not in parsed.explicit
+    if "--seed" in flags:
+        assert parsed[2].seed == 3 and parsed.explicit["seed"] == 3
 
 
 def test_recipe_that_does_not_exist(tmp_path):
