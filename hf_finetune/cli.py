@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         return handlers[command](rest)
     except HfFinetuneError as err:
-        print(f"hf-finetune: error: {err}", file=sys.stderr)
+        print(f"hf-finetune: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except TrainingInterrupted as err:
         import os
@@ -304,6 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hf-finetune: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(err: Exception) -> str:
+    """The message of ``err``; for an error raised in a DataLoader worker, which torch re-raises with the
+    worker's traceback in its text, the original message alone."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if last.startswith("hf_finetune.errors.") else last
+    return text
 
 
 def console_main() -> None:  # pragma: no cover - the console-script wrapper

@@ -490,3 +490,22 @@ def test_other_commands_fail_in_one_line(
     assert lines[0].startswith("hf-finetune: error:")
     for fragment in expected:
         assert fragment.format(**values) in lines[0], describe(proc)
+
+
+def test_an_error_raised_in_a_loader_worker_is_still_one_line(monkeypatch, capsys):
+    """torch re-raises a worker's DataError with the worker's traceback in its message."""
+    from torch._utils import ExceptionWrapper
+
+    from hf_finetune import cli
+    from hf_finetune.errors import DataError
+
+    def train(argv):
+        try:
+            raise DataError("data/cat/broken.jpg: image file is truncated (strict: true)")
+        except DataError:
+            ExceptionWrapper(where="in DataLoader worker process 0").reraise()
+
+    monkeypatch.setattr(cli, "_train", train)
+    assert cli.main(["train", "recipe.yaml"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["hf-finetune: error: data/cat/broken.jpg: image file is truncated (strict: true)"]
