@@ -39,10 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool = True) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("hf_finetune")
-    if not root.handlers:
+    ours = [h for h in root.handlers if getattr(h, "_hf_finetune_cli", False)]
+    if ours:  # called again in the same process (tests, notebooks): follow the current sys.stdout, without
+        ours[0].stream = sys.stdout  # flushing the old one, which may be closed (setStream would flush it)
+    elif not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._hf_finetune_cli = True
         root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     root.propagate = False
@@ -116,11 +120,22 @@ def _predict(argv: list[str]) -> int:
     parser.add_argument("--batch-size", "--batch_size", type=int, default=32, dest="batch_size")
     parser.add_argument("--output", help="write predictions to a .csv or .jsonl file")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: for more than 100 images when stderr is a terminal)",
+    )
     args = parser.parse_args(argv)
     from .predict import predict_images, write_predictions
 
     records = predict_images(
-        args.model, args.paths, top_k=args.top_k, batch_size=args.batch_size, device=args.device
+        args.model,
+        args.paths,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=args.progress,
     )
     if args.output:
         write_predictions(records, args.output)
@@ -147,7 +162,8 @@ def _eval(argv: list[str]) -> int:
         "--report_dir",
         "--report-dir",
         default=None,
-        help="where metrics.json is written (default: MODEL/eval_<split> for a local model)",
+        help="where metrics.json, confusion_matrix.png, most_confused.csv and top_losses.png are written "
+        "(default: MODEL/eval_<split> for a local model)",
     )
     data_args, extra = parser.parse_command(argv)
     from pathlib import Path
@@ -165,7 +181,11 @@ def _eval(argv: list[str]) -> int:
     )
     print(format_report(report))
     if report_dir:
-        print(f"metrics written to {Path(report_dir) / 'metrics.json'}")
+        from .reports import CONFUSION_MATRIX_NAME, MOST_CONFUSED_NAME, TOP_LOSSES_NAME
+
+        names = ("metrics.json", CONFUSION_MATRIX_NAME, MOST_CONFUSED_NAME, TOP_LOSSES_NAME)
+        written = [n for n in names if (Path(report_dir) / n).is_file()]
+        print(f"report written to {report_dir}: {', '.join(written)}")
     return 0
 
 

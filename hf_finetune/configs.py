@@ -28,11 +28,13 @@ __all__ = [
     "FinetuneTrainingArguments",
     "AUGMENTATIONS",
     "BATCHNORM_MODES",
+    "UNFREEZE_SCHEDULES",
     "AUTO_KEYS",
 ]
 
 AUGMENTATIONS = ("rrc_flip", "flip", "none")
 BATCHNORM_MODES = ("auto", "train", "freeze")
+UNFREEZE_SCHEDULES = ("none", "gradual")
 # Training keys whose unset value means "chosen from the machine and the model"; `auto` spells that out.
 AUTO_KEYS = (
     "bf16",
@@ -428,6 +430,138 @@ class FinetuneTrainingArguments(TrainingArguments):
             "choices": list(BATCHNORM_MODES),
         },
     )
+    lora_r: int = field(
+        default=0,
+        metadata={
+            "help": "LoRA rank (peft; hf_finetune.lora): 0 trains the model itself; N > 0 trains rank-N adapters "
+            "on the body's layers plus the whole head (modules_to_save), with the base weights and BatchNorm "
+            "statistics frozen. Saves OUTPUT/adapter/ and the merged model."
+        },
+    )
+    lora_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA scale numerator (updates are scaled by lora_alpha / lora_r); unset: 2 x lora_r."
+        },
+    )
+    lora_dropout: float = field(
+        default=0.0, metadata={"help": "Dropout on the input of the LoRA adapters, in [0, 1)."}
+    )
+    lora_target_modules: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Layers that get LoRA adapters: full module names or their last parts (e.g. query value). "
+            "Unset: every nn.Linear and ungrouped nn.Conv2d of the body not frozen by freeze_layers/"
+            "freeze_patterns."
+        },
+    )
+    probe_epochs: int = field(
+        default=0,
+        metadata={
+            "help": "Probe, then fine-tune (LP-FT): for the first N epochs only the head trains (the body "
+            "frozen, its BatchNorm layers on their running statistics), then the body unfreezes to what "
+            "freeze_layers/freeze_patterns leave trainable; 0 is off."
+        },
+    )
+    unfreeze_schedule: str = field(
+        default="none",
+        metadata={
+            "help": "none (after probe_epochs the whole trainable body unfreezes at once) or gradual (from the "
+            "top: the epoch after the probe, or epoch 1 without one, trains the head and the last block, and "
+            "each further epoch unfreezes the next block down, the stem with the first block).",
+            "choices": list(UNFREEZE_SCHEDULES),
+        },
+    )
+    layer_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Layer-wise learning-rate decay (BEiT/timm): a body layer i learns at learning_rate x "
+            "layer_decay ** (L - i), the stem being layer 0 and the head layer L (at learning_rate x "
+            "head_lr_multiplier); e.g. 0.75; unset is off."
+        },
+    )
+    # --- regularisation, class imbalance, early stopping (hf_finetune.regularization, .ema, .imbalance) ---
+    mixup_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "Mixup: blend each training batch with itself reversed, by a weight drawn from "
+            "Beta(alpha, alpha), and train on the blended soft targets (timm's Mixup); 0 is off."
+        },
+    )
+    cutmix_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "CutMix: paste a box of the reversed batch into each training image (area from "
+            "Beta(alpha, alpha)); targets weighted by area (timm's Mixup); 0 is off."
+        },
+    )
+    mixup_prob: float = field(
+        default=1.0,
+        metadata={"help": "Probability that a training batch is mixed at all (mixup or cutmix on)."},
+    )
+    mixup_switch_prob: float = field(
+        default=0.5,
+        metadata={"help": "With both mixup and cutmix on: probability that a mixed batch uses cutmix."},
+    )
+    mixup_off_epoch: int = field(
+        default=0,
+        metadata={
+            "help": "From this epoch on (counted from 0, as timm does) batches are no longer mixed; 0 never "
+            "switches mixing off."
+        },
+    )
+    drop_path_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stochastic depth: the drop-path rate of the last block (timm models and transformers "
+            "models whose config has drop_path_rate: ConvNeXt, Swin, BEiT, ...); unset keeps the checkpoint's; "
+            "a rate above 0 for a model without drop path is an error."
+        },
+    )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Keep an exponential moving average of the weights (timm's ModelEmaV3), updated after "
+            "every optimizer step with this decay (e.g. 0.999); unset is off. Its state is saved in each "
+            "checkpoint (ema.safetensors) and restored on resume."
+        },
+    )
+    ema_eval: bool = field(
+        default=True,
+        metadata={
+            "help": "With ema_decay: evaluate (and pick the best checkpoint) with the EMA weights; the live "
+            "weights' metrics are logged beside them as eval_live_*."
+        },
+    )
+    ema_save: bool = field(
+        default=True,
+        metadata={
+            "help": "With ema_decay: the saved final model holds the EMA weights (false: the live ones)."
+        },
+    )
+    class_balance: str = field(
+        default="auto",
+        metadata={
+            "help": "Class imbalance: weighted_loss (cross-entropy weighted n / (k * count) per class), sampler "
+            "(draw training images with probability 1 / count of their class), none, or auto (weighted_loss "
+            "when the largest training class has more than 3x the images of the smallest, else none).",
+            "choices": ["auto", "none", "weighted_loss", "sampler"],
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training after this many evaluations without improvement of metric_for_best_model "
+            "(transformers' EarlyStoppingCallback; needs load_best_model_at_end and an eval_strategy); unset "
+            "is off."
+        },
+    )
+    early_stopping_threshold: float = field(
+        default=0.0,
+        metadata={
+            "help": "With early_stopping_patience: the least change of the metric that counts as improvement."
+        },
+    )
 
     def __post_init__(self):
         _check(
@@ -439,11 +573,43 @@ class FinetuneTrainingArguments(TrainingArguments):
         _check(
             self.batchnorm in BATCHNORM_MODES, "batchnorm", self.batchnorm, f"one of {list(BATCHNORM_MODES)}"
         )
+        _check(
+            isinstance(self.probe_epochs, int) and self.probe_epochs >= 0,
+            "probe_epochs",
+            self.probe_epochs,
+            "a number of epochs >= 0 (0: no probe phase)",
+        )
+        _check(
+            self.unfreeze_schedule in UNFREEZE_SCHEDULES,
+            "unfreeze_schedule",
+            self.unfreeze_schedule,
+            f"one of {list(UNFREEZE_SCHEDULES)}",
+        )
+        _check(
+            self.layer_decay is None or 0.0 < self.layer_decay <= 1.0,
+            "layer_decay",
+            self.layer_decay,
+            "a factor in (0, 1], e.g. 0.75 (unset: off)",
+        )
+        scheduled = self.probe_epochs > 0 or self.unfreeze_schedule != "none"
+        _check(
+            not (scheduled and self.freeze_layers == -1),
+            "probe_epochs/unfreeze_schedule",
+            {"probe_epochs": self.probe_epochs, "unfreeze_schedule": self.unfreeze_schedule},
+            "no schedule with freeze_layers: -1 (the body never unfreezes)",
+        )
+        _check(
+            self.max_steps > 0 or self.probe_epochs < self.num_train_epochs,
+            "probe_epochs",
+            self.probe_epochs,
+            f"fewer than num_train_epochs ({self.num_train_epochs:g}), so that the body unfreezes",
+        )
         _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number")
         _check(self.num_train_epochs > 0, "num_train_epochs", self.num_train_epochs, "a positive number")
         for key in ("per_device_train_batch_size", "per_device_eval_batch_size"):
             _check(getattr(self, key) > 0, key, getattr(self, key), "a positive integer")
         _check(not (self.bf16 and self.fp16), "bf16/fp16", "both true", "at most one mixed-precision mode")
+        self._check_regularization()
         self._resolve_speed_defaults()
         if isinstance(self.freeze_patterns, str):
             self.freeze_patterns = [self.freeze_patterns]
@@ -456,6 +622,9 @@ class FinetuneTrainingArguments(TrainingArguments):
                 raise ConfigError(
                     f"freeze_patterns: {pattern!r} is not a valid regular expression ({err})"
                 ) from None
+        from .lora import check_lora_keys
+
+        check_lora_keys(self)  # lora_r, lora_alpha, lora_dropout, lora_target_modules and their combinations
         _check(
             self.dataloader_num_workers >= 0,
             "dataloader_num_workers",
@@ -469,6 +638,66 @@ class FinetuneTrainingArguments(TrainingArguments):
         except (ValueError, TypeError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"training arguments: {first}") from None
+
+    def _check_regularization(self) -> None:
+        """Mixup/CutMix, drop path, EMA, class balance and early stopping keys."""
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            _check(getattr(self, key) >= 0, key, getattr(self, key), "a number >= 0 (0 is off)")
+        for key in ("mixup_prob", "mixup_switch_prob"):
+            _check(0.0 <= getattr(self, key) <= 1.0, key, getattr(self, key), "a probability in [0, 1]")
+        _check(
+            isinstance(self.mixup_off_epoch, int) and self.mixup_off_epoch >= 0,
+            "mixup_off_epoch",
+            self.mixup_off_epoch,
+            "an epoch number >= 0 (0: never switch mixing off)",
+        )
+        _check(
+            0.0 <= self.label_smoothing_factor < 1.0,
+            "label_smoothing_factor",
+            self.label_smoothing_factor,
+            "a number in [0, 1)",
+        )
+        _check(
+            self.drop_path_rate is None or 0.0 <= self.drop_path_rate < 1.0,
+            "drop_path_rate",
+            self.drop_path_rate,
+            "a rate in [0, 1) or unset",
+        )
+        _check(
+            self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
+            "ema_decay",
+            self.ema_decay,
+            "a decay in (0, 1) such as 0.999, or unset (no EMA)",
+        )
+        choices = ("auto", "none", "weighted_loss", "sampler")
+        _check(self.class_balance in choices, "class_balance", self.class_balance, f"one of {list(choices)}")
+        if self.early_stopping_patience is None:
+            return
+        _check(
+            isinstance(self.early_stopping_patience, int) and self.early_stopping_patience >= 1,
+            "early_stopping_patience",
+            self.early_stopping_patience,
+            "a count of evaluations >= 1, or unset (off)",
+        )
+        _check(
+            self.early_stopping_threshold >= 0,
+            "early_stopping_threshold",
+            self.early_stopping_threshold,
+            "a number >= 0",
+        )
+        _check(
+            str(getattr(self.eval_strategy, "value", self.eval_strategy)) != "no",
+            "eval_strategy",
+            "no",
+            "epoch or steps when early_stopping_patience is set (it watches the evaluations)",
+        )
+        _check(
+            bool(self.load_best_model_at_end) and bool(self.metric_for_best_model),
+            "load_best_model_at_end",
+            self.load_best_model_at_end,
+            "true, with a metric_for_best_model, when early_stopping_patience is set (the best checkpoint is "
+            "the one restored after the stop)",
+        )
 
     def _resolve_speed_defaults(self) -> None:
         """Turn unset speed keys into values for this machine; ``auto_choices`` says what was chosen and why."""

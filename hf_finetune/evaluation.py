@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,27 +16,41 @@ import numpy as np
 
 from .errors import DataError, suggest
 
-__all__ = ["evaluate_model", "format_report"]
+__all__ = ["SplitPredictions", "predict_split", "evaluate_model", "format_report"]
 
 logger = logging.getLogger(__name__)
 
 
-def evaluate_model(
-    model_name_or_path: str,
-    data_args,
-    split: str = "validation",
-    batch_size: int = 64,
-    seed: int = 42,
-    output_dir: str | None = None,
-) -> dict[str, Any]:
-    """Evaluate a saved classifier on ``split``; returns (and writes to ``output_dir/metrics.json``) the
-    summary metrics, per-class precision/recall/F1/support and the confusion matrix."""
+@dataclass
+class SplitPredictions:
+    """A model's logits on every readable image of one split, in the split's row order."""
+
+    logits: np.ndarray  # (images, model classes), float32
+    labels: np.ndarray  # the true class of each image, as an index into ``label_names``
+    label_names: list[str]  # the model's labels (the logits' columns)
+    images: list[Any]  # each image as the dataset holds it (a path or ``{"path", "bytes"}``)
+    rows: np.ndarray  # each image's row in the split (a file that failed to decode has none)
+
+    @property
+    def names(self) -> list[str]:
+        """A name per image: its path, or its size for an image held as bytes without one."""
+        from .image_check import image_name
+
+        return [image_name(image) for image in self.images]
+
+
+def predict_split(
+    model_name_or_path: str, data_args, split: str = "validation", batch_size: int = 64, seed: int = 42
+) -> SplitPredictions:
+    """Load ``split`` exactly as training does, match its labels to the model's by name, and run every image
+    through the model's evaluation transform. A file that fails to decode is skipped with a warning (an
+    error under ``strict``)."""
     import torch
 
     from .data import load_image_dataset
-    from .metrics import per_class_report
+    from .image_check import BadImageError, record_decode_failure
     from .predict import load_for_inference
-    from .transforms import build_transforms, collate_images, data_config_from_processor, make_batch_transform
+    from .transforms import as_rgb, build_transforms, data_config_from_processor
 
     data = load_image_dataset(data_args, seed=seed)
     if split not in data.dataset:
@@ -54,23 +69,77 @@ def evaluate_model(
     remap = np.array([index[name] for name in data.labels])
     data_config = data_config_from_processor(processor)
     _, eval_transform = build_transforms(data_config, augmentation="none")
-    dataset = data.dataset[split].with_transform(make_batch_transform(eval_transform))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_images)
-    device = next(model.parameters()).device
-    logits, labels = [], []
+    raw = data.dataset[split]
+
+    def collate(rows: list[int]) -> tuple[list[int], list[Any], list[int], Any]:
+        batch = raw[rows]
+        kept, images, labels, pixels = [], [], [], []
+        for row, image, label in zip(rows, batch["image"], batch["label"], strict=True):
+            try:
+                rgb = as_rgb(image)
+            except BadImageError as err:
+                record_decode_failure(err)
+                continue
+            kept.append(row)
+            images.append(image)
+            labels.append(int(label))
+            pixels.append(eval_transform(rgb))
+        return kept, images, labels, torch.stack(pixels) if pixels else None
+
+    loader = torch.utils.data.DataLoader(range(len(raw)), batch_size=batch_size, collate_fn=collate)
+    parameter = next(model.parameters())
+    logits, labels, images, rows = [], [], [], []
     with torch.inference_mode():
-        for batch in loader:
-            out = model(pixel_values=batch["pixel_values"].to(device, dtype=next(model.parameters()).dtype))
+        for kept, batch_images, batch_labels, pixel_values in loader:
+            if pixel_values is None:
+                continue
+            out = model(pixel_values=pixel_values.to(parameter.device, dtype=parameter.dtype))
             logits.append(out.logits.float().cpu().numpy())
-            labels.append(remap[batch["labels"].numpy()])
-    report = per_class_report(np.concatenate(logits), np.concatenate(labels), model_labels)
+            labels.append(remap[np.asarray(batch_labels, dtype=np.int64)])
+            images.extend(batch_images)
+            rows.extend(kept)
+    if not rows:
+        raise DataError(f"split {split!r}: no image could be decoded")
+    return SplitPredictions(
+        logits=np.concatenate(logits),
+        labels=np.concatenate(labels),
+        label_names=[str(name) for name in model_labels],
+        images=images,
+        rows=np.asarray(rows, dtype=np.int64),
+    )
+
+
+def evaluate_model(
+    model_name_or_path: str,
+    data_args,
+    split: str = "validation",
+    batch_size: int = 64,
+    seed: int = 42,
+    output_dir: str | None = None,
+    reports: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a saved classifier on ``split``; returns (and writes to ``output_dir/metrics.json``) the
+    summary metrics, per-class precision/recall/F1/support and the confusion matrix.
+
+    With ``output_dir`` and ``reports``, also writes ``confusion_matrix.png``, ``most_confused.csv`` and
+    ``top_losses.png`` there (:func:`hf_finetune.reports.write_eval_reports`)."""
+    from .metrics import per_class_report
+
+    predictions = predict_split(model_name_or_path, data_args, split, batch_size, seed)
+    report = per_class_report(predictions.logits, predictions.labels, predictions.label_names)
     report["split"] = split
-    report["num_images"] = int(sum(len(x) for x in labels))
+    report["num_images"] = int(len(predictions.labels))
     report["model"] = str(model_name_or_path)
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        if reports:
+            from .reports import write_eval_reports
+
+            write_eval_reports(
+                out, predictions.logits, predictions.labels, predictions.label_names, predictions.images
+            )
     return report
 
 

@@ -189,13 +189,21 @@ def build_feature_cache(
 
 
 def decide_feature_cache(
-    wanted: bool | None, model: nn.Module, trainable: list[str], head_names: list[str], world_size: int
+    wanted: bool | None,
+    model: nn.Module,
+    trainable: list[str],
+    head_names: list[str],
+    world_size: int,
+    scheduled: bool = False,
 ) -> tuple[bool, str]:
     """Whether to train on cached features, and why; ``wanted`` True with a setting that cannot use the
-    cache is a ConfigError naming the key to change."""
+    cache is a ConfigError naming the key to change. ``scheduled``: a freezing schedule (``probe_epochs``,
+    ``unfreeze_schedule``) unfreezes the body later, so its features change during the run."""
     body_trainable = [n for n in trainable if n not in set(head_names)]
     reasons = []
-    if body_trainable:
+    if scheduled:
+        reasons.append("probe_epochs/unfreeze_schedule unfreeze the body later in the run")
+    elif body_trainable:
         reasons.append(
             f"{len(body_trainable)} body tensors are trainable (e.g. {body_trainable[0]}); set freeze_layers: -1"
         )

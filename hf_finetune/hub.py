@@ -4,7 +4,8 @@
 
 One commit uploads :func:`upload_plan`: the model (``config.json``, the safetensors weights, the image
 processor), the run's record (``recipe.yaml``, ``labels.json``, ``label_mapping.json``, ``*_results.json``,
-``eval_per_class.json``, ``trainer_state.json``) and ``README.md``, the model card that
+``eval_per_class.json``, ``trainer_state.json``), the images the card shows (``training_curves.png``,
+``confusion_matrix.png``) and ``README.md``, the model card that
 :func:`hf_finetune.model_card.render_model_card` renders for the target repo from those files
 (huggingface_hub's ``ModelCard`` from ``templates/model_card.md``). Never uploaded: ``checkpoint-*`` folders, ``training_args.bin``, pickle weights,
 any other file.
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, HubError
-from .model_card import CARD_NAME, PER_CLASS_NAME, render_model_card
+from .model_card import CARD_NAME, FIGURES, PER_CLASS_NAME, render_model_card
 
 __all__ = [
     "UPLOAD_FILES",
@@ -63,6 +64,7 @@ UPLOAD_FILES = (
     "eval_results.json",
     PER_CLASS_NAME,
     "trainer_state.json",
+    *FIGURES,
 )
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 REPO_ID_HELP = "expected ORG/NAME (letters, digits, '-', '_' and '.'), e.g. my-org/vit-base-beans"

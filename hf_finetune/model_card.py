@@ -13,7 +13,8 @@
 
 Everything comes from the files a run writes: ``config.json``, ``recipe.yaml``, ``labels.json``,
 ``label_mapping.json``, ``eval_results.json``, ``train_results.json``, ``trainer_state.json`` and
-``eval_per_class.json`` (or ``eval_validation/metrics.json`` of ``hf-finetune eval``). A card can therefore be
+``eval_per_class.json`` (or ``eval_validation/metrics.json`` of ``hf-finetune eval``), and it links the images
+``training_curves.png`` and ``confusion_matrix.png`` when they are there. A card can therefore be
 rendered again at any time, for any repo id, and the same folder always gives the same card.
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CARD_NAME", "PER_CLASS_NAME", "build_model_card", "render_model_card"]
+__all__ = ["CARD_NAME", "PER_CLASS_NAME", "FIGURES", "build_model_card", "render_model_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ CARD_NAME = "README.md"
 PER_CLASS_NAME = "eval_per_class.json"
 MAX_TABLE_ROWS = 100  # per-class rows in the card; the rest stay in eval_per_class.json
 MAX_LABELS_SHOWN = 30
+#: Images the card links to (relative links: they are uploaded with the folder, see hf_finetune.hub).
+FIGURES = ("training_curves.png", "confusion_matrix.png")
 
 _METRICS = (  # (eval key, label in the card, model-index type, model-index name, model-index args)
     ("eval_accuracy", "accuracy", "accuracy", "Accuracy", None),
@@ -94,6 +97,7 @@ class _Run:
     state: dict[str, Any]
     per_class: dict[str, Any] | None
     processor: dict[str, Any] = field(default_factory=dict)
+    figures: set[str] = field(default_factory=set)  # the report images present beside the card
 
     @classmethod
     def read(cls, output_dir: Path, extra_dirs: Sequence[Path]) -> _Run:
@@ -117,6 +121,7 @@ class _Run:
             per_class=_read_json(folders, PER_CLASS_NAME)
             or _read_json(folders, "eval_validation/metrics.json"),
             processor=_read_json(folders, "preprocessor_config.json") or {},
+            figures={name for name in FIGURES if any((f / name).is_file() for f in folders)},
         )
 
     @property
@@ -318,6 +323,8 @@ def _evaluation_section(run: _Run) -> dict[str, Any]:
         "curve_values": " | ".join(_fmt(e["eval_accuracy"]) for e in history),
         "per_class_rows": per_class_rows,
         "per_class_more": per_class_more,
+        "has_confusion_matrix": "confusion_matrix.png" in run.figures,
+        "has_training_curves": "training_curves.png" in run.figures,
     }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError
+from .errors import ConfigError, ModelLoadError
 from .heads import copy_source_rows, head_parameter_names, reinitialize_head, source_head_tensors
 
 __all__ = [
@@ -209,6 +209,7 @@ def load_model_for_labels(
     label_merge: str = "lse",
     keep_source_head: bool = False,
     allow_pickle_weights: bool = False,
+    drop_path_rate: float | None = None,
 ) -> LoadedModel:
     """Load ``model_name_or_path`` with an output layer for ``labels``.
 
@@ -249,6 +250,9 @@ def load_model_for_labels(
         config.label2id = {name: i for i, name in enumerate(labels)}
         if is_timm:  # TimmWrapperConfig saves label_names (not id2label): keep them in step
             config.label_names = list(labels)
+    from .regularization import drop_path_modules, set_drop_path_rate
+
+    drop_path_set = set_drop_path_rate(config, drop_path_rate, is_timm, model_name_or_path)
     try:
         model, info = AutoModelForImageClassification.from_pretrained(
             model_name_or_path,
@@ -275,6 +279,21 @@ def load_model_for_labels(
             f"model_name_or_path: cannot load the weights of {model_name_or_path!r} ({first})"
         ) from None
 
+    if drop_path_set is not None:
+        rates = drop_path_modules(model)
+        if drop_path_rate > 0 and not any(r > 0 for r in rates.values()):
+            raise ConfigError(
+                f"drop_path_rate: got {drop_path_rate}; {model_name_or_path} built no drop-path module with it "
+                f"({drop_path_set}): this model has no stochastic depth; leave drop_path_rate unset"
+            )
+        logger.info(
+            "drop_path_rate %s (%s): %d drop-path modules, drop probability %.3f to %.3f",
+            drop_path_rate,
+            drop_path_set,
+            len(rates),
+            min(rates.values(), default=0.0),
+            max(rates.values(), default=0.0),
+        )
     reinitialized: list[str] = []
     if not same_labels:
         mismatched = sorted(str(item[0]) for item in info.get("mismatched_keys", []))

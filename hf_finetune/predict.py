@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ __all__ = ["iter_image_files", "load_for_inference", "predict_images", "write_pr
 logger = logging.getLogger(__name__)
 
 PREDICTION_FORMATS = (".csv", ".jsonl")
+#: With ``progress=None`` a progress bar is shown for more images than this, when stderr is a terminal.
+PROGRESS_MIN_IMAGES = 100
 
 
 def iter_image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -148,13 +151,16 @@ def predict_images(
     top_k: int = 5,
     batch_size: int = 32,
     device: str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> list[dict]:
     """Predict the ``top_k`` labels of every image under ``paths``.
 
     Returns one record per readable image, in file order: ``{"path": str, "predictions":
     [{"label": str, "score": float}, ...]}`` sorted by score descending. Unreadable files are
     skipped with a warning naming the file and the reason; their count is logged at the end.
+
+    ``progress``: a progress bar (images) on stderr: always (True), never (False), or, by default (None),
+    for more than :data:`PROGRESS_MIN_IMAGES` images when stderr is a terminal.
     """
     if not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
@@ -173,15 +179,15 @@ def predict_images(
     model_device = next(model.parameters()).device
 
     batches = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
-    iterator: Any = batches
-    if progress and len(batches) > 1:
+    bar = None
+    if _show_progress(progress, len(files)):
         from tqdm.auto import tqdm
 
-        iterator = tqdm(batches, desc="predict", unit="batch")
+        bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr)
 
     records: list[dict] = []
     skipped = 0
-    for batch in iterator:
+    for batch in batches:
         loaded: list[tuple[Path, dict[str, Any]]] = []
         for file in batch:
             try:
@@ -204,11 +210,23 @@ def predict_images(
         for (file, _), row_logits in zip(loaded, logits, strict=True):
             scores = _scores(row_logits, function)
             records.append({"path": str(file), "predictions": _rank(scores, id2label, top_k)})
-
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
     if skipped:
         logger.warning("skipped %d unreadable of %d image files", skipped, len(files))
     logger.info("predicted %d images in %d batches", len(records), math.ceil(len(files) / batch_size))
     return records
+
+
+def _show_progress(progress: bool | None, num_images: int, stream: Any = None) -> bool:
+    """Whether :func:`predict_images` shows its progress bar (see its ``progress``)."""
+    if progress is not None:
+        return bool(progress)
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return num_images > PROGRESS_MIN_IMAGES and bool(isatty and isatty())
 
 
 def write_predictions(records: list[dict], output: str | Path) -> None:

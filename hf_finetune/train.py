@@ -52,6 +52,10 @@ class TrainResult:
     seconds: float = 0.0
     hub_commit_url: str | None = None  # set when push_to_hub pushed the model
     feature_cache_seconds: float | None = None  # time spent computing cached features (linear probe)
+    class_balance: str | None = None  # the class_balance choice and the class-size ratio it was made from
+    best_epoch: float | None = None  # the epoch whose evaluation scored best on metric_for_best_model
+    best_metric: dict[str, float] = field(default_factory=dict)  # {metric name: its value at best_epoch}
+    files: list[str] = field(default_factory=list)  # the main files written into output_dir
 
     def summary(self) -> str:
         def fmt(metrics: dict[str, float]) -> str:
@@ -61,8 +65,17 @@ class TrainResult:
         lines = [
             f"before fine-tuning (epoch 0): {fmt(self.metrics_before)}",
             f"after fine-tuning:            {fmt(self.metrics_after)}",
-            f"time: {self.seconds:.1f} s; model saved to {self.output_dir}",
         ]
+        if self.best_epoch is not None:
+            best = ", ".join(f"validation {k} {v:.4f}" for k, v in self.best_metric.items())
+            lines.append(f"best epoch: {self.best_epoch:g}" + (f" ({best})" if best else ""))
+        time_text = f"time: {self.seconds:.1f} s"
+        runtime, speed = (self.train_metrics.get(k) for k in ("train_runtime", "train_samples_per_second"))
+        if runtime is not None and speed is not None:
+            time_text += f" (training {float(runtime):.1f} s, {float(speed):.1f} images/s)"
+        lines.append(time_text)
+        saved = f": {', '.join(self.files)}" if self.files else ""
+        lines.append(f"model saved to {self.output_dir}{saved}")
         return "\n".join(lines)
 
 
@@ -130,6 +143,7 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
     from .freezing import configure_batchnorm, freeze_parameters
     from .metrics import build_compute_metrics
     from .modeling import load_model_for_labels
+    from .regularization import configure_regularization
     from .trainer import FinetuneTrainer
     from .transforms import apply_image_size, build_transforms, data_config_from_processor
 
@@ -155,13 +169,15 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         label_merge=model_args.label_merge,
         keep_source_head=model_args.label_init_from_data,
         allow_pickle_weights=model_args.allow_pickle_weights,
+        drop_path_rate=getattr(training_args, "drop_path_rate", None),
     )
     logger.info("%s", loaded.describe())
     if loaded.mapping is not None and not model_args.label_init_from_data:
         logger.info("label mapping (source rows that start each target class):\n%s", loaded.mapping.table())
     model = loaded.model
+    lora_on = getattr(training_args, "lora_r", 0) > 0  # an adapter holds no BatchNorm statistics: frozen
     for line in configure_batchnorm(
-        model, training_args.batchnorm, training_args.per_device_train_batch_size
+        model, "freeze" if lora_on else training_args.batchnorm, training_args.per_device_train_batch_size
     ):
         logger.info("%s", line)
     freeze = freeze_parameters(model, training_args.freeze_layers, training_args.freeze_patterns)
@@ -198,6 +214,12 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         eval_transform,
         channels_last,
     )
+    if lora_on:  # after the head is mapped (and its rows chosen from data): peft wraps the model in place
+        from .lora import apply_lora
+
+        lora = apply_lora(model, training_args, frozen=freeze.frozen)
+        logger.info("%s", lora.describe())
+        inputs.model, inputs.head_names = lora.model, lora.head_names
     if training_args.world_size > 1 and training_args.data_seed is None:
         # The sampler's order must be the same on every rank (each takes its own share of it); accelerate
         # seeds it from data_seed, else from the global seed, which differs per rank below.
@@ -215,6 +237,13 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
     )
     trainer.feature_cache = inputs.feature_cache
     trainer.image_cache = inputs.image_cache
+    configure_regularization(trainer, training_args, len(data.labels))  # mixup, class balance, EMA, stopping
+    from .schedules import build_freeze_schedule  # probe_epochs, unfreeze_schedule
+
+    schedule = build_freeze_schedule(inputs.model, training_args, freeze.trainable, inputs.head_names)
+    if schedule is not None:  # the parameters it unfreezes later are in the optimizer from the start
+        trainer.optimizer_names = schedule.optimizer_names
+        trainer.add_callback(schedule)
     if training_args.world_size > 1:
         logger.info(
             "processes: %d (%s, this is rank %d); per-device batch %d, global batch %d",
@@ -263,15 +292,18 @@ def _training_inputs(
     from .heads import head_parameter_names
     from .image_cache import CACHE_DIR as IMAGE_CACHE_DIR
     from .image_cache import build_image_cache
+    from .regularization import feature_cache_wanted
     from .transforms import collate_images, make_batch_transform
 
     splits = {"train": data.dataset["train"], "validation": data.dataset["validation"]}
     use_cache, why = decide_feature_cache(
-        training_args.feature_cache,
+        feature_cache_wanted(training_args),  # off with mixup/cutmix: mixing needs the images
         model,
         freeze.trainable,
         head_parameter_names(model),
         training_args.world_size,
+        scheduled=getattr(training_args, "probe_epochs", 0) > 0
+        or getattr(training_args, "unfreeze_schedule", "none") != "none",
     )
     if use_cache or freeze.frozen:
         logger.info("feature_cache: %s", why)
@@ -417,6 +449,23 @@ def _first_eval(log_history: list[dict[str, Any]]) -> dict[str, float]:
     return {}
 
 
+def _summarize_run(result: TrainResult, trainer, training_args, out: Path) -> None:
+    """Fill in the best epoch and the main files written, for :meth:`TrainResult.summary`."""
+    from .model_card import CARD_NAME, PER_CLASS_NAME
+    from .reports import TRAINING_FIGURES, best_epoch
+
+    metric = training_args.metric_for_best_model
+    best = best_epoch(trainer.state.log_history, metric, training_args.greater_is_better)
+    if best is not None:
+        result.best_epoch = best[0]
+        result.best_metric = {(metric or "loss").removeprefix("eval_"): best[1]}
+    names = (*FINAL_WEIGHTS, "config.json", CARD_NAME, *TRAINING_FIGURES, PER_CLASS_NAME)
+    result.files = [name for name in names if (out / name).is_file()]
+    if "tensorboard" in (training_args.report_to or []):  # transformers 5 logs to OUT/runs unless told
+        logs = os.environ.get("TENSORBOARD_LOGGING_DIR") or getattr(training_args, "logging_dir", None)
+        result.files.append(f"TensorBoard logs in {logs or out / 'runs'}")
+
+
 def _per_class_report(prediction, labels: list[str]) -> dict[str, Any] | None:
     """The per-class figures of the final evaluation (the report ``hf-finetune eval`` writes)."""
     import numpy as np
@@ -468,6 +517,7 @@ def _save_final(
     ``weights_saved``: the weights are already in the staging folder (:func:`_save_sharded_weights`)."""
     from .hub import normalize_timm_config
     from .model_card import CARD_NAME, PER_CLASS_NAME, render_model_card
+    from .reports import TRAINING_FIGURES, write_training_figures
 
     out = Path(training_args.output_dir)
     staging = out / STAGING
@@ -475,7 +525,12 @@ def _save_final(
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
-        trainer.save_model(str(staging))
+        if getattr(training_args, "lora_r", 0) > 0:  # adapter/ (with the head) and the merged model
+            from .lora import save_lora
+
+            save_lora(trainer.model, staging, loaded.name_or_path)
+        else:
+            trainer.save_model(str(staging))
     loaded.processor.save_pretrained(str(staging))
     config_path = staging / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -508,10 +563,19 @@ def _save_final(
         )
     if eval_report is not None:
         (staging / PER_CLASS_NAME).write_text(json.dumps(eval_report, indent=2), encoding="utf-8")
+    write_training_figures(  # training_curves.png, confusion_matrix.png (the card shows them)
+        staging,
+        trainer.state.log_history,
+        eval_report,
+        loaded.labels,
+        training_args.metric_for_best_model,
+        training_args.greater_is_better,
+    )
     # A stale model from an earlier run goes first, with the files of it that this run may not write.
-    for name in (*FINAL_WEIGHTS, "label_mapping.json", PER_CLASS_NAME, CARD_NAME):
+    for name in (*FINAL_WEIGHTS, "label_mapping.json", PER_CLASS_NAME, CARD_NAME, *TRAINING_FIGURES):
         if (out / name).exists() and not (staging / name).exists():
             (out / name).unlink()
+    shutil.rmtree(out / "adapter", ignore_errors=True)  # a LoRA run's adapter: stale, or replaced below
     try:  # the model card, from the files above and the Trainer's results beside them
         card = render_model_card(out, training_args.hub_model_id, extra_dirs=[staging])
         (staging / CARD_NAME).write_text(card, encoding="utf-8")
@@ -606,6 +670,10 @@ def main(
             best_checkpoint=trainer.state.best_model_checkpoint,
             reinitialized=list(loaded.reinitialized),
         )
+        if trainer.class_balance is not None:
+            result.class_balance = trainer.class_balance.describe()
+        if trainer.ema is not None and training_args.ema_save:  # the saved model: the EMA weights
+            trainer.ema.copy_into(getattr(trainer.model, "module", trainer.model))
         if trainer.feature_cache is not None:  # the head trained on cached features: save the whole model
             result.feature_cache_seconds = trainer.feature_cache.seconds
             trainer.model = trainer.model_wrapped = loaded.model
@@ -629,6 +697,7 @@ def main(
                     "checkpoints are intact; free disk space and rerun with --resume"
                 ) from None
     result.seconds = time.time() - start
+    _summarize_run(result, trainer, training_args, out)
     if trainer.is_world_process_zero():
         logger.info("%s", result.summary())
         if push_repo is not None:  # the main process only, once the folder is complete

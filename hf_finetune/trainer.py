@@ -2,12 +2,17 @@
 
 * the new head learns ``head_lr_multiplier`` times faster than the pretrained body;
 * no weight decay on norms, biases and other 1-D tensors (BatchNorm included, unlike Trainer's default);
-* frozen parameters are left out of the optimizer (no state, no update, no gradient computed).
+* frozen parameters are left out of the optimizer (no state, no update, no gradient computed), except those a
+  freezing schedule (``probe_epochs``, ``unfreeze_schedule``) unfreezes later: they are in it from the start;
+* ``layer_decay``: the body's learning rate decays layer by layer from the head down
+  (:mod:`hf_finetune.layer_decay`).
 
 * checkpoints are written under a temporary name (``OUTPUT/.partial-checkpoints/checkpoint-N``) and renamed
   to ``OUTPUT/checkpoint-N`` once complete, so a run killed while saving never leaves a folder that looks
   like a checkpoint; a failed write (a full disk) is one :class:`~hf_finetune.errors.CheckpointWriteError`
   and the previous checkpoints stay as they were.
+* Mixup/CutMix, class weights, the balanced sampler and EMA: the hooks of
+  :class:`~hf_finetune.regularization.RegularizationMixin`.
 
 Everything else (devices, mixed precision, DDP/FSDP/DeepSpeed through accelerate, resuming, best-model
 selection, checkpoint rotation) is the Trainer's own.
@@ -19,6 +24,7 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -27,6 +33,7 @@ from transformers import Trainer
 
 from .errors import CheckpointWriteError
 from .heads import head_parameter_names
+from .regularization import RegularizationMixin
 
 __all__ = ["FinetuneTrainer", "parameter_groups", "PARTIAL_CHECKPOINTS"]
 
@@ -45,28 +52,45 @@ def parameter_groups(
     weight_decay: float,
     head_lr_multiplier: float = 10.0,
     head_names: list[str] | None = None,
+    layer_decay: float | None = None,
+    include: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups: body/head x decay/no-decay, trainable parameters only.
 
     Each group carries a ``name`` (``body``, ``body_no_decay``, ``head``, ``head_no_decay``) and its ``lr``.
+    With ``layer_decay`` the body is split by layer (:func:`hf_finetune.layer_decay.layer_ids`): groups
+    ``layer00``, ``layer00_no_decay``, ... with ``lr = learning_rate * layer_decay ** (num_layers - layer)``.
+    ``include``: names of parameters to put in the optimizer even while frozen (a freezing schedule unfreezes
+    them later; until then they get no gradient and the optimizer leaves them and their state untouched).
     """
     head = set(head_names if head_names is not None else head_parameter_names(_unwrap(model)))
+    include = set(include or ())
+    layers = None
+    if layer_decay is not None:
+        from .layer_decay import layer_ids
+
+        layers = layer_ids(_unwrap(model), sorted(head))
     groups: dict[str, dict[str, Any]] = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
         bare = name[len("module.") :] if name.startswith("module.") else name
+        if not param.requires_grad and bare not in include:
+            continue
         part = "head" if bare in head else "body"
+        lr = learning_rate * (head_lr_multiplier if part == "head" else 1.0)
+        if part == "body" and layers is not None:
+            layer = layers.ids[bare]
+            part, lr = f"layer{layer:02d}", learning_rate * layer_decay ** (layers.num_layers - layer)
         key = part + ("_no_decay" if _no_decay(bare, param) else "")
         if key not in groups:
             groups[key] = {
                 "name": key,
                 "params": [],
                 "weight_decay": 0.0 if key.endswith("_no_decay") else weight_decay,
-                "lr": learning_rate * (head_lr_multiplier if part == "head" else 1.0),
+                "lr": lr,
             }
         groups[key]["params"].append(param)
-    order = ["body", "body_no_decay", "head", "head_no_decay"]
+    body_parts = sorted({k.removesuffix("_no_decay") for k in groups} - {"head"}, key=lambda p: (len(p), p))
+    order = [p + s for p in [*body_parts, "head"] for s in ("", "_no_decay")]
     return [groups[k] for k in order if k in groups]
 
 
@@ -74,7 +98,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-class FinetuneTrainer(Trainer):
+class FinetuneTrainer(RegularizationMixin, Trainer):
     """A ``transformers.Trainer`` for fine-tuning a pretrained classifier.
 
     ``args`` is a :class:`~hf_finetune.configs.FinetuneTrainingArguments` (plain ``TrainingArguments`` work
@@ -82,26 +106,56 @@ class FinetuneTrainer(Trainer):
     by default they are found from the model (:func:`hf_finetune.heads.head_parameter_names`).
     """
 
-    def __init__(self, *args, head_names: list[str] | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        head_names: list[str] | None = None,
+        optimizer_names: list[str] | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.head_names = (
             list(head_names) if head_names is not None else head_parameter_names(_unwrap(self.model))
         )
+        # Parameters a freezing schedule (hf_finetune.schedules) unfreezes later: in the optimizer from the start.
+        self.optimizer_names = list(optimizer_names) if optimizer_names is not None else None
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         opt_model = self.model if model is None else model
         if self.optimizer is None:
             multiplier = float(getattr(self.args, "head_lr_multiplier", 10.0))
+            layer_decay = getattr(self.args, "layer_decay", None)
             groups = parameter_groups(
-                opt_model, self.args.learning_rate, self.args.weight_decay, multiplier, self.head_names
+                opt_model,
+                self.args.learning_rate,
+                self.args.weight_decay,
+                multiplier,
+                self.head_names,
+                layer_decay=layer_decay,
+                include=self.optimizer_names,
             )
+            if layer_decay is not None:
+                from .layer_decay import layer_ids
+
+                layers = layer_ids(_unwrap(opt_model), self.head_names)
+                logger.info(
+                    "layer_decay %g: %d body layers (from %s), lr = learning_rate x %g ** (%d - layer); "
+                    "the head is layer %d\n%s",
+                    layer_decay,
+                    layers.num_layers,
+                    layers.source,
+                    layer_decay,
+                    layers.num_layers,
+                    layers.num_layers,
+                    "\n".join(layers.describe()),
+                )
             if not groups:
                 raise ValueError("no trainable parameters: everything is frozen")
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k not in ("params", "model")}
             for group in groups:
                 logger.info(
-                    "optimizer group %-13s %4d tensors, lr %.2e, weight decay %g",
+                    "optimizer group %-16s %4d tensors, lr %.2e, weight decay %g",
                     group["name"],
                     len(group["params"]),
                     group["lr"],

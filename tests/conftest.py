@@ -133,3 +133,17 @@ def tiny_image_folder(tmp_path_factory) -> Path:
     make_image_folder(root / "train", {"cat": 12, "dog": 12, "zebra": 12}, seed=1)
     make_image_folder(root / "val", {"cat": 4, "dog": 4, "zebra": 4}, seed=2)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_handlers():
+    """``cli.main`` run in-process attaches a handler to the stream pytest captures for that test; the next
+    test must not write to it (it is closed by then)."""
+    import logging
+
+    logger = logging.getLogger("hf_finetune")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate

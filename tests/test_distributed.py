@@ -210,6 +210,7 @@ def test_one_step_on_two_processes_equals_one_step_on_the_double_batch(tmp_path,
         image_size=32,
         augmentation="none",
         batchnorm="freeze",
+        class_balance="none",  # 64 digits are skewed enough for auto's weighted loss, normalised per rank
         optim="sgd",
         learning_rate=0.5,
         weight_decay=0.0,

@@ -48,6 +48,7 @@ UPLOADED = {
     "README.md",
     "all_results.json",
     "config.json",
+    "confusion_matrix.png",
     "eval_per_class.json",
     "eval_results.json",
     "label_mapping.json",
@@ -56,20 +57,8 @@ UPLOADED = {
     "recipe.yaml",
     "train_results.json",
     "trainer_state.json",
+    "training_curves.png",
 }
-
-
-@pytest.fixture(autouse=True)
-def _restore_log_handlers():
-    """``cli.main`` attaches a handler to the stream pytest captures; the next test must not write to it."""
-    import logging
-
-    logger = logging.getLogger("hf_finetune")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
 
 
 def folder_digest(folder: Path) -> dict[str, str]:

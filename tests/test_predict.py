@@ -77,6 +77,29 @@ def test_batch_size_does_not_change_results(tiny_hf_checkpoint, nested_images):
     assert all(len(r["predictions"]) == 7 for r in one)
 
 
+def test_progress_bar_counts_images_on_stderr(tiny_hf_checkpoint, nested_images, capsys):
+    predict_images(tiny_hf_checkpoint, [nested_images], batch_size=3, progress=True)
+    err = capsys.readouterr().err
+    assert "predict" in err and "7/7" in err and "img" in err
+    predict_images(tiny_hf_checkpoint, [nested_images], batch_size=3)  # default: captured stderr is no TTY
+    assert "7/7" not in capsys.readouterr().err
+
+
+def test_progress_default_needs_a_terminal_and_more_than_100_images():
+    import io
+
+    from hf_finetune.predict import PROGRESS_MIN_IMAGES, _show_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert PROGRESS_MIN_IMAGES == 100
+    assert _show_progress(None, 101, Terminal()) and not _show_progress(None, 100, Terminal())
+    assert not _show_progress(None, 10_000, io.StringIO())
+    assert _show_progress(True, 1, io.StringIO()) and not _show_progress(False, 10_000, Terminal())
+
+
 def test_top_k_larger_than_the_labels_is_capped(tiny_hf_checkpoint, nested_images):
     records = predict_images(tiny_hf_checkpoint, [nested_images / "a" / "x"], top_k=50, progress=False)
     assert all(len(r["predictions"]) == 7 for r in records)

@@ -1,0 +1,276 @@
+"""Tests of hf_finetune.reports: the numbers behind the confusion matrix, most_confused.csv and top losses
+equal a recount; the PNGs open, have the expected size and are not blank; a real tiny training run writes
+training_curves.png and confusion_matrix.png and its card links them; ``hf-finetune eval`` writes all four
+report files; TensorBoard event files appear offline when tensorboard is installed."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_image_folder, run_hf_finetune
+from PIL import Image
+
+from hf_finetune import reports
+from hf_finetune.metrics import confusion_matrix
+
+
+def _predictions(num_classes: int, num_images: int, seed: int = 0):
+    """Labels and logits where the model is right about 60% of the time."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, num_images)
+    logits = rng.normal(size=(num_images, num_classes))
+    logits[np.arange(num_images), labels] += 1.5
+    return labels, logits
+
+
+def _check_png(path: Path, min_size: tuple[int, int], max_size: tuple[int, int], min_std: float = 10.0):
+    assert path.is_file(), path
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+        pixels = np.asarray(image.convert("L"), dtype=np.float64)
+    assert min_size[0] <= width <= max_size[0] and min_size[1] <= height <= max_size[1], (width, height)
+    assert pixels.std() > min_std, f"{path.name} looks blank (pixel std {pixels.std():.1f})"
+    return width, height
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+def test_normalized_confusion_equals_a_recount():
+    labels, logits = _predictions(7, 300)
+    predicted = logits.argmax(axis=1)
+    matrix = confusion_matrix(predicted, labels, 7)
+    normalised, order = reports.normalized_confusion(matrix)
+    recall = [np.mean(predicted[labels == c] == c) for c in range(7)]
+    assert list(order) == sorted(range(7), key=lambda c: (recall[c], c))
+    for r, true in enumerate(order):
+        n_true = np.sum(labels == true)
+        for c, pred in enumerate(order):
+            assert normalised[r, c] == pytest.approx(np.sum((labels == true) & (predicted == pred)) / n_true)
+    np.testing.assert_allclose(normalised.sum(axis=1), 1.0)
+    np.testing.assert_allclose(np.diag(normalised), sorted(recall))
+
+
+def test_normalized_confusion_keeps_a_class_without_images_at_zero():
+    normalised, order = reports.normalized_confusion([[2, 0, 0], [0, 0, 0], [1, 0, 3]])
+    assert list(order) == [1, 2, 0]  # recall 0 (no images), 0.75, 1.0
+    np.testing.assert_allclose(normalised, [[0, 0, 0], [0, 0.75, 0.25], [0, 0, 1.0]])
+
+
+def test_most_confused_rows_equal_a_recount(tmp_path):
+    labels, logits = _predictions(5, 400, seed=3)
+    predicted = logits.argmax(axis=1)
+    names = ["ant", "bee", "cat", "dog", "eel"]
+    matrix = confusion_matrix(predicted, labels, 5)
+    path = reports.write_most_confused(matrix, names, tmp_path / "most_confused.csv")
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    pairs = Counter((names[t], names[p]) for t, p in zip(labels, predicted, strict=True) if t != p)
+    support = Counter(names[t] for t in labels)
+    assert len(rows) == len(pairs) == 20  # every off-diagonal pair occurs with 400 images
+    assert {(r["true"], r["predicted"]): int(r["count"]) for r in rows} == dict(pairs)
+    for row in rows:
+        assert float(row["share"]) == pytest.approx(int(row["count"]) / support[row["true"]], abs=1e-6)
+    counts = [int(r["count"]) for r in rows]
+    assert counts == sorted(counts, reverse=True) and counts[0] == max(pairs.values())
+
+
+def test_most_confused_orders_ties_by_share():
+    rows = reports.most_confused([[5, 2, 0], [1, 1, 0], [0, 2, 8]], ["a", "b", "c"])
+    # a: 7 images, b: 2, c: 10; the two counts of 2: the larger share (2/7 > 2/10) first
+    assert [(r["true"], r["predicted"], r["count"]) for r in rows] == [
+        ("a", "b", 2),
+        ("c", "b", 2),
+        ("b", "a", 1),
+    ]
+    assert [r["share"] for r in rows] == pytest.approx([2 / 7, 0.2, 0.5])
+
+
+def test_per_image_losses_are_cross_entropy():
+    import torch
+
+    labels, logits = _predictions(4, 50, seed=5)
+    scores = reports.per_image_losses(logits, labels)
+    expected = torch.nn.functional.cross_entropy(
+        torch.tensor(logits), torch.tensor(labels), reduction="none"
+    ).numpy()
+    np.testing.assert_allclose(scores["loss"], expected, rtol=1e-10)
+    probabilities = torch.tensor(logits).softmax(-1).numpy()
+    np.testing.assert_array_equal(scores["predicted"], logits.argmax(1))
+    np.testing.assert_allclose(scores["probability"], probabilities.max(1), rtol=1e-10)
+    np.testing.assert_allclose(scores["true_probability"], probabilities[np.arange(50), labels], rtol=1e-10)
+
+
+HISTORY = [
+    {"epoch": 0.0, "step": 0, "eval_accuracy": 0.3, "eval_loss": 1.9, "eval_runtime": 0.5},
+    {"epoch": 0.5, "step": 2, "loss": 1.4, "learning_rate": 1e-3},
+    {"epoch": 1.0, "step": 4, "loss": 1.0},
+    {"epoch": 1.0, "step": 4, "eval_accuracy": 0.9, "eval_loss": 0.6, "eval_samples_per_second": 9.0},
+    {"epoch": 2.0, "step": 8, "loss": 0.5},
+    {"epoch": 2.0, "step": 8, "eval_accuracy": 0.9, "eval_loss": 0.4},
+    {"epoch": 2.0, "step": 8, "train_runtime": 3.0, "train_loss": 0.9},
+    {"epoch": 2.0, "step": 8, "eval_accuracy": 0.9, "eval_loss": 0.6},  # the re-evaluation after training
+]
+
+
+def test_training_curves_and_best_epoch_from_the_log_history():
+    curves = reports.training_curves(HISTORY)
+    assert curves == {
+        "eval_accuracy": [(0.0, 0.3), (1.0, 0.9), (2.0, 0.9)],
+        "eval_loss": [(0.0, 1.9), (1.0, 0.6), (2.0, 0.4)],
+        "loss": [(0.5, 1.4), (1.0, 1.0), (2.0, 0.5)],
+    }
+    assert reports.best_epoch(HISTORY) == (1.0, 0.9)  # a tie: the first
+    assert reports.best_epoch(HISTORY, "eval_loss") == (2.0, 0.4)  # a loss: lower is better
+    assert reports.best_epoch(HISTORY, "macro_f1") is None
+
+
+# -------------------------------------------------------------------------------------------------- plots
+@pytest.mark.parametrize("num_classes,size", [(3, (600, 900)), (100, (1500, 1800))])
+def test_confusion_matrix_png(tmp_path, num_classes, size):
+    labels, logits = _predictions(num_classes, 20 * num_classes)
+    matrix = confusion_matrix(logits.argmax(1), labels, num_classes)
+    names = [f"class number {i}" for i in range(num_classes)]
+    path = reports.plot_confusion_matrix(matrix, names, tmp_path / "cm.png")
+    width, height = _check_png(path, (size[0], size[0]), (size[1] + 200, size[1]))
+    assert width > height  # the colour bar beside the square matrix
+
+
+def test_top_losses_png(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", {"a": 5, "b": 5}, size=(48, 40), seed=2)
+    images = sorted(str(p) for p in root.rglob("*.png"))
+    labels = np.array([0] * 5 + [1] * 5)
+    logits = np.zeros((10, 2))
+    logits[[1, 7], :] = [[0.0, 3.0], [2.0, 0.0]]  # two confident mistakes: the worst two
+    path = reports.plot_top_losses(images, labels, logits, ["a", "b"], tmp_path / "top.png", k=6, columns=3)
+    _check_png(path, (850, 600), (950, 750))  # 3 x 2 tiles of 300 x 340 px
+
+
+def test_training_curves_png(tmp_path):
+    path = reports.plot_training_curves(HISTORY, tmp_path / "curves.png")
+    _check_png(path, (1100, 420), (1100, 420))
+    assert reports.plot_training_curves([], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_write_training_figures_logs_a_failure_and_goes_on(tmp_path, caplog):
+    report = {"confusion_matrix": [[1, 0], [0, 1, 5]]}  # ragged: the plot fails
+    written = reports.write_training_figures(tmp_path, HISTORY, report, ["a", "b"])
+    assert written == [reports.TRAINING_CURVES_NAME]
+    assert any("confusion_matrix.png not written" in r.getMessage() for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_hf_checkpoint, tiny_image_folder):
+    """A real 2-epoch fine-tune of the tiny ResNet on the three colour classes."""
+    from hf_finetune import DataArguments, FinetuneTrainingArguments, ModelArguments, finetune
+
+    out = tmp_path_factory.mktemp("reports_run") / "out"
+    result = finetune(
+        ModelArguments(model_name_or_path=str(tiny_hf_checkpoint)),
+        DataArguments(train_dir=str(tiny_image_folder), image_size=32),
+        FinetuneTrainingArguments(
+            output_dir=str(out),
+            num_train_epochs=2,
+            per_device_train_batch_size=8,
+            learning_rate=3e-3,
+            logging_steps=2,
+            seed=7,
+            report_to="none",
+        ),
+    )
+    return out, result
+
+
+def test_training_writes_curves_and_confusion_matrix(trained_run):
+    out, result = trained_run
+    _check_png(out / "training_curves.png", (1100, 420), (1100, 420))
+    _check_png(out / "confusion_matrix.png", (600, 600), (900, 700))
+    assert not (out / ".final-partial").exists()
+    per_class = json.loads((out / "eval_per_class.json").read_text())
+    assert sum(map(sum, per_class["confusion_matrix"])) == 12
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert result.best_epoch == reports.best_epoch(state["log_history"])[0]
+    assert result.best_metric == {"accuracy": reports.best_epoch(state["log_history"])[1]}
+    summary = result.summary()
+    assert f"best epoch: {result.best_epoch:g} (validation accuracy" in summary
+    assert "images/s" in summary and "training_curves.png, confusion_matrix.png" in summary
+    assert f"model saved to {out}" in summary
+
+
+def test_the_card_links_the_figures_and_push_uploads_them(trained_run):
+    from hf_finetune.hub import upload_plan
+
+    out, _ = trained_run
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "![confusion matrix](confusion_matrix.png)" in card
+    assert "![training curves](training_curves.png)" in card
+    plan = upload_plan(out, "org/tiny")
+    assert {"confusion_matrix.png", "training_curves.png"} <= set(plan)
+    assert "![confusion matrix](confusion_matrix.png)" in plan["README.md"].decode()
+
+
+def test_eval_cli_writes_the_four_report_files(trained_run, tiny_image_folder, tmp_path):
+    out, _ = trained_run
+    report_dir = tmp_path / "report"
+    proc = run_hf_finetune("eval", out, "--train_dir", tiny_image_folder, "--report_dir", report_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = ["metrics.json", "confusion_matrix.png", "most_confused.csv", "top_losses.png"]
+    assert f"report written to {report_dir}: {', '.join(names)}" in proc.stdout
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    assert metrics["num_images"] == 12
+    trained_accuracy = json.loads((out / "eval_results.json").read_text())["eval_accuracy"]
+    assert metrics["accuracy"] == pytest.approx(trained_accuracy, abs=1e-6)  # the same images, the same model
+    _check_png(report_dir / "confusion_matrix.png", (600, 600), (900, 700))
+    _check_png(report_dir / "top_losses.png", (1200, 1020), (1200, 1020))  # 12 images: 4 x 3 tiles
+    matrix = np.array(metrics["confusion_matrix"])
+    with (report_dir / "most_confused.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = list(metrics["per_class"])
+    expected = {
+        (labels[t], labels[p]): int(matrix[t, p])
+        for t in range(3)
+        for p in range(3)
+        if t != p and matrix[t, p]
+    }
+    assert {(r["true"], r["predicted"]): int(r["count"]) for r in rows} == expected
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed")
+def test_report_to_tensorboard_writes_event_files_offline(tiny_hf_checkpoint, tiny_image_folder, tmp_path):
+    out = tmp_path / "out"
+    proc = run_hf_finetune(
+        "train",
+        "--model_name_or_path",
+        tiny_hf_checkpoint,
+        "--train_dir",
+        tiny_image_folder,
+        "--output_dir",
+        out,
+        "--num_train_epochs",
+        "1",
+        "--image_size",
+        "32",
+        "--per_device_train_batch_size",
+        "12",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "tensorboard",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = list((out / "runs").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    assert {"train/loss", "eval/accuracy"} <= set(accumulator.Tags()["scalars"])
+    assert len(accumulator.Scalars("train/loss")) == 3  # 36 images, batch 12, a loss every step
+    assert f"TensorBoard logs in {out / 'runs'}" in proc.stdout
