@@ -1,8 +1,9 @@
 """Validation accuracy and wall time of the plain recipe and of each fine-tuning technique (a script, not a test).
 
 Same model, data, budget (epochs, batch, learning rate) and seed for every row; each run in its own process.
-Data: ../shared/data/hotdog (its train/ and val/ folders) and a seeded 10-class split of
-../shared/data/cifar10-test (PER_CLASS_TRAIN + PER_CLASS_VAL images a class, symlinked). Model:
+Data: ../shared/data/hotdog (its train/ and val/ folders), a seeded 10-class split of
+../shared/data/cifar10-test (PER_CLASS_TRAIN + PER_CLASS_VAL images a class, symlinked), and
+hotdog-imbalanced (20 of the 100 training hotdogs; validation unchanged) for class_balance. Model:
 ../shared/models/timm-tf_efficientnet_lite0 (timm, via TimmWrapper) unless --models says otherwise.
 
     python bench/recipes_table.py [--datasets hotdog cifar10] [--models efficientnet_lite0]
@@ -45,13 +46,30 @@ TECHNIQUES = {
     "freeze_layers 3": ["--freeze_layers", "3"],
     "early stopping (patience 1)": ["--early_stopping_patience", "1"],
     "LoRA r 8": ["--lora_r", "8"],
+    "class_balance none": ["--class_balance", "none"],  # plain is auto: weighted loss on hotdog-imbalanced
 }
+IMBALANCED_KEEP = 20  # hotdog-imbalanced: 20 of the 100 training hotdogs, against 100 not_hotdogs (5x)
 
 
 def prepare_data(name: str, workdir: Path) -> Path:
     """An image folder with train/ and val/ subfolders."""
     if name == "hotdog":
         return SHARED / "data" / "hotdog"
+    if name == "hotdog-imbalanced":  # the balanced validation folder; a 5x skewed training folder
+        root = workdir / "hotdog-imbalanced"
+        if not (root / "done").exists():
+            rng = random.Random(0)
+            for split in ("train", "val"):
+                for folder in sorted(p for p in (SHARED / "data" / "hotdog" / split).iterdir() if p.is_dir()):
+                    files = sorted(folder.iterdir())
+                    if split == "train" and folder.name == "hotdog":
+                        files = sorted(rng.sample(files, IMBALANCED_KEEP))
+                    target = root / split / folder.name
+                    target.mkdir(parents=True, exist_ok=True)
+                    for file in files:
+                        (target / file.name).symlink_to(file)
+            (root / "done").touch()
+        return root
     source = SHARED / "data" / "cifar10-test"
     root = workdir / "cifar10"
     if not (root / "done").exists():
@@ -123,7 +141,12 @@ def spawn(model: str, data: str, name: str, args, workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["efficientnet_lite0"], choices=list(MODELS))
-    parser.add_argument("--datasets", nargs="+", default=["hotdog", "cifar10"], choices=["hotdog", "cifar10"])
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["hotdog", "cifar10"],
+        choices=["hotdog", "cifar10", "hotdog-imbalanced"],
+    )
     parser.add_argument("--techniques", nargs="+", default=list(TECHNIQUES), choices=list(TECHNIQUES))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)

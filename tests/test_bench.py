@@ -44,3 +44,24 @@ def test_the_baseline_is_the_example_with_trainer_defaults(tmp_path, tiny_hf_che
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     moved = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, first[k])]
     assert any(k.startswith("classifier") for k in moved) and any(k.startswith("resnet") for k in moved)
+
+
+def test_every_technique_of_the_recipes_table_is_a_valid_recipe(
+    tmp_path, tiny_hf_checkpoint, tiny_image_folder
+):
+    """bench/recipes_table.py: each row's flags parse into the keys it names (a renamed key fails here)."""
+    import importlib.util
+
+    from hf_finetune.parser import parse_train_args
+
+    spec = importlib.util.spec_from_file_location("recipes_table", ROOT / "bench" / "recipes_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    base = ["--model_name_or_path", str(tiny_hf_checkpoint), "--train_dir", str(tiny_image_folder)]
+    for name, flags in table.TECHNIQUES.items():
+        parsed = parse_train_args([*base, "--output_dir", str(tmp_path / "out"), *flags])
+        for key, value in zip(flags[::2], flags[1::2], strict=True):
+            assert key[2:] in parsed.explicit, (name, key)
+            assert str(parsed.explicit[key[2:]]).lower() == value.lower() or float(
+                parsed.explicit[key[2:]]
+            ) == float(value)
