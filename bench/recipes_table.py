@@ -70,23 +70,11 @@ def prepare_data(name: str, workdir: Path) -> Path:
                         (target / file.name).symlink_to(file)
             (root / "done").touch()
         return root
-    source = SHARED / "data" / "cifar10-test"
-    root = workdir / "cifar10"
-    if not (root / "done").exists():
-        rng = random.Random(0)
-        for folder in sorted(p for p in source.iterdir() if p.is_dir()):
-            files = sorted(folder.iterdir())
-            rng.shuffle(files)
-            for split, chosen in (
-                ("train", files[:PER_CLASS_TRAIN]),
-                ("val", files[PER_CLASS_TRAIN : PER_CLASS_TRAIN + PER_CLASS_VAL]),
-            ):
-                target = root / split / folder.name
-                target.mkdir(parents=True, exist_ok=True)
-                for file in chosen:
-                    (target / file.name).symlink_to(file)
-        (root / "done").touch()
-    return root
+    sys.path.insert(0, str(ROOT / "bench"))
+    from throughput import prepare_data as split_cifar10  # the same seeded symlinked split
+
+    train, _ = split_cifar10("cifar10", workdir, PER_CLASS_TRAIN, PER_CLASS_VAL)
+    return train.parent
 
 
 def run_one(model: str, data: Path, flags: list[str], args, out: Path) -> dict:
