@@ -204,10 +204,10 @@ def tune_depthwise_precision(
             start = time.perf_counter()
             if fp32:
                 with torch.autocast("cpu", enabled=False):
-                    y = module._conv_forward(x.float(), module.weight, module.bias).to(torch.bfloat16)
+                    y = type(module).forward(module, x.float()).to(torch.bfloat16)
             else:
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    y = module._conv_forward(x, module.weight, module.bias)
+                    y = type(module).forward(module, x)  # the class's own: timm's Conv2dSame pads first
             y.float().sum().backward()
             times.append(time.perf_counter() - start)
         module.zero_grad(set_to_none=True)

@@ -326,3 +326,32 @@ def test_depthwise_precision_tuning_switches_only_the_forward(tiny_timm_checkpoi
         loss = model(pixel_values=x, labels=torch.tensor([0, 1, 0, 1])).loss
     loss.backward()
     assert module.weight.grad is not None and module.weight.grad.dtype == torch.float32
+
+
+def test_tune_depthwise_precision_handles_same_padding_at_small_inputs():
+    """timm's tf_* models pad in Conv2dSame.forward: at 64 px the last stages are 2x2 and a 5x5 depthwise
+    convolution needs that padding (make demo trains Lite0 at 64 px)."""
+    import timm
+    from torch import nn
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=3)
+
+        def forward(self, pixel_values):
+            return self.net(pixel_values)
+
+    model = Wrapped().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(x).float()
+    switched = performance.tune_depthwise_precision(model, (2, 3, 64, 64), reps=1)
+    assert len(performance._depthwise_convs(model)) == 16 and len(switched) <= 16
+    with (
+        torch.no_grad(),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+    ):  # the patched layers run under autocast
+        logits = model(x).float()
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+    assert torch.allclose(logits, expected, atol=0.1, rtol=0.1)  # fp32 instead of bf16 in some layers
