@@ -37,7 +37,7 @@ from .errors import DataError, suggest
 from .image_check import REPORT_NAME, check_image_files, reset_decode_failures, summarize_reasons
 from .images import IMAGE_EXTENSIONS, is_image_file
 
-__all__ = ["LoadedData", "load_image_dataset", "label_counts", "stratified_split_indices"]
+__all__ = ["LoadedData", "load_image_dataset", "label_counts", "label_column", "stratified_split_indices"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,8 @@ class LoadedData:
         return "\n".join(lines)
 
 
-def _label_column(dataset: datasets.Dataset) -> np.ndarray:
-    """The ``label`` column as one numpy array (one Arrow read, not a Python loop over rows)."""
+def label_column(dataset: datasets.Dataset) -> np.ndarray:
+    """The ``label`` column (label ids) as one numpy array (one Arrow read, not a Python loop over rows)."""
     return np.asarray(_column_values(dataset, "label", numpy=True), dtype=np.int64)
 
 
@@ -108,7 +108,7 @@ def label_counts(dataset: datasets.Dataset) -> dict[str, int]:
     """Images per class name of a split, in label-id order (classes without images count 0)."""
     names = dataset.features["label"].names
     counts = (
-        np.bincount(_label_column(dataset), minlength=len(names)) if len(dataset) else np.zeros(len(names))
+        np.bincount(label_column(dataset), minlength=len(names)) if len(dataset) else np.zeros(len(names))
     )
     return {name: int(counts[index]) for index, name in enumerate(names)}
 
@@ -167,7 +167,7 @@ def load_image_dataset(
 
     if "validation" not in splits:
         train_idx, val_idx = stratified_split_indices(
-            _label_column(splits["train"]), data_args.train_val_split, seed, labels
+            label_column(splits["train"]), data_args.train_val_split, seed, labels
         )
         splits["validation"] = splits["train"].select(val_idx)
         splits["train"] = splits["train"].select(train_idx)

@@ -28,7 +28,6 @@ __all__ = [
     "decide_class_balance",
     "class_weights",
     "sample_weights",
-    "dataset_labels",
     "BalancedSampler",
 ]
 
@@ -87,12 +86,6 @@ def sample_weights(labels: np.ndarray, num_classes: int) -> list[float]:
     labels = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     return (1.0 / counts[labels]).tolist()
-
-
-def dataset_labels(dataset) -> np.ndarray:
-    """The ``label`` column of a training dataset (image folder, image cache or feature cache), one Arrow read."""
-    column = dataset.select_columns(["label"]).with_format("arrow")[:].column("label")
-    return np.asarray(column.to_numpy(), dtype=np.int64)
 
 
 class BalancedSampler(torch.utils.data.WeightedRandomSampler):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers.modeling_utils import unwrap_model
 
 from .errors import ConfigError
 
@@ -172,10 +173,6 @@ def early_stopping_callback(args: Any):
 # --- the Trainer hooks ------------------------------------------------------------------------------------
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
 class RegularizationMixin:
     """Trainer hooks for mixing, class weights, the balanced sampler and EMA. Set after construction:
 
@@ -203,10 +200,10 @@ class RegularizationMixin:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        num_classes = int(_unwrap(model).config.num_labels)
+        num_classes = int(unwrap_model(model).config.num_labels)
         smoothing = float(getattr(self.args, "label_smoothing_factor", 0.0) or 0.0)
         if mixing:
-            key = "pixel_values" if "pixel_values" in inputs else _unwrap(model).main_input_name
+            key = "pixel_values" if "pixel_values" in inputs else unwrap_model(model).main_input_name
             inputs[key], targets = mix_batch(self.mixup, inputs[key], labels)
         else:
             targets = smoothed_targets(labels, num_classes, smoothing)
@@ -232,14 +229,14 @@ class RegularizationMixin:
         use_ema = bool(getattr(self.args, "ema_eval", True))
         other = None
         if self.state.global_step > 0:  # before the first step the EMA equals the live weights
-            with self.ema.swapped_in(_unwrap(self.model), not use_ema):
+            with self.ema.swapped_in(unwrap_model(self.model), not use_ema):
                 other = self.evaluation_loop(
                     self.get_eval_dataloader(eval_dataset),
                     description="Evaluation (live weights)" if use_ema else "Evaluation (EMA weights)",
                     ignore_keys=ignore_keys,
                     metric_key_prefix=f"{metric_key_prefix}_{'live' if use_ema else 'ema'}",
                 ).metrics
-        with self.ema.swapped_in(_unwrap(self.model), use_ema):
+        with self.ema.swapped_in(unwrap_model(self.model), use_ema):
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         if other:
             self.log(other)
@@ -261,12 +258,12 @@ class RegularizationMixin:
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self.ema is not None:
-            self.ema.load_or_reset(resume_from_checkpoint, _unwrap(self.model))
+            self.ema.load_or_reset(resume_from_checkpoint, unwrap_model(self.model))
 
     def _load_best_model(self):
         super()._load_best_model()
         if self.ema is not None and self.state.best_model_checkpoint:
-            self.ema.load_or_reset(self.state.best_model_checkpoint, _unwrap(self.model))
+            self.ema.load_or_reset(self.state.best_model_checkpoint, unwrap_model(self.model))
 
 
 def feature_cache_wanted(args: Any) -> bool | None:
@@ -283,12 +280,13 @@ def feature_cache_wanted(args: Any) -> bool | None:
     return False
 
 
-def configure_regularization(trainer, args: Any, num_classes: int) -> dict[str, Any]:
+def configure_regularization(trainer, args: Any, num_classes: int) -> None:
     """Switch on what the recipe asks for on a built trainer: Mixup/CutMix, class balance, EMA, early stopping.
 
-    Returns ``{"class_balance": ClassBalance}``; each choice is logged."""
+    Each choice is logged; the class-balance choice is also ``trainer.class_balance``."""
+    from .data import label_column
     from .ema import EmaCallback, WeightEma
-    from .imbalance import class_weights, dataset_labels, decide_class_balance, sample_weights
+    from .imbalance import class_weights, decide_class_balance, sample_weights
 
     trainer.mixup = build_mixup(args, num_classes)
     if trainer.mixup is not None:
@@ -304,7 +302,7 @@ def configure_regularization(trainer, args: Any, num_classes: int) -> dict[str, 
     dataset = trainer.train_dataset
     balance = None
     if hasattr(dataset, "select_columns") and "label" in (getattr(dataset, "column_names", None) or []):
-        labels = dataset_labels(dataset)
+        labels = label_column(dataset)  # image folder, image cache or feature cache: one Arrow read
         counts = np.bincount(labels, minlength=num_classes)
         balance = decide_class_balance(getattr(args, "class_balance", "auto"), counts)
         logger.info("%s", balance.describe())
@@ -323,7 +321,7 @@ def configure_regularization(trainer, args: Any, num_classes: int) -> dict[str, 
     trainer.class_balance = balance
     decay = getattr(args, "ema_decay", None)
     if decay is not None:
-        trainer.ema = WeightEma(_unwrap(trainer.model), decay)
+        trainer.ema = WeightEma(unwrap_model(trainer.model), decay)
         trainer.add_callback(EmaCallback(trainer.ema))
         logger.info(
             "ema: decay %g; evaluation with the %s weights; final model: the %s weights",
@@ -340,4 +338,3 @@ def configure_regularization(trainer, args: Any, num_classes: int) -> dict[str, 
             args.metric_for_best_model,
             stopper.early_stopping_threshold,
         )
-    return {"class_balance": balance}
