@@ -2,7 +2,8 @@
 
 Part 1, ../shared/data/hotdog with the real ImageNet MobileNetV2 (transformers) and EfficientNet-Lite0 (timm):
 validation accuracy at epochs 0 (before any step), 1, 2, 3 for
-  (a) reused rows   -- label_mapping auto: `hotdog` starts from ImageNet's `hotdog, hot dog, red hot` row,
+  (a) reused rows   -- label_mapping auto: `hotdog` starts from ImageNet's `hotdog, hot dog, red hot` row
+                       (the head's biases then fitted on 32 training images a class: label_bias_from_data),
   (b) fresh head    -- label_mapping none: a re-initialised 2-way head,
   (c) from scratch  -- the same architecture with random weights.
 Same seeds, data, augmentation, schedule and batch size for all three (from-scratch trains its BatchNorm
@@ -13,16 +14,19 @@ Part 2, ../shared/data/cifar10-test: the zero-shot accuracy of the mapped 10-way
 `dog` from every ImageNet dog breed, ...) on a seeded, stratified subset, against chance (0.10), and the
 error of the merged-row formula (mean row + log n) against the exact log-sum-exp of the merged classes'
 logits on the same real images; then the epoch-0 accuracy of the whole head as the training pipeline builds
-it, for label_merge lse / balanced and for label_init_from_data (rows weighted, and chosen for `deer`, from
-the pretrained model's predictions on up to 32 training images per class; the evaluated images are the
-held-out split).
+it, for label_merge lse / balanced, for label_init_from_data (rows weighted, and chosen for `deer`, from
+the pretrained model's predictions on up to 32 training images per class) and for the default (lse rows, biases
+fitted on up to 32 training images per class: label_bias_from_data); the evaluated images are the held-out
+split.
 
     python bench/label_mapping.py [--epochs 3] [--cifar-images 2000] [--models mobilenet_v2 efficientnet_lite0]
+                                  [--seeds 42 0 1 2 3] [--set body_warmup_epochs=0]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -40,15 +44,25 @@ MODELS = {
 
 
 def hotdog_curves(
-    name: str, path: Path, epochs: int, variant: str, workdir: Path, seed: int = 42
+    name: str,
+    path: Path,
+    epochs: int,
+    variant: str,
+    workdir: Path,
+    seed: int = 42,
+    overrides: dict | None = None,
 ) -> list[float]:
     from transformers import AutoModelForImageClassification
 
     from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
     from hf_finetune.train import build_trainer
 
+    overrides = dict(overrides or {})
+    model_keys = {f.name for f in dataclasses.fields(ModelArguments)}
     model_args = ModelArguments(
-        model_name_or_path=str(path), label_mapping="none" if variant == "fresh" else "auto"
+        model_name_or_path=str(path),
+        label_mapping="none" if variant == "fresh" else "auto",
+        **{k: overrides.pop(k) for k in list(overrides) if k in model_keys},
     )
     data_args = DataArguments(train_dir=str(SHARED / "data" / "hotdog"))
     training_args = FinetuneTrainingArguments(
@@ -64,6 +78,7 @@ def hotdog_curves(
         disable_tqdm=True,
         bf16=False,  # fp32 NCHW, as the README's tables were measured (bf16 became the CPU default later)
         channels_last=False,
+        **overrides,
     )
     trainer, loaded, _ = build_trainer(model_args, data_args, training_args)
     if variant == "scratch":
@@ -144,13 +159,19 @@ def cifar_variants(path: Path, images: int, seed: int = 0) -> dict[str, float]:
     from hf_finetune.train import build_trainer
 
     out = {}
-    for name, merge, from_data in (
-        ("names, lse", "lse", False),
-        ("names, balanced", "balanced", False),
-        ("names + data, balanced", "balanced", True),
+    for name, merge, from_data, fit_bias in (
+        ("names, lse", "lse", False, False),
+        ("names, balanced", "balanced", False, False),
+        ("names + data, balanced", "balanced", True, False),
+        ("names, lse, biases fitted (the default)", "lse", False, True),
     ):
         trainer, _, _ = build_trainer(
-            ModelArguments(model_name_or_path=str(path), label_merge=merge, label_init_from_data=from_data),
+            ModelArguments(
+                model_name_or_path=str(path),
+                label_merge=merge,
+                label_init_from_data=from_data,
+                label_bias_from_data=fit_bias,
+            ),
             DataArguments(
                 train_dir=str(SHARED / "data" / "cifar10-test"), train_val_split=min(0.99, images / 10000)
             ),
@@ -177,11 +198,24 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=["reuse", "fresh", "scratch"])
     parser.add_argument("--skip-hotdog", action="store_true")
     parser.add_argument("--skip-cifar", action="store_true")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe keys for every hotdog run, e.g. body_warmup_epochs=0 label_bias_from_data=false "
+        "(values parsed as YAML)",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} (real checkpoints and photos) is absent")
         return 0
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    if overrides:
+        print("recipe keys for every hotdog run:", overrides)
     logging.basicConfig(level=logging.WARNING)
     from transformers.utils import logging as hf_logging
 
@@ -196,7 +230,9 @@ def main() -> int:
                     curves = []
                     for seed in args.seeds:
                         curves.append(
-                            hotdog_curves(name, MODELS[name], args.epochs, variant, Path(tmp), seed)
+                            hotdog_curves(
+                                name, MODELS[name], args.epochs, variant, Path(tmp), seed, overrides
+                            )
                         )
                         print(
                             f"hotdog {name:18s} {variant:8s} seed {seed:3d} "

@@ -112,6 +112,16 @@ class ModelArguments:
             "several rows get them weighted by those predictions (Co-Tuning-style; reported as kind 'data')."
         },
     )
+    label_bias_from_data: bool = field(
+        default=True,
+        metadata={
+            "help": "When some rows are reused, shift the head's biases before training so that its predictions "
+            "on up to 32 training images per class fit their labels (maximum likelihood over the biases alone; "
+            "weights untouched): the source's class prior (e.g. the 999 ImageNet classes behind a complement "
+            "like not_hotdog) gives way to the data's. Reported in label_mapping.json; false keeps the rows' "
+            "own biases."
+        },
+    )
 
     def __post_init__(self):
         if isinstance(self.label_mapping, dict):
@@ -472,6 +482,17 @@ class FinetuneTrainingArguments(TrainingArguments):
             "choices": list(UNFREEZE_SCHEDULES),
         },
     )
+    body_warmup_epochs: float | None = field(
+        default=None,
+        metadata={
+            "help": "Head first, then the body: the pretrained body's learning rate ramps linearly from 0 over "
+            "this many epochs while the head trains at its full rate from the first step (on top of the "
+            "learning-rate schedule), so early gradients through a new or still miscalibrated head do not "
+            "distort the pretrained features; 0 is off. Unset: 1, or 0 with probe_epochs, unfreeze_schedule "
+            "gradual or LoRA (they hold the body back already) and with lr_scheduler_type "
+            "reduce_lr_on_plateau."
+        },
+    )
     layer_decay: float | None = field(
         default=None,
         metadata={
@@ -592,6 +613,45 @@ class FinetuneTrainingArguments(TrainingArguments):
             "a factor in (0, 1], e.g. 0.75 (unset: off)",
         )
         scheduled = self.probe_epochs > 0 or self.unfreeze_schedule != "none"
+        plateau = (
+            str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)) == "reduce_lr_on_plateau"
+        )
+        held = [
+            reason
+            for reason, on in (
+                ("probe_epochs", self.probe_epochs > 0),
+                ("unfreeze_schedule gradual", self.unfreeze_schedule != "none"),
+                ("LoRA", self.lora_r > 0),
+            )
+            if on
+        ]
+        if self.body_warmup_epochs is None:
+            off = held + (["lr_scheduler_type reduce_lr_on_plateau"] if plateau else [])
+            off += ["freeze_layers -1: no body trains"] if self.freeze_layers == -1 else []
+            self.body_warmup_epochs = 0.0 if off else 1.0
+            self.body_warmup_choice = (
+                f"0 (with {', '.join(off)})"
+                if off
+                else "1 epoch (the head trains at its full rate from step 1)"
+            )
+        _check(
+            isinstance(self.body_warmup_epochs, (int, float)) and self.body_warmup_epochs >= 0,
+            "body_warmup_epochs",
+            self.body_warmup_epochs,
+            "a number of epochs >= 0 (0: off)",
+        )
+        _check(
+            not (held and self.body_warmup_epochs > 0),
+            "body_warmup_epochs",
+            self.body_warmup_epochs,
+            "0 together with probe_epochs, unfreeze_schedule gradual or LoRA (they hold the body back already)",
+        )
+        _check(
+            not (self.body_warmup_epochs > 0 and plateau),
+            "body_warmup_epochs",
+            self.body_warmup_epochs,
+            "0 with lr_scheduler_type reduce_lr_on_plateau (the warm-up multiplies a step-wise schedule)",
+        )
         _check(
             not (scheduled and self.freeze_layers == -1),
             "probe_epochs/unfreeze_schedule",
@@ -718,6 +778,8 @@ class FinetuneTrainingArguments(TrainingArguments):
                 expected = "a count or auto" if key == "dataloader_num_workers" else "true, false or auto"
                 raise ConfigError(f"{key}: got {value!r}; expected {expected}")
         self.auto_choices: dict[str, str] = {}
+        if getattr(self, "body_warmup_choice", None):
+            self.auto_choices["body_warmup_epochs"] = self.body_warmup_choice
         kind = device_kind(self.use_cpu)
         if self.bf16 is None:
             if self.fp16:

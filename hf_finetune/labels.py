@@ -95,6 +95,7 @@ class LabelMappingReport:
     matches: list[LabelMatch]
     num_source_labels: int
     imagenet_offset: int | None
+    bias_calibration: dict[str, Any] | None = None  # label_bias_from_data (hf_finetune.data_init)
 
     @property
     def reused(self) -> list[LabelMatch]:
@@ -107,6 +108,7 @@ class LabelMappingReport:
             "num_source_labels": self.num_source_labels,
             "imagenet_offset": self.imagenet_offset,
             "matches": [asdict(m) for m in self.matches],
+            **({"bias_calibration": self.bias_calibration} if self.bias_calibration is not None else {}),
         }
 
     @classmethod
@@ -127,6 +129,7 @@ class LabelMappingReport:
             matches=matches,
             num_source_labels=int(d["num_source_labels"]),
             imagenet_offset=None if offset is None else int(offset),
+            bias_calibration=d.get("bias_calibration"),
         )
 
     def table(self, max_sources: int = 3) -> str:
@@ -143,6 +146,14 @@ class LabelMappingReport:
         w1 = max(len(r[1]) for r in rows)
         lines = [f"{a:<{w0}} | {b:<{w1}} | {c}".rstrip() for a, b, c in rows]
         lines.insert(1, f"{'-' * w0}-+-{'-' * w1}-+-{'-' * 11}")
+        if self.bias_calibration is not None:
+            c = self.bias_calibration
+            shifts = ", ".join(f"{k} {v:+.2f}" for k, v in list(c["shift"].items())[:8])
+            more = len(c["shift"]) - 8
+            lines.append(
+                f"biases fitted on {c['images']} training images (loss {c['loss_before']:.3f} -> "
+                f"{c['loss_after']:.3f}): {shifts}" + (f", ... +{more} more" if more > 0 else "")
+            )
         return "\n".join(lines)
 
 

@@ -291,6 +291,14 @@ def _mapping_section(run: _Run, max_sources: int = 3) -> tuple[str, list[dict[st
         "of several source rows started from their mean row (bias + log n, or a balanced mean). The others "
         "(`none`) started as the model initialises its head."
     )
+    calibration = run.mapping.get("bias_calibration")
+    if calibration:
+        summary += (
+            f" Before training the head's biases were fitted to {calibration['images']} training images "
+            f"(`label_bias_from_data`; their loss {calibration['loss_before']:.3f} -> "
+            f"{calibration['loss_after']:.3f}), replacing the source's class prior with the data's; the "
+            "weights stayed the source rows."
+        )
     return summary, rows
 
 

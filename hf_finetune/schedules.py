@@ -38,7 +38,7 @@ from .errors import ConfigError
 from .freezing import body_layout
 from .heads import head_parameter_names
 
-__all__ = ["FreezeSchedule", "build_freeze_schedule"]
+__all__ = ["FreezeSchedule", "apply_body_warmup", "build_freeze_schedule"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,3 +203,32 @@ def build_freeze_schedule(model: nn.Module, training_args, trainable: list[str],
         )
     schedule.apply(1)
     return schedule
+
+
+def apply_body_warmup(scheduler, warmup_steps: int) -> list[str]:
+    """``body_warmup_epochs``: multiply the learning rate of every body group of ``scheduler``'s optimizer by
+    ``min(1, step / warmup_steps)``; the head groups (named ``head*`` by
+    :func:`hf_finetune.trainer.parameter_groups`) keep their schedule. Returns the names of the groups warmed up.
+
+    ``scheduler`` is the ``LambdaLR`` that ``transformers.get_scheduler`` builds; its lambdas are wrapped, so
+    a resumed run (which restores ``last_epoch``) continues on the same curve.
+    """
+    from torch.optim.lr_scheduler import LambdaLR
+
+    if not isinstance(scheduler, LambdaLR):
+        raise ConfigError(
+            f"body_warmup_epochs: the learning-rate scheduler is a {type(scheduler).__name__}; expected the "
+            "LambdaLR of a step-wise lr_scheduler_type such as cosine or linear"
+        )
+    warmup_steps = max(1, int(warmup_steps))
+    warmed = []
+    for i, group in enumerate(scheduler.optimizer.param_groups):
+        name = group.get("name")
+        if name is None or name.startswith("head"):
+            continue
+        inner = scheduler.lr_lambdas[i]
+        scheduler.lr_lambdas[i] = lambda step, inner=inner: inner(step) * min(1.0, step / warmup_steps)
+        group["lr"] = scheduler.base_lrs[i] * scheduler.lr_lambdas[i](scheduler.last_epoch)
+        warmed.append(name)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    return warmed

@@ -201,8 +201,11 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         tuple(round(float(v), 4) for v in data_config["std"]),
         data_args.augmentation,
     )
+    autocast = _autocast_dtype(training_args)
     if model_args.label_init_from_data and loaded.source_head is not None:
-        _init_rows_from_data(loaded, data, eval_transform, model_args.label_merge)
+        _init_rows_from_data(loaded, data, eval_transform, model_args.label_merge, autocast)
+    if model_args.label_bias_from_data and loaded.mapping is not None and loaded.mapping.reused:
+        _calibrate_bias(loaded, data, eval_transform, training_args.device, autocast)
     inputs = _training_inputs(
         model,
         data,
@@ -416,7 +419,16 @@ def _tune_precision(model, training_args, data_config, channels_last: bool) -> N
         )
 
 
-def _init_rows_from_data(loaded, data, eval_transform, merge: str = "lse") -> None:
+def _autocast_dtype(training_args):
+    """The dtype the Trainer autocasts to (``bf16``/``fp16``), or None in full precision."""
+    import torch
+
+    if training_args.bf16:
+        return torch.bfloat16
+    return torch.float16 if training_args.fp16 else None
+
+
+def _init_rows_from_data(loaded, data, eval_transform, merge: str = "lse", autocast_dtype=None) -> None:
     """``label_init_from_data``: choose/weight source rows from the pretrained model's predictions."""
     from .data_init import data_driven_rows, source_probabilities_per_class
     from .heads import copy_source_rows
@@ -432,6 +444,7 @@ def _init_rows_from_data(loaded, data, eval_transform, merge: str = "lse") -> No
         eval_transform,
         len(loaded.labels),
         exclude_rows=background,
+        autocast_dtype=autocast_dtype,
     )
     rows = data_driven_rows(loaded.mapping, probs, loaded.source_labels)
     copy_source_rows(loaded.model, loaded.source_head, rows, merge=merge)
@@ -440,6 +453,25 @@ def _init_rows_from_data(loaded, data, eval_transform, merge: str = "lse") -> No
         len(rows),
     )
     logger.info("label mapping (source rows that start each target class):\n%s", loaded.mapping.table())
+
+
+def _calibrate_bias(loaded, data, eval_transform, device, autocast_dtype=None) -> None:
+    """``label_bias_from_data``: fit the reused head's biases to the training data's classes."""
+    from .data_init import calibrate_head_bias
+
+    calibration = calibrate_head_bias(
+        loaded.model,
+        data.dataset["train"],
+        eval_transform,
+        loaded.labels,
+        device=device,
+        autocast_dtype=autocast_dtype,
+    )
+    if calibration is None:
+        logger.info("label_bias_from_data: skipped (the head has no bias, or no training image decoded)")
+        return
+    loaded.mapping.bias_calibration = calibration.to_dict()
+    logger.info("%s", calibration.describe())
 
 
 def _first_eval(log_history: list[dict[str, Any]]) -> dict[str, float]:

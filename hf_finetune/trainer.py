@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 from collections.abc import Collection
@@ -163,6 +164,33 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
                 )
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def set_initial_training_values(self, args, dataloader):
+        values = super().set_initial_training_values(args, dataloader)
+        self._update_steps_per_epoch = values[1]  # for body_warmup_epochs
+        return values
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        created = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        epochs = float(getattr(self.args, "body_warmup_epochs", 0) or 0)
+        if created and epochs > 0:
+            from .schedules import apply_body_warmup
+
+            per_epoch = getattr(self, "_update_steps_per_epoch", None) or math.ceil(
+                num_training_steps / max(self.args.num_train_epochs, 1)
+            )
+            steps = max(1, round(epochs * per_epoch))
+            warmed = apply_body_warmup(scheduler, steps)
+            if warmed:
+                logger.info(
+                    "body_warmup_epochs %g: the body's learning rate ramps from 0 over %d steps (groups: %s); "
+                    "the head trains at its full rate from the first step",
+                    epochs,
+                    steps,
+                    ", ".join(warmed),
+                )
+        return scheduler
 
     # --- checkpoints: written under a temporary name, then renamed -------------------------------------------
 

@@ -215,6 +215,7 @@ def test_one_step_on_two_processes_equals_one_step_on_the_double_batch(tmp_path,
         learning_rate=0.5,
         weight_decay=0.0,
         max_steps=1,
+        body_warmup_epochs=0,  # one step: the body must learn at its full rate from it
         eval_strategy="no",
         eval_on_start=False,
         save_strategy="no",

@@ -195,6 +195,9 @@ def test_the_card_of_the_run(trained):
     assert "| cat | exact | 5: cat |" in text and "| dog | exact | 6: dog |" in text
     assert "| zebra | none | - (fresh row) |" in text
     assert "2 of 3 target classes started from rows of the pretrained classifier" in text
+    calibration = mapping["bias_calibration"]  # label_bias_from_data is on by default with reused rows
+    assert calibration["images"] == 36 and calibration["loss_after"] < calibration["loss_before"]
+    assert "biases were fitted to 36 training images (`label_bias_from_data`; their loss " in text
     per_class = json.loads((out / "eval_per_class.json").read_text())
     assert per_class["accuracy"] == pytest.approx(results["eval_accuracy"])
     assert [row["support"] for row in per_class["per_class"].values()] == [4, 4, 4]

@@ -77,6 +77,7 @@ def test_training_writes_the_mapping_report_and_epoch_0(tiny_hf_checkpoint, food
     report = json.loads((out / "label_mapping.json").read_text())
     assert [m["target"] for m in report["matches"]] == ["Hot Dog", "cat", "zebra"]
     assert report["matches"][0]["source_indices"] == [3] and report["matches"][2]["source_indices"] == []
+    assert set(report["bias_calibration"]["shift"]) == {"Hot Dog", "cat", "zebra"}
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     first_eval = next(e for e in history if "eval_accuracy" in e)
     assert first_eval["epoch"] == 0
@@ -101,5 +102,16 @@ def test_zero_shot_hotdog_with_reused_row():
     assert hotdog.source_indices == [935] and hotdog.kind == "synonym"
     assert not_hotdog.kind == "complement" and len(not_hotdog.source_indices) == 999
     accuracy = trainer.evaluate()["eval_accuracy"]
-    print(f"zero-shot hotdog accuracy with the reused row: {accuracy:.2f}")
-    assert accuracy >= 0.65
+    raw, _, _ = build_trainer(
+        ModelArguments(
+            model_name_or_path=str(SHARED_MODELS / "hf-mobilenet_v2_1.0_224"), label_bias_from_data=False
+        ),
+        DataArguments(train_dir=str(SHARED_DATA / "hotdog")),
+        FinetuneTrainingArguments(output_dir="unused", batchnorm="freeze", disable_tqdm=True),
+    )
+    raw_accuracy = raw.evaluate()["eval_accuracy"]
+    print(f"zero-shot hotdog accuracy with the reused row: {raw_accuracy:.2f}, biases fitted: {accuracy:.2f}")
+    assert raw_accuracy >= 0.65
+    # the biases fitted on 64 training images replace ImageNet's prior for the 999-row complement
+    assert loaded.mapping.bias_calibration["images"] == 64
+    assert accuracy >= 0.76 and accuracy > raw_accuracy

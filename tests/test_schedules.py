@@ -239,3 +239,70 @@ def test_feature_cache_is_off_with_a_schedule(tiny_hf_checkpoint):
     assert use is False and "probe_epochs" in why
     with pytest.raises(ConfigError, match="feature_cache: true cannot be used: probe_epochs"):
         decide_feature_cache(True, model, head, head, 1, scheduled=True)
+
+
+class StepRecorder(TrainerCallback):
+    """The learning rate of every optimizer group at each step, and the weights after the first step."""
+
+    def __init__(self):
+        self.lrs: list[dict[str, float]] = []
+        self.after_first: dict[str, torch.Tensor] | None = None
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.lrs.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.after_first is None:
+            self.after_first = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("fixture", ["tiny_hf_checkpoint", "tiny_timm_checkpoint"])
+def test_body_warmup_ramps_the_body_only(request, fixture, tiny_image_folder, tmp_path):
+    """body_warmup_epochs 1 over 2 epochs of 5 steps: the body's rate is lr x cosine(s) x s/5 for s < 5, then the
+    cosine; the head's is 10 lr x cosine(s) from step 0; after step 1 the body is bit for bit the pretrained one."""
+    import math
+
+    from hf_finetune.train import build_trainer
+
+    checkpoint = request.getfixturevalue(fixture)
+    recorder = StepRecorder()
+    lr = 1e-3
+    trainer, loaded, _ = build_trainer(
+        ModelArguments(model_name_or_path=str(checkpoint)),
+        DataArguments(train_dir=str(tiny_image_folder), image_size=32),
+        _args(tmp_path, num_train_epochs=2, body_warmup_epochs=1.0, learning_rate=lr, batchnorm="freeze"),
+        callbacks=[recorder],
+    )
+    start = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    steps = len(recorder.lrs)
+    assert steps == 10  # 36 images, batch 8: 5 steps an epoch
+    for s, lrs in enumerate(recorder.lrs):
+        cosine = 0.5 * (1 + math.cos(math.pi * s / steps))
+        assert lrs["head"] == pytest.approx(10 * lr * cosine, rel=1e-9)
+        assert lrs["body"] == pytest.approx(lr * cosine * min(1.0, s / 5), rel=1e-9, abs=1e-15)
+        assert lrs["body_no_decay"] == lrs["body"]
+    head = set(head_parameter_names(trainer.model))
+    first = recorder.after_first
+    body = [n for n, p in trainer.model.named_parameters() if p.requires_grad and n not in head]
+    assert body and all(torch.equal(start[n], first[n]) for n in body)
+    assert all(not torch.equal(start[h], first[h]) for h in head)
+    end = trainer.model.state_dict()
+    assert sum(not torch.equal(start[n], end[n]) for n in body) >= len(body) // 2
+
+
+@pytest.mark.parametrize(
+    "keys,message",
+    [
+        ({"body_warmup_epochs": -1.0}, "body_warmup_epochs: got -1.0"),
+        ({"body_warmup_epochs": 1.0, "probe_epochs": 1}, "body_warmup_epochs: got 1.0; expected 0 together"),
+        (
+            {"body_warmup_epochs": 1.0, "lr_scheduler_type": "reduce_lr_on_plateau"},
+            "body_warmup_epochs: got 1.0; expected 0 with lr_scheduler_type reduce_lr_on_plateau",
+        ),
+    ],
+)
+def test_body_warmup_config_errors(keys, message, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        FinetuneTrainingArguments(output_dir=str(tmp_path), **keys)
+    assert message in str(err.value) and "\n" not in str(err.value)
