@@ -488,9 +488,9 @@ class FinetuneTrainingArguments(TrainingArguments):
             "help": "Head first, then the body: the pretrained body's learning rate ramps linearly from 0 over "
             "this many epochs while the head trains at its full rate from the first step (on top of the "
             "learning-rate schedule), so early gradients through a new or still miscalibrated head do not "
-            "distort the pretrained features; 0 is off. Unset: 1, or 0 with probe_epochs, unfreeze_schedule "
-            "gradual or LoRA (they hold the body back already) and with lr_scheduler_type "
-            "reduce_lr_on_plateau."
+            "distort the pretrained features; 0 is off. Unset: 1 when some classifier rows are reused, else 0 "
+            "(a fresh head measured better without it); 0 with probe_epochs, unfreeze_schedule gradual or LoRA "
+            "(they hold the body back already) and with lr_scheduler_type reduce_lr_on_plateau."
         },
     )
     layer_decay: float | None = field(
@@ -632,7 +632,7 @@ class FinetuneTrainingArguments(TrainingArguments):
             self.body_warmup_choice = (
                 f"0 (with {', '.join(off)})"
                 if off
-                else "1 epoch (the head trains at its full rate from step 1)"
+                else "1 epoch (the head trains at its full rate from step 1; 0 if no row is reused)"
             )
         _check(
             isinstance(self.body_warmup_epochs, (int, float)) and self.body_warmup_epochs >= 0,

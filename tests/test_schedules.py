@@ -306,3 +306,24 @@ def test_body_warmup_config_errors(keys, message, tmp_path):
     with pytest.raises(ConfigError) as err:
         FinetuneTrainingArguments(output_dir=str(tmp_path), **keys)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "mapping,given,expected",
+    [("auto", None, 1.0), ("none", None, 0.0), ("none", 1.0, 1.0), ("auto", 0.0, 0.0)],
+)
+def test_body_warmup_unset_follows_the_reused_rows(
+    tiny_hf_checkpoint, tiny_image_folder, tmp_path, mapping, given, expected
+):
+    """Unset: one epoch when rows are reused (cat, dog), none for a fresh head; a value given is kept."""
+    from hf_finetune.train import build_trainer
+
+    trainer, _, _ = build_trainer(
+        ModelArguments(model_name_or_path=str(tiny_hf_checkpoint), label_mapping=mapping),
+        DataArguments(train_dir=str(tiny_image_folder), image_size=32),
+        _args(tmp_path, body_warmup_epochs=given),
+    )
+    assert trainer.args.body_warmup_epochs == expected
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    body = next(g for g in trainer.optimizer.param_groups if g["name"] == "body")
+    assert (body["lr"] == 0.0) == (expected > 0)  # step 0 of the warm-up: the body does not move
