@@ -490,7 +490,8 @@ class FinetuneTrainingArguments(TrainingArguments):
             "learning-rate schedule), so early gradients through a new or still miscalibrated head do not "
             "distort the pretrained features; 0 is off. Unset: 1 when some classifier rows are reused, else 0 "
             "(a fresh head measured better without it); 0 with probe_epochs, unfreeze_schedule gradual or LoRA "
-            "(they hold the body back already) and with lr_scheduler_type reduce_lr_on_plateau."
+            "(they hold the body back already), with lr_scheduler_type reduce_lr_on_plateau and freeze_layers -1. "
+            "Used directly, FinetuneTrainer treats unset as 0."
         },
     )
     layer_decay: float | None = field(
@@ -616,38 +617,26 @@ class FinetuneTrainingArguments(TrainingArguments):
         plateau = (
             str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)) == "reduce_lr_on_plateau"
         )
-        held = [
-            reason
-            for reason, on in (
-                ("probe_epochs", self.probe_epochs > 0),
-                ("unfreeze_schedule gradual", self.unfreeze_schedule != "none"),
-                ("LoRA", self.lora_r > 0),
-            )
-            if on
-        ]
-        if self.body_warmup_epochs is None:
-            off = held + (["lr_scheduler_type reduce_lr_on_plateau"] if plateau else [])
-            off += ["freeze_layers -1: no body trains"] if self.freeze_layers == -1 else []
-            self.body_warmup_epochs = 0.0 if off else 1.0
-            self.body_warmup_choice = (
-                f"0 (with {', '.join(off)})"
-                if off
-                else "1 epoch (the head trains at its full rate from step 1; 0 if no row is reused)"
-            )
+        held = scheduled or self.lora_r > 0  # the body is held back already
+        off = held or plateau or self.freeze_layers == -1
+        if self.body_warmup_epochs is None and off:
+            self.body_warmup_epochs = 0.0  # else unset until the model is loaded (train.build_trainer)
         _check(
-            isinstance(self.body_warmup_epochs, (int, float)) and self.body_warmup_epochs >= 0,
+            self.body_warmup_epochs is None
+            or (isinstance(self.body_warmup_epochs, (int, float)) and self.body_warmup_epochs >= 0),
             "body_warmup_epochs",
             self.body_warmup_epochs,
             "a number of epochs >= 0 (0: off)",
         )
+        warmup = self.body_warmup_epochs or 0
         _check(
-            not (held and self.body_warmup_epochs > 0),
+            not (held and warmup > 0),
             "body_warmup_epochs",
             self.body_warmup_epochs,
             "0 together with probe_epochs, unfreeze_schedule gradual or LoRA (they hold the body back already)",
         )
         _check(
-            not (self.body_warmup_epochs > 0 and plateau),
+            not (warmup > 0 and plateau),
             "body_warmup_epochs",
             self.body_warmup_epochs,
             "0 with lr_scheduler_type reduce_lr_on_plateau (the warm-up multiplies a step-wise schedule)",
@@ -778,8 +767,6 @@ class FinetuneTrainingArguments(TrainingArguments):
                 expected = "a count or auto" if key == "dataloader_num_workers" else "true, false or auto"
                 raise ConfigError(f"{key}: got {value!r}; expected {expected}")
         self.auto_choices: dict[str, str] = {}
-        if getattr(self, "body_warmup_choice", None):
-            self.auto_choices["body_warmup_epochs"] = self.body_warmup_choice
         kind = device_kind(self.use_cpu)
         if self.bf16 is None:
             if self.fp16:

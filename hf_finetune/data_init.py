@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -204,14 +204,8 @@ class BiasCalibration:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "images": self.images,
-            "shift": self.shift,
-            "loss_before": self.loss_before,
-            "loss_after": self.loss_after,
-            "accuracy_before": self.accuracy_before,
-            "accuracy_after": self.accuracy_after,
-        }
+        """For ``label_mapping.json``: everything but the (machine-dependent) time."""
+        return {k: v for k, v in asdict(self).items() if k != "seconds"}
 
     def describe(self, show: int = 6) -> str:
         largest = sorted(self.shift.items(), key=lambda kv: -abs(kv[1]))[:show]

@@ -206,13 +206,15 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         _init_rows_from_data(loaded, data, eval_transform, model_args.label_merge, autocast)
     if model_args.label_bias_from_data and loaded.mapping is not None and loaded.mapping.reused:
         _calibrate_bias(loaded, data, eval_transform, training_args.device, autocast)
-    if getattr(training_args, "body_warmup_choice", None) and training_args.body_warmup_epochs > 0:
-        if loaded.mapping is None or not loaded.mapping.reused:  # unset, and a fresh head: no warm-up
-            training_args.body_warmup_epochs = 0.0
-            training_args.auto_choices["body_warmup_epochs"] = "0 (no classifier row is reused)"
-            logger.info(
-                "body_warmup_epochs: 0 (no classifier row is reused: a fresh head trains the body from step 1)"
-            )
+    if training_args.body_warmup_epochs is None:  # unset: on when rows are reused (bench/label_mapping.py)
+        reused = loaded.mapping is not None and bool(loaded.mapping.reused)
+        training_args.body_warmup_epochs = 1.0 if reused else 0.0
+        logger.info(
+            "body_warmup_epochs: %s",
+            "1 (classifier rows are reused; the head trains at its full rate from step 1)"
+            if reused
+            else "0 (no classifier row is reused: a fresh head trains the body from step 1)",
+        )
     inputs = _training_inputs(
         model,
         data,
