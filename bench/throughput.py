@@ -50,6 +50,7 @@ ABLATIONS = {  # name -> extra `hf-finetune train` flags on top of the defaults
     "project + 1 loader worker": ["--dataloader_num_workers", "1"],
     "project + cache_images": ["--cache_images", "true"],
     "project + torch_compile": ["--torch_compile", "true"],
+    "project, keep_freed_memory off": ["--keep_freed_memory", "false"],
     "project, freeze_layers 6 (Lite0: all but the last stage)": ["--freeze_layers", "6"],
 }
 GPU_ABLATIONS = {  # on a GPU the data pipeline is what the defaults tune
@@ -169,6 +170,10 @@ def run_one(
         sys.path.insert(0, str(ROOT / "bench"))
         from transformers_example import build_trainer
 
+        if "--keep_freed_memory" in extra:  # the project's allocator setting, applied to the baseline
+            from hf_finetune.performance import keep_freed_memory
+
+            keep_freed_memory()
         trainer = build_trainer(
             str(model), str(train), str(val), str(out), batch, steps, seed, callbacks=[timer]
         )
@@ -356,6 +361,10 @@ def ablation_part(args, workdir: Path) -> list[dict]:
     base = spawn("baseline", model, data, args, workdir)
     rows = [
         ("baseline (transformers example)", base),
+        (
+            "baseline + keep_freed_memory",
+            spawn("baseline", model, data, args, workdir, ["--keep_freed_memory"]),
+        ),
         ("project defaults", spawn("project", model, data, args, workdir)),
     ]
     for name, extra in (GPU_ABLATIONS if cuda_available() else ABLATIONS).items():

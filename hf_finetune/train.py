@@ -148,6 +148,7 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
     from .transforms import apply_image_size, build_transforms, data_config_from_processor
 
     set_seed(training_args.seed)
+    _keep_freed_memory(training_args)
     if model_args.allow_pickle_weights:
         logger.warning(
             "allow_pickle_weights is on: pickle weight files load with torch.load(weights_only=True)"
@@ -379,6 +380,17 @@ def _training_inputs(
         splits["validation"].with_transform(make_batch_transform(eval_transform)),
         collator,
     )
+
+
+def _keep_freed_memory(training_args) -> None:
+    """``keep_freed_memory``: freed memory stays in the process (:func:`hf_finetune.performance.keep_freed_memory`);
+    before the data and the model are loaded, so that their buffers are served the same way."""
+    if not getattr(training_args, "keep_freed_memory", False):
+        return
+    from .performance import keep_freed_memory
+
+    if not keep_freed_memory():
+        logger.warning("keep_freed_memory: mallopt refused the settings; freed memory goes back to the OS")
 
 
 def _apply_channels_last(model, training_args) -> bool:

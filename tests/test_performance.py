@@ -355,3 +355,84 @@ def test_tune_depthwise_precision_handles_same_padding_at_small_inputs():
         logits = model(x).float()
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
     assert torch.allclose(logits, expected, atol=0.1, rtol=0.1)  # fp32 instead of bf16 in some layers
+
+
+# --- keep_freed_memory -----------------------------------------------------------------------------------
+
+
+def test_keep_freed_memory_auto_is_on_for_cpu_training_under_glibc(tmp_path, monkeypatch):
+    monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
+    monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(performance, "glibc_malloc_available", lambda: True)
+    args = _args(tmp_path)
+    assert args.keep_freed_memory is True and args.auto_choices["keep_freed_memory"].startswith("on")
+    assert _args(tmp_path, keep_freed_memory=False).keep_freed_memory is False
+    assert "keep_freed_memory" not in _args(tmp_path, keep_freed_memory="false").auto_choices
+    monkeypatch.setattr(performance, "glibc_malloc_available", lambda: False)
+    off = _args(tmp_path)
+    assert off.keep_freed_memory is False and "not glibc" in off.auto_choices["keep_freed_memory"]
+    monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cuda")
+    monkeypatch.setattr(performance, "glibc_malloc_available", lambda: True)
+    monkeypatch.setattr(performance, "bf16_supported", lambda kind: (False, "test"))
+    gpu = _args(tmp_path)
+    assert gpu.keep_freed_memory is False and "not training on a CPU" in gpu.auto_choices["keep_freed_memory"]
+
+
+_PAGE_FAULTS = """
+import resource
+import torch
+from hf_finetune import performance
+
+def faults_per_round(rounds=12):
+    counts = []
+    for _ in range(rounds):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, written in full
+        del x
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return counts
+
+print(repr((faults_per_round(), performance.keep_freed_memory(), faults_per_round())))
+"""
+
+
+@pytest.mark.skipif(not performance.glibc_malloc_available(), reason="keep_freed_memory acts on glibc only")
+def test_keep_freed_memory_stops_refaulting_large_blocks():
+    """Without it every 64 MiB tensor is a fresh mapping: 16384 pages faulted in, each time. With it the freed
+    blocks stay in the heap: once they have merged into a block large enough for the aligned request (a few
+    rounds), a new tensor faults no page in."""
+    import ast
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _PAGE_FAULTS], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, applied, after = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    assert applied is True
+    assert min(before) > 16_000, before  # every round maps and zero-fills 16384 new pages
+    assert max(after[-4:]) < 100, after  # the heap's freed pages are reused
+
+
+@pytest.mark.skipif(not performance.glibc_malloc_available(), reason="keep_freed_memory acts on glibc only")
+def test_keep_freed_memory_trains_the_same_weights(tmp_path, tiny_hf_checkpoint, tiny_image_folder):
+    """Two steps with and without it (each in its own process: the setting is process-wide): equal weights."""
+    from conftest import run_hf_finetune
+    from safetensors.torch import load_file
+
+    weights = {}
+    for value in ("true", "false"):
+        out = tmp_path / value
+        proc = run_hf_finetune(
+            "train", "--model_name_or_path", tiny_hf_checkpoint, "--train_dir", tiny_image_folder,
+            "--output_dir", out, "--max_steps", "2", "--per_device_train_batch_size", "4",
+            "--eval_strategy", "no", "--eval_on_start", "false", "--save_strategy", "no",
+            "--load_best_model_at_end", "false", "--report_to", "none", "--keep_freed_memory", value,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        weights[value] = load_file(out / "model.safetensors")
+    assert weights["true"].keys() == weights["false"].keys()
+    for name, tensor in weights["true"].items():
+        assert torch.equal(tensor, weights["false"][name]), name
+    start = load_file(Path(tiny_hf_checkpoint) / "model.safetensors")
+    moved = [n for n, t in start.items() if n in weights["true"] and t.shape == weights["true"][n].shape]
+    assert any(not torch.equal(start[n], weights["true"][n]) for n in moved)  # the two steps trained the body
