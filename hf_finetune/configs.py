@@ -383,8 +383,8 @@ class FinetuneTrainingArguments(TrainingArguments):
         metadata={
             "help": "glibc only: memory the process frees stays mapped for its next allocations (mallopt "
             "M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1) instead of each step's activations being mapped and "
-            "page-faulted in anew. Unset/auto: on when training on a CPU (MobileNetV2 trained 1.4x faster on a "
-            "2-core CPU, bench/throughput.py); off on a GPU. The process keeps its peak memory until it exits."
+            "page-faulted in anew. Unset/auto: on when training on a CPU (1.4-1.5x faster training on a 2-core "
+            "CPU, bench/throughput.py); off on a GPU. The process keeps its peak memory until it exits."
         },
     )
     dataloader_num_workers: int | None = field(
