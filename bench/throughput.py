@@ -121,11 +121,11 @@ def step_timer():
             self.epochs.append((self._epoch_start, time.perf_counter()))
 
         def images_per_second(self, batch: int) -> float:
-            """Images trained on per second after the warm-up steps; ``batch`` a step where none were counted
-            (a model whose forward takes other inputs)."""
-            timed = (
-                self.images[WARMUP_STEPS:] if any(self.images) else [batch] * (len(self.steps) - WARMUP_STEPS)
-            )
+            """Images trained on per second after the warm-up steps; ``batch`` a step unless every timed step's
+            images were counted (a compiled model may run without the hook)."""
+            timed = self.images[WARMUP_STEPS:]
+            if not all(timed):
+                timed = [batch] * len(timed)
             return sum(timed) / (self.steps[-1] - self.steps[WARMUP_STEPS - 1])
 
     return StepTimer()

@@ -786,18 +786,25 @@ class FinetuneTrainingArguments(TrainingArguments):
                 self.auto_choices["bf16"] = f"{'on' if self.bf16 else 'off'} ({why})"
         if self.bf16 and kind == "cpu":
             self.use_cpu = True  # transformers accepts bf16 without a GPU only with use_cpu
-        if self.keep_freed_memory is None:
+        if self.keep_freed_memory is not False:
             from .performance import glibc_malloc_available
 
             glibc = glibc_malloc_available()
-            self.keep_freed_memory = kind == "cpu" and glibc
-            self.auto_choices["keep_freed_memory"] = (
-                "on (CPU training: each step's activations reuse freed pages instead of new page faults)"
-                if self.keep_freed_memory
-                else "off ("
-                + ("not training on a CPU" if kind != "cpu" else "the C library is not glibc")
-                + ")"
+            _check(
+                glibc or self.keep_freed_memory is None,
+                "keep_freed_memory",
+                True,
+                "false or auto: it sets glibc's malloc, and this process's C library is not glibc",
             )
+        if self.keep_freed_memory is None:
+            self.keep_freed_memory = kind == "cpu" and glibc
+            if self.keep_freed_memory:
+                why = (
+                    "on (CPU training: each step's activations reuse freed pages instead of new page faults)"
+                )
+            else:
+                why = "off (not training on a CPU)" if kind != "cpu" else "off (the C library is not glibc)"
+            self.auto_choices["keep_freed_memory"] = why
         if self.dataloader_num_workers is None:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
             settings = loader_settings(kind, local_processes=local)

@@ -389,8 +389,10 @@ def _keep_freed_memory(training_args) -> None:
         return
     from .performance import keep_freed_memory
 
-    if not keep_freed_memory():
-        logger.warning("keep_freed_memory: mallopt refused the settings; freed memory goes back to the OS")
+    if not keep_freed_memory():  # glibc was checked with the arguments; this is mallopt saying no
+        logger.warning(
+            "keep_freed_memory: glibc's mallopt refused the settings; freed memory goes back to the OS"
+        )
 
 
 def _apply_channels_last(model, training_args) -> bool:

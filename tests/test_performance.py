@@ -371,6 +371,10 @@ def test_keep_freed_memory_auto_is_on_for_cpu_training_under_glibc(tmp_path, mon
     monkeypatch.setattr(performance, "glibc_malloc_available", lambda: False)
     off = _args(tmp_path)
     assert off.keep_freed_memory is False and "not glibc" in off.auto_choices["keep_freed_memory"]
+    with pytest.raises(
+        ConfigError, match=r"^keep_freed_memory: got True; expected false or auto: .*not glibc"
+    ):
+        _args(tmp_path, keep_freed_memory=True)  # asked for, but nothing here could honour it
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cuda")
     monkeypatch.setattr(performance, "glibc_malloc_available", lambda: True)
     monkeypatch.setattr(performance, "bf16_supported", lambda kind: (False, "test"))
