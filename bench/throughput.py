@@ -15,7 +15,8 @@ Images/s are steady-state (the first 3 steps are left out), count the images eac
 runs the three variants alternately --repeats times (default 2) and shows the median images/s; validation
 accuracy is measured after the same number of steps on the same validation images. Peak RSS is the
 process's high-water mark. Then, on hotdog + EfficientNet-Lite0, what each speed default is worth
-(ablations, measured both ways), and the linear probe with the feature cache (`freeze_layers: -1`) against
+(ablations, measured both ways; a default that acts on one model only, such as static_same_padding on the
+transformers MobileNetV2, on that model), and the linear probe with the feature cache (`freeze_layers: -1`) against
 the baseline's full fine-tuning epoch.
 
     python bench/throughput.py [--steps 24] [--batch 32] [--models efficientnet_lite0 mobilenet_v2]
@@ -48,11 +49,16 @@ ABLATIONS = {  # name -> extra `hf-finetune train` flags on top of the defaults
     "project, bf16 off (channels_last on)": ["--bf16", "false"],
     "project, channels_last off (bf16 on)": ["--channels_last", "false"],
     "project, tune_depthwise_precision off": ["--tune_depthwise_precision", "false"],
+    "project, tune_inplace_activations off": ["--tune_inplace_activations", "false"],
     "project + 1 loader worker": ["--dataloader_num_workers", "1"],
     "project + cache_images": ["--cache_images", "true"],
     "project + torch_compile": ["--torch_compile", "true"],
     "project, keep_freed_memory off": ["--keep_freed_memory", "false"],
     "project, freeze_layers 6 (Lite0: all but the last stage)": ["--freeze_layers", "6"],
+}
+# Defaults that act on one model only, measured on that model (with its own baseline and defaults rows).
+MODEL_ABLATIONS = {
+    "mobilenet_v2": {"project, static_same_padding off": ["--static_same_padding", "false"]},
 }
 GPU_ABLATIONS = {  # on a GPU the data pipeline is what the defaults tune
     "project, bf16 off, channels_last off": ["--bf16", "false", "--channels_last", "false"],
@@ -385,24 +391,33 @@ def ablation_part(args, workdir: Path) -> list[dict]:
     model, data = args.models[0], args.datasets[0]
     base = spawn("baseline", model, data, args, workdir)
     rows = [
-        ("baseline (transformers example)", base),
+        ("baseline (transformers example)", base, base),
         (
             "baseline + keep_freed_memory",
             spawn("baseline", model, data, args, workdir, ["--keep_freed_memory"]),
+            base,
         ),
-        ("project defaults", spawn("project", model, data, args, workdir)),
+        ("project defaults", spawn("project", model, data, args, workdir), base),
     ]
     for name, extra in (GPU_ABLATIONS if cuda_available() else ABLATIONS).items():
-        rows.append((name, spawn("project", model, data, args, workdir, extra)))
+        rows.append((name, spawn("project", model, data, args, workdir, extra), base))
+    for other, ablations in MODEL_ABLATIONS.items():
+        if other not in args.models:
+            continue
+        other_base = spawn("baseline", other, data, args, workdir)
+        rows.append((f"{other}: baseline", other_base, other_base))
+        rows.append((f"{other}: project defaults", spawn("project", other, data, args, workdir), other_base))
+        for name, extra in ablations.items():
+            rows.append((f"{other}: {name}", spawn("project", other, data, args, workdir, extra), other_base))
     print(f"\n{model} on {data}, batch {args.batch}, {args.steps} steps, each in its own process:\n")
     print("| run | images/s | x baseline | accuracy | wall s (incl. load, compile, eval) |")
     print("|---|---|---|---|---|")
-    for name, r in rows:
+    for name, r, b in rows:
         print(
-            f"| {name} | {r['images_per_second']:.2f} | {r['images_per_second'] / base['images_per_second']:.2f}x | "
+            f"| {name} | {r['images_per_second']:.2f} | {r['images_per_second'] / b['images_per_second']:.2f}x | "
             f"{r['accuracy']:.3f} | {r['wall_seconds']:.0f} |"
         )  # fmt: skip
-    return [{"run": name, **r} for name, r in rows]
+    return [{"run": name, **r} for name, r, _ in rows]
 
 
 def probe_part(args, workdir: Path) -> list[dict]:

@@ -40,6 +40,8 @@ AUTO_KEYS = (
     "bf16",
     "channels_last",
     "tune_depthwise_precision",
+    "tune_inplace_activations",
+    "static_same_padding",
     "keep_freed_memory",
     "dataloader_num_workers",
     "dataloader_persistent_workers",
@@ -376,6 +378,24 @@ class FinetuneTrainingArguments(TrainingArguments):
             "help": "With bf16 on a CPU, time every depthwise convolution shape in bf16 and fp32 once before "
             "training (about 2 s) and run the ones that are faster in fp32 there (oneDNN's bf16 depthwise "
             "kernels were 2-11x slower for strided and 5x5 shapes on an AVX512-BF16 CPU). Unset/auto: on with bf16 on a CPU."
+        },
+    )
+    tune_inplace_activations: bool | None = field(
+        default=None,
+        metadata={
+            "help": "With bf16 on a CPU, time each in-place activation (timm builds ReLU6, ReLU, SiLU ... in "
+            "place) in place and out of place at its shape once before training, and run out of place the "
+            "ones faster so (in-place bf16 ReLU6 took twice as long on an AVX512-BF16 CPU). The same "
+            "function bit for bit. Unset/auto: on with bf16 on a CPU."
+        },
+    )
+    static_same_padding: bool | None = field(
+        default=None,
+        metadata={
+            "help": "transformers' MobileNet V1/V2 (config.tf_padding) pad every convolution's input with "
+            "F.pad, 1x1 convolutions included (a copy of the activation); for stride-1 convolutions, where "
+            "that padding does not depend on the input size, let the convolution pad instead. Bit-identical "
+            "outputs; the saved model is unchanged. Unset/auto: on."
         },
     )
     keep_freed_memory: bool | None = field(

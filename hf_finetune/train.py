@@ -183,6 +183,7 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         logger.info("%s", line)
     freeze = freeze_parameters(model, training_args.freeze_layers, training_args.freeze_patterns)
     logger.info("%s", freeze.describe())
+    _static_same_padding(model, training_args)
     channels_last = _apply_channels_last(model, training_args)
     for key, choice in getattr(training_args, "auto_choices", {}).items():
         logger.info("%s: %s", key, choice)
@@ -190,6 +191,7 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
     data_config = data_config_from_processor(loaded.processor, data_args.image_size)
     apply_image_size(loaded.processor, model.config, data_args.image_size)
     _tune_precision(model, training_args, data_config, channels_last)
+    _tune_activations(model, training_args, data_config, channels_last)
     train_transform, eval_transform = build_transforms(
         data_config, data_args.augmentation, data_args.crop_scale_min, data_args.hflip_prob
     )
@@ -415,20 +417,30 @@ def _apply_channels_last(model, training_args) -> bool:
     return bool(wanted)
 
 
+def _on_cpu_bf16(training_args) -> bool:
+    from .performance import device_kind
+
+    return bool(training_args.bf16) and device_kind(training_args.use_cpu) == "cpu"
+
+
+def _tuning_shape(training_args, data_config) -> tuple[int, int, int, int]:
+    """The input shape the CPU tuners time the model's layers at: the training size, at most 8 images."""
+    side = int(data_config["input_size"][-1])
+    return min(8, training_args.per_device_train_batch_size), 3, side, side
+
+
 def _tune_precision(model, training_args, data_config, channels_last: bool) -> None:
     """``tune_depthwise_precision``: with bf16 autocast on a CPU, the depthwise convolutions that are faster
     in fp32 on this CPU run in fp32 (:func:`hf_finetune.performance.tune_depthwise_precision`)."""
-    from .performance import device_kind, tune_depthwise_precision
+    from .performance import tune_depthwise_precision
 
     wanted = training_args.tune_depthwise_precision
-    on_cpu_bf16 = bool(training_args.bf16) and device_kind(training_args.use_cpu) == "cpu"
-    if wanted is False or not on_cpu_bf16:
-        if wanted and not on_cpu_bf16:
+    if wanted is False or not _on_cpu_bf16(training_args):
+        if wanted:
             logger.info("tune_depthwise_precision: nothing to tune (it applies to bf16 on a CPU)")
         return
-    side = int(data_config["input_size"][-1])
-    batch = min(8, training_args.per_device_train_batch_size)
-    switched = tune_depthwise_precision(model, (batch, 3, side, side), channels_last=channels_last)
+    shape = _tuning_shape(training_args, data_config)
+    switched = tune_depthwise_precision(model, shape, channels_last=channels_last)
     if switched:
         bf16_s = sum(b for _, b, _ in switched)
         fp32_s = sum(f for _, _, f in switched)
@@ -436,10 +448,53 @@ def _tune_precision(model, training_args, data_config, channels_last: bool) -> N
             "tune_depthwise_precision: %d depthwise convolutions run in fp32, faster than bf16 on this CPU "
             "(forward+backward of a %d-image batch: %.0f ms in bf16, %.0f ms in fp32)",
             len(switched),
-            batch,
+            shape[0],
             1000 * bf16_s,
             1000 * fp32_s,
         )
+
+
+def _tune_activations(model, training_args, data_config, channels_last: bool) -> None:
+    """``tune_inplace_activations``: with bf16 autocast on a CPU, the in-place activations that are faster out
+    of place on this CPU run out of place (:func:`hf_finetune.performance.tune_inplace_activations`)."""
+    from .performance import tune_inplace_activations
+
+    wanted = training_args.tune_inplace_activations
+    if wanted is False or not _on_cpu_bf16(training_args):
+        if wanted:
+            logger.info("tune_inplace_activations: nothing to tune (it applies to bf16 on a CPU)")
+        return
+    shape = _tuning_shape(training_args, data_config)
+    switched = tune_inplace_activations(model, shape, channels_last=channels_last)
+    if switched:
+        logger.info(
+            "tune_inplace_activations: %d in-place activations (%s) run out of place, faster on this CPU "
+            "(forward of a %d-image batch: %.1f ms in place, %.1f ms out of place)",
+            len(switched),
+            ", ".join(sorted({type(dict(model.named_modules())[n]).__name__ for n, _, _ in switched})),
+            shape[0],
+            1000 * sum(i for _, i, _ in switched),
+            1000 * sum(o for _, _, o in switched),
+        )
+
+
+def _static_same_padding(model, training_args) -> None:
+    """``static_same_padding``: transformers' MobileNets pad stride-1 convolutions in the convolution instead
+    of with ``F.pad`` (:func:`hf_finetune.performance.static_same_padding`)."""
+    from .performance import static_same_padding
+
+    wanted = training_args.static_same_padding
+    if wanted is False:
+        return
+    changed = static_same_padding(model)
+    if changed:
+        logger.info(
+            "static_same_padding: %d stride-1 convolutions pad in the convolution instead of with F.pad "
+            "(TensorFlow SAME padding, bit-identical)",
+            len(changed),
+        )
+    elif wanted:
+        logger.info("static_same_padding: nothing to change (no TensorFlow-padded stride-1 convolution)")
 
 
 def _autocast_dtype(training_args):

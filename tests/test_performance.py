@@ -440,3 +440,239 @@ def test_keep_freed_memory_trains_the_same_weights(tmp_path, tiny_hf_checkpoint,
     start = load_file(Path(tiny_hf_checkpoint) / "model.safetensors")
     moved = [n for n, t in start.items() if n in weights["true"] and t.shape == weights["true"][n].shape]
     assert any(not torch.equal(start[n], weights["true"][n]) for n in moved)  # the two steps trained the body
+
+
+# --- static_same_padding ---------------------------------------------------------------------------------
+
+
+def _tiny_mobilenet(version: int = 2, seed: int = 0):
+    from transformers import (
+        MobileNetV1Config,
+        MobileNetV1ForImageClassification,
+        MobileNetV2Config,
+        MobileNetV2ForImageClassification,
+    )
+
+    torch.manual_seed(seed)
+    if version == 1:
+        config = MobileNetV1Config(depth_multiplier=0.25, image_size=32, num_labels=3, min_depth=4)
+        return MobileNetV1ForImageClassification(config).eval()
+    config = MobileNetV2Config(depth_multiplier=0.25, image_size=32, num_labels=3, min_depth=4)
+    return MobileNetV2ForImageClassification(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_mobilenet_v2_checkpoint(tmp_path_factory) -> Path:
+    """A random transformers MobileNetV2 (TensorFlow padding, 0.24M parameters) with its image processor."""
+    from transformers import MobileNetV2ImageProcessor
+
+    path = tmp_path_factory.mktemp("tiny_mobilenet_v2")
+    model = _tiny_mobilenet(2)
+    assert model.config.tf_padding is True
+    model.save_pretrained(path)
+    MobileNetV2ImageProcessor(
+        size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_static_same_padding_gives_the_same_outputs_and_gradients(version):
+    import copy
+
+    model = _tiny_mobilenet(version)
+    padded = copy.deepcopy(model)
+    layers = performance._tf_padded_conv_layers(model)
+    stride_one = [n for n, m in layers if tuple(m.convolution.stride) == (1, 1)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    changed = performance.static_same_padding(model)
+    assert changed == stride_one and 0 < len(changed) < len(layers)  # strided layers keep F.pad
+    modules = dict(model.named_modules())
+    assert all(modules[n].config.tf_padding is False for n in changed)
+    assert model.config.tf_padding is True  # the config that is saved keeps TensorFlow padding
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    for shape in [(2, 3, 32, 32), (2, 3, 37, 45)]:  # the padding of stride-1 layers is the same at any size
+        x = torch.randn(shape)
+        with torch.no_grad():
+            assert torch.equal(model(pixel_values=x).logits, padded(pixel_values=x).logits)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(model(pixel_values=x).logits, padded(pixel_values=x).logits)
+    model.train()
+    padded.train()
+    x, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    for bf16 in (True, False):
+        for net in (model, padded):
+            net.zero_grad(set_to_none=True)
+            torch.manual_seed(1)  # the same dropout mask in the classifier
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = net(pixel_values=x, labels=labels).loss
+            loss.backward()
+        grads = dict(padded.named_parameters())
+        for name, param in model.named_parameters():
+            expected = grads[name].grad
+            if bf16:  # bit for bit
+                assert torch.equal(param.grad, expected), name
+            else:  # the convolutions' backward sums in another order: float rounding (measured 1.3e-7)
+                scale = expected.abs().max().item()
+                torch.testing.assert_close(param.grad, expected, rtol=0, atol=1e-6 * scale, msg=name)
+
+
+def test_static_same_padding_leaves_other_layers_alone(tiny_hf_checkpoint):
+    """A layer with ``config.tf_padding`` that does not pad as transformers' MobileNets do (the check on one
+    layer of its class finds other outputs) is left as it is, as are models without TensorFlow padding."""
+    from types import SimpleNamespace
+
+    from torch import nn
+    from transformers import AutoModelForImageClassification
+
+    class NotPadding(nn.Module):  # a stride-1 3x3 layer that never pads: padding it would change its output
+        def __init__(self):
+            super().__init__()
+            self.config = SimpleNamespace(tf_padding=True)
+            self.convolution = nn.Conv2d(4, 4, 3, bias=False)
+
+        def forward(self, x):
+            return self.convolution(x)
+
+    layer = NotPadding()
+    assert performance.static_same_padding(layer) == []
+    assert layer.convolution.padding == (0, 0) and layer.config.tf_padding is True
+    model = AutoModelForImageClassification.from_pretrained(tiny_hf_checkpoint)
+    assert performance.static_same_padding(model) == []
+
+
+def _train_two_steps(tmp_path: Path, checkpoint, images, *flags) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from hf_finetune.parser import parse_train_args
+    from hf_finetune.train import main
+
+    out = tmp_path / "-".join(flags).replace("--", "")
+    argv = [
+        "--model_name_or_path", str(checkpoint), "--train_dir", str(images), "--output_dir", str(out),
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--eval_strategy", "no",
+        "--eval_on_start", "false", "--save_strategy", "no", "--load_best_model_at_end", "false",
+        "--report_to", "none", "--disable_tqdm", "true", "--tune_depthwise_precision", "false", *flags,
+    ]  # fmt: skip
+    main(*parse_train_args(argv))
+    return load_file(out / "model.safetensors")
+
+
+def _assert_same_weights_and_trained(weights: dict, other: dict, checkpoint: Path) -> None:
+    from safetensors.torch import load_file
+
+    assert weights.keys() == other.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, other[name]), name
+    start = load_file(Path(checkpoint) / "model.safetensors")
+    moved = [n for n, t in start.items() if n in weights and t.shape == weights[n].shape]
+    assert any(not torch.equal(start[n], weights[n]) for n in moved)  # the two steps trained the body
+
+
+def test_static_same_padding_trains_the_same_weights(
+    tmp_path, tiny_mobilenet_v2_checkpoint, tiny_image_folder, monkeypatch, caplog
+):
+    """Two bf16 steps (the CPU default) with and without it: the same weights bit for bit."""
+    import logging
+
+    from transformers import AutoConfig
+
+    monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: True)
+    caplog.set_level(logging.INFO, logger="hf_finetune")
+    on = _train_two_steps(tmp_path, tiny_mobilenet_v2_checkpoint, tiny_image_folder, "--bf16", "true")
+    assert "static_same_padding: 47 stride-1 convolutions pad in the convolution" in caplog.text
+    off = _train_two_steps(
+        tmp_path,
+        tiny_mobilenet_v2_checkpoint,
+        tiny_image_folder,
+        "--bf16",
+        "true",
+        "--static_same_padding",
+        "false",
+    )
+    _assert_same_weights_and_trained(on, off, tiny_mobilenet_v2_checkpoint)
+    saved = AutoConfig.from_pretrained(tmp_path / "bf16-true")
+    assert saved.tf_padding is True  # the saved model is a plain MobileNetV2, loadable anywhere
+
+
+# --- tune_inplace_activations ----------------------------------------------------------------------------
+
+
+def test_inplace_activations_are_found_by_origin():
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU6(inplace=True), nn.Dropout(inplace=True), nn.ReLU())
+    assert [name for name, _ in performance._inplace_activations(model)] == ["1"]  # not Dropout, not ReLU()
+
+
+def test_tune_inplace_activations_switches_only_the_mode(tiny_timm_checkpoint):
+    from hf_finetune.modeling import load_model_for_labels
+
+    model = load_model_for_labels(str(tiny_timm_checkpoint), ["a", "b"]).model.eval()
+    activations = performance._inplace_activations(model)
+    assert activations
+    assert performance.tune_inplace_activations(model, (2, 3, 32, 32), reps=1, margin=0.0) == []
+    assert all(module.inplace for _, module in activations)  # timing left the modules as they were
+    x, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+
+    def outputs():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(pixel_values=x, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.train()
+    loss, grads = outputs()
+    switched = performance.tune_inplace_activations(model, (2, 3, 32, 32), reps=1, margin=1e9)
+    assert sorted(name for name, _, _ in switched) == sorted(name for name, _ in activations)
+    assert all(inplace_s > 0 and out_s > 0 for _, inplace_s, out_s in switched)
+    assert not any(module.inplace for _, module in activations)
+    loss_out, grads_out = outputs()
+    assert torch.equal(loss, loss_out)
+    assert all(torch.equal(grads[n], grads_out[n]) for n in grads)
+
+
+def test_tune_inplace_activations_keeps_activations_used_for_their_side_effect():
+    """A model that calls its activation without taking the result depends on it running in place."""
+    from torch import nn
+
+    class SideEffect(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.act = nn.ReLU6(inplace=True)
+
+        def forward(self, pixel_values):
+            x = self.conv(pixel_values)
+            self.act(x)  # clamps x itself
+            return x
+
+    model = SideEffect()
+    assert performance.tune_inplace_activations(model, (2, 3, 16, 16), reps=1, margin=1e9) == []
+    assert model.act.inplace is True
+
+
+def test_tune_inplace_activations_trains_the_same_weights(
+    tmp_path, tiny_timm_checkpoint, tiny_image_folder, monkeypatch, caplog
+):
+    """bf16 on a CPU with every in-place activation switched (the timing forced) and with the key off."""
+    import functools
+    import logging
+
+    monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: True)
+    forced = functools.partial(performance.tune_inplace_activations, margin=1e9)
+    monkeypatch.setattr(performance, "tune_inplace_activations", forced)
+    caplog.set_level(logging.INFO, logger="hf_finetune")
+    on = _train_two_steps(tmp_path, tiny_timm_checkpoint, tiny_image_folder, "--bf16", "true")
+    assert "tune_inplace_activations: 11 in-place activations (SiLU) run out of place" in caplog.text
+    off = _train_two_steps(
+        tmp_path,
+        tiny_timm_checkpoint,
+        tiny_image_folder,
+        "--bf16",
+        "true",
+        "--tune_inplace_activations",
+        "false",
+    )
+    _assert_same_weights_and_trained(on, off, tiny_timm_checkpoint)
