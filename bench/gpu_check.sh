@@ -4,8 +4,11 @@
 # Trains recipes/mobilenet_v2/hotdog/config_full.yaml in bf16 under accelerate (single_gpu.yaml; also
 # multi_gpu.yaml when there are several GPUs), then prints a table of validation accuracy before/after and
 # training images per second, read from the run's own train_results.json / eval_results.json / trainer_state.
-# Then bench/throughput.py on the GPU: images/s of the transformers example vs hf-finetune vs the compute
-# ceiling, accuracy after the same steps, MFU, and the GPU ablations. REPEATS (1) and STEPS (100) size it.
+# Then bench/step_breakdown.py (where a step's time goes, in one process: the loader alone, the compute
+# ceiling, the step fed by the loader without a Trainer, and trainer.train()) on MobileNetV2 / CIFAR-10 and
+# Lite0 / hotdog, and bench/throughput.py on the GPU: images/s of the transformers example vs hf-finetune vs
+# the compute ceiling, accuracy after the same steps, MFU, and the GPU ablations. REPEATS (1) and STEPS (100)
+# size it; PARTS (default "recipe breakdown main ablations") picks what runs, in that order.
 set -euo pipefail
 OUT=${1:-${OUT:-gpu_check_output}}
 mkdir -p "$OUT"
@@ -36,17 +39,36 @@ print(f"| {name} | {evals[0]['eval_accuracy']:.2f} | {max(e['eval_accuracy'] for
       f"{train['train_samples_per_second']:.1f} | {train['train_runtime']:.1f} | {end - start:.1f} |")
 PY
 }
-echo "| run | accuracy epoch 0 | best accuracy | train images/s | train s | wall s |"
-echo "|---|---|---|---|---|---|"
-run single_gpu_bf16 single_gpu || echo "single_gpu run failed: see $OUT/single_gpu_bf16.log"
-if [ "$NGPU" -gt 1 ]; then
-  NPROC=$NGPU run multi_gpu_bf16 multi_gpu || echo "multi_gpu run failed: see $OUT/multi_gpu_bf16.log"
+PARTS=${PARTS:-recipe breakdown main ablations}
+wants() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if wants recipe; then
+  echo "| run | accuracy epoch 0 | best accuracy | train images/s | train s | wall s |"
+  echo "|---|---|---|---|---|---|"
+  run single_gpu_bf16 single_gpu || echo "single_gpu run failed: see $OUT/single_gpu_bf16.log"
+  if [ "$NGPU" -gt 1 ]; then
+    NPROC=$NGPU run multi_gpu_bf16 multi_gpu || echo "multi_gpu run failed: see $OUT/multi_gpu_bf16.log"
+  fi
+fi
+
+# Where a step's time goes on this GPU: the loader alone, the ceiling, loader + step without a Trainer, and
+# trainer.train(), in one process (the gap between the project and its ceiling, taken apart).
+if wants breakdown; then
+  for pair in "mobilenet_v2 cifar10" "efficientnet_lite0 hotdog"; do
+    set -- $pair
+    echo
+    $PY bench/step_breakdown.py --model "$1" --data "$2" --steps "${STEPS:-100}" --repeats 2 \
+      --json "$OUT/breakdown_$1_$2.json" 2> "$OUT/breakdown_$1_$2.log" || echo "breakdown $1 $2 failed: see $OUT/breakdown_$1_$2.log"
+  done
 fi
 
 # Throughput against the transformers example recipe on this GPU (issue 6): baseline, project defaults and
 # compute ceiling, their ratios, accuracy after the same steps, and MFU (FLOPs counted by torch); then what
 # each GPU default is worth (bf16, channels_last, the image cache, loader workers, torch.compile).
-echo
-$PY bench/throughput.py --parts main --repeats "${REPEATS:-1}" --steps "${STEPS:-100}" --json "$OUT/throughput_main.json"
-echo
-$PY bench/throughput.py --parts ablations --steps "${STEPS:-100}" --datasets hotdog --json "$OUT/throughput_ablations.json"
+if wants main; then
+  echo
+  $PY bench/throughput.py --parts main --repeats "${REPEATS:-1}" --steps "${STEPS:-100}" --json "$OUT/throughput_main.json"
+fi
+if wants ablations; then
+  echo
+  $PY bench/throughput.py --parts ablations --steps "${STEPS:-100}" --datasets hotdog --json "$OUT/throughput_ablations.json"
+fi

@@ -65,3 +65,25 @@ def test_every_technique_of_the_recipes_table_is_a_valid_recipe(
             assert str(parsed.explicit[key[2:]]).lower() == value.lower() or float(
                 parsed.explicit[key[2:]]
             ) == float(value)
+
+
+def test_step_breakdown_times_each_part_on_the_projects_trainer(tiny_hf_checkpoint, tiny_image_folder):
+    """bench/step_breakdown.py's four parts run on the trainer `hf-finetune train` builds: the loader part
+    draws batches across epochs, the stepping parts train the model, trainer.train() runs the asked steps."""
+    import torch
+    from step_breakdown import PARTS, Parts, build
+
+    trainer, timer = build(
+        tiny_hf_checkpoint, tiny_image_folder / "train", tiny_image_folder / "val", 8, 6, ["--bf16", "false"]
+    )
+    parts = Parts(trainer, timer)
+    assert parts.resident["pixel_values"].shape == (8, 3, 32, 32)
+    start = {k: v.clone() for k, v in parts.net.state_dict().items()}
+    seconds = {}
+    for part in PARTS:
+        seconds[part] = parts.timed(part, warmup=1, steps=5)  # 36 images: 5 batches (of at most 8) an epoch
+        moved = any(not torch.equal(v, start[k]) for k, v in parts.net.state_dict().items())
+        assert moved is (part != "loader"), part  # only the loader part leaves the weights alone
+        start = {k: v.clone() for k, v in parts.net.state_dict().items()}
+    assert all(s > 0 for s in seconds.values())
+    assert trainer.state.global_step == 6 and len(timer.steps) == 6
