@@ -190,8 +190,7 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
 
     data_config = data_config_from_processor(loaded.processor, data_args.image_size)
     apply_image_size(loaded.processor, model.config, data_args.image_size)
-    _tune_precision(model, training_args, data_config, channels_last)
-    _tune_activations(model, training_args, data_config, channels_last)
+    _tune_for_cpu_bf16(model, training_args, data_config, channels_last)
     train_transform, eval_transform = build_transforms(
         data_config, data_args.augmentation, data_args.crop_scale_min, data_args.hflip_prob
     )
@@ -417,65 +416,38 @@ def _apply_channels_last(model, training_args) -> bool:
     return bool(wanted)
 
 
-def _on_cpu_bf16(training_args) -> bool:
-    from .performance import device_kind
+def _tune_for_cpu_bf16(model, training_args, data_config, channels_last: bool) -> None:
+    """With bf16 autocast on a CPU, time layers both ways before training and keep the faster way:
+    ``tune_depthwise_precision`` runs in fp32 the depthwise convolutions that are faster there
+    (:func:`hf_finetune.performance.tune_depthwise_precision`), ``tune_inplace_activations`` runs out of place
+    the in-place activations that are faster so (:func:`hf_finetune.performance.tune_inplace_activations`)."""
+    from .performance import device_kind, tune_depthwise_precision, tune_inplace_activations
 
-    return bool(training_args.bf16) and device_kind(training_args.use_cpu) == "cpu"
-
-
-def _tuning_shape(training_args, data_config) -> tuple[int, int, int, int]:
-    """The input shape the CPU tuners time the model's layers at: the training size, at most 8 images."""
+    on_cpu_bf16 = bool(training_args.bf16) and device_kind(training_args.use_cpu) == "cpu"
     side = int(data_config["input_size"][-1])
-    return min(8, training_args.per_device_train_batch_size), 3, side, side
-
-
-def _tune_precision(model, training_args, data_config, channels_last: bool) -> None:
-    """``tune_depthwise_precision``: with bf16 autocast on a CPU, the depthwise convolutions that are faster
-    in fp32 on this CPU run in fp32 (:func:`hf_finetune.performance.tune_depthwise_precision`)."""
-    from .performance import tune_depthwise_precision
-
-    wanted = training_args.tune_depthwise_precision
-    if wanted is False or not _on_cpu_bf16(training_args):
-        if wanted:
-            logger.info("tune_depthwise_precision: nothing to tune (it applies to bf16 on a CPU)")
-        return
-    shape = _tuning_shape(training_args, data_config)
-    switched = tune_depthwise_precision(model, shape, channels_last=channels_last)
-    if switched:
-        bf16_s = sum(b for _, b, _ in switched)
-        fp32_s = sum(f for _, _, f in switched)
-        logger.info(
-            "tune_depthwise_precision: %d depthwise convolutions run in fp32, faster than bf16 on this CPU "
-            "(forward+backward of a %d-image batch: %.0f ms in bf16, %.0f ms in fp32)",
-            len(switched),
-            shape[0],
-            1000 * bf16_s,
-            1000 * fp32_s,
-        )
-
-
-def _tune_activations(model, training_args, data_config, channels_last: bool) -> None:
-    """``tune_inplace_activations``: with bf16 autocast on a CPU, the in-place activations that are faster out
-    of place on this CPU run out of place (:func:`hf_finetune.performance.tune_inplace_activations`)."""
-    from .performance import tune_inplace_activations
-
-    wanted = training_args.tune_inplace_activations
-    if wanted is False or not _on_cpu_bf16(training_args):
-        if wanted:
-            logger.info("tune_inplace_activations: nothing to tune (it applies to bf16 on a CPU)")
-        return
-    shape = _tuning_shape(training_args, data_config)
-    switched = tune_inplace_activations(model, shape, channels_last=channels_last)
-    if switched:
-        logger.info(
-            "tune_inplace_activations: %d in-place activations (%s) run out of place, faster on this CPU "
-            "(forward of a %d-image batch: %.1f ms in place, %.1f ms out of place)",
-            len(switched),
-            ", ".join(sorted({type(dict(model.named_modules())[n]).__name__ for n, _, _ in switched})),
-            shape[0],
-            1000 * sum(i for _, i, _ in switched),
-            1000 * sum(o for _, _, o in switched),
-        )
+    shape = (min(8, training_args.per_device_train_batch_size), 3, side, side)
+    tuners = {
+        "tune_depthwise_precision": (
+            tune_depthwise_precision,
+            "%d depthwise convolutions run in fp32, faster than bf16 on this CPU (forward+backward of a "
+            "%d-image batch: %.0f ms in bf16, %.0f ms in fp32)",
+        ),
+        "tune_inplace_activations": (
+            tune_inplace_activations,
+            "%d in-place activations run out of place, faster on this CPU (forward of a %d-image batch: "
+            "%.1f ms in place, %.1f ms out of place)",
+        ),
+    }
+    for key, (tune, message) in tuners.items():
+        wanted = getattr(training_args, key)
+        if wanted is False or not on_cpu_bf16:
+            if wanted:
+                logger.info("%s: nothing to tune (it applies to bf16 on a CPU)", key)
+            continue
+        switched = tune(model, shape, channels_last=channels_last)
+        if switched:
+            before, after = (sum(times[i] for times in switched) for i in (1, 2))
+            logger.info(f"{key}: {message}", len(switched), shape[0], 1000 * before, 1000 * after)
 
 
 def _static_same_padding(model, training_args) -> None:

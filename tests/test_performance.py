@@ -569,32 +569,6 @@ def _assert_same_weights_and_trained(weights: dict, other: dict, checkpoint: Pat
     assert any(not torch.equal(start[n], weights[n]) for n in moved)  # the two steps trained the body
 
 
-def test_static_same_padding_trains_the_same_weights(
-    tmp_path, tiny_mobilenet_v2_checkpoint, tiny_image_folder, monkeypatch, caplog
-):
-    """Two bf16 steps (the CPU default) with and without it: the same weights bit for bit."""
-    import logging
-
-    from transformers import AutoConfig
-
-    monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: True)
-    caplog.set_level(logging.INFO, logger="hf_finetune")
-    on = _train_two_steps(tmp_path, tiny_mobilenet_v2_checkpoint, tiny_image_folder, "--bf16", "true")
-    assert "static_same_padding: 47 stride-1 convolutions pad in the convolution" in caplog.text
-    off = _train_two_steps(
-        tmp_path,
-        tiny_mobilenet_v2_checkpoint,
-        tiny_image_folder,
-        "--bf16",
-        "true",
-        "--static_same_padding",
-        "false",
-    )
-    _assert_same_weights_and_trained(on, off, tiny_mobilenet_v2_checkpoint)
-    saved = AutoConfig.from_pretrained(tmp_path / "bf16-true")
-    assert saved.tf_padding is True  # the saved model is a plain MobileNetV2, loadable anywhere
-
-
 # --- tune_inplace_activations ----------------------------------------------------------------------------
 
 
@@ -653,26 +627,36 @@ def test_tune_inplace_activations_keeps_activations_used_for_their_side_effect()
     assert model.act.inplace is True
 
 
-def test_tune_inplace_activations_trains_the_same_weights(
-    tmp_path, tiny_timm_checkpoint, tiny_image_folder, monkeypatch, caplog
+@pytest.mark.parametrize(
+    "key, checkpoint, logged",
+    [
+        (
+            "static_same_padding",
+            "tiny_mobilenet_v2_checkpoint",
+            "47 stride-1 convolutions pad in the convolution",
+        ),
+        ("tune_inplace_activations", "tiny_timm_checkpoint", "11 in-place activations run out of place"),
+    ],
+)
+def test_exact_speed_defaults_train_the_same_weights(
+    tmp_path, tiny_image_folder, monkeypatch, caplog, request, key, checkpoint, logged
 ):
-    """bf16 on a CPU with every in-place activation switched (the timing forced) and with the key off."""
+    """Two bf16 steps (the CPU default) with the setting on and off: the same weights bit for bit, and the
+    saved model is a plain one (a MobileNetV2 keeps ``tf_padding``). The timing of ``tune_inplace_activations`` is
+    forced here, so every in-place activation of the on run runs out of place."""
     import functools
     import logging
 
+    from transformers import AutoConfig
+
+    checkpoint = request.getfixturevalue(checkpoint)
     monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: True)
     forced = functools.partial(performance.tune_inplace_activations, margin=1e9)
     monkeypatch.setattr(performance, "tune_inplace_activations", forced)
     caplog.set_level(logging.INFO, logger="hf_finetune")
-    on = _train_two_steps(tmp_path, tiny_timm_checkpoint, tiny_image_folder, "--bf16", "true")
-    assert "tune_inplace_activations: 11 in-place activations (SiLU) run out of place" in caplog.text
-    off = _train_two_steps(
-        tmp_path,
-        tiny_timm_checkpoint,
-        tiny_image_folder,
-        "--bf16",
-        "true",
-        "--tune_inplace_activations",
-        "false",
-    )
-    _assert_same_weights_and_trained(on, off, tiny_timm_checkpoint)
+    on = _train_two_steps(tmp_path, checkpoint, tiny_image_folder, "--bf16", "true")
+    assert f"{key}: {logged}" in caplog.text
+    off = _train_two_steps(tmp_path, checkpoint, tiny_image_folder, "--bf16", "true", f"--{key}", "false")
+    _assert_same_weights_and_trained(on, off, checkpoint)
+    saved = AutoConfig.from_pretrained(tmp_path / "bf16-true")
+    assert getattr(saved, "tf_padding", None) is (True if key == "static_same_padding" else None)
