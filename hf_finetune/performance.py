@@ -21,8 +21,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -37,7 +41,13 @@ __all__ = [
     "static_same_padding",
     "glibc_malloc_available",
     "keep_freed_memory",
+    "tuning_cache_path",
+    "TUNING_CACHE_ENV",
 ]
+
+logger = logging.getLogger(__name__)
+
+TUNING_CACHE_ENV = "HF_FINETUNE_TUNING_CACHE"  # the file tune_depthwise_precision keeps its timings in
 
 
 def device_kind(use_cpu: bool = False) -> str:
@@ -196,8 +206,83 @@ def _input_shapes(
     return shapes
 
 
+def tuning_cache_path() -> Path:
+    """Where :func:`tune_depthwise_precision` keeps its timings: ``$HF_FINETUNE_TUNING_CACHE``, else
+    ``hf_finetune/cpu_tuning.json`` in the Hugging Face cache folder (``$HF_HOME``, ``~/.cache/huggingface``)."""
+    explicit = os.environ.get(TUNING_CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "hf_finetune" / "cpu_tuning.json"
+
+
+def _machine_key() -> str:
+    """What the timings depend on besides the layer: the CPU model, torch's version and its thread count."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+class _TuningCache:
+    """Timings of layer shapes on this machine, kept in a JSON file between runs (:func:`tuning_cache_path`).
+
+    A timing decides numerics (which depthwise convolutions run in fp32), so timing again in every run would
+    let a noisy minute change the result of the same recipe and seed: the first run on a machine times each
+    shape, later runs read the file. A file that cannot be read is timed over; one that cannot be written
+    leaves the run as it is (logged)."""
+
+    def __init__(self, path: Path):
+        self.path, self.machine, self.changed = path, _machine_key(), False
+        self.entries: dict[str, dict[str, list[float]]] = {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                self.entries = {k: v for k, v in data.items() if isinstance(v, dict)}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as err:
+            logger.warning("%s: the layer timings could not be read (%s); timing again", path, err)
+
+    def get(self, key: str) -> tuple[float, ...] | None:
+        found = self.entries.get(self.machine, {}).get(key)
+        return tuple(float(v) for v in found) if isinstance(found, list) else None
+
+    def put(self, key: str, times: tuple[float, ...]) -> None:
+        self.entries.setdefault(self.machine, {})[key] = list(times)
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(self.entries, indent=1, sort_keys=True), encoding="utf-8")
+            os.replace(partial, self.path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            logger.warning(
+                "%s: the layer timings could not be saved (%s); the next run times again", self.path, err
+            )
+
+
 def tune_depthwise_precision(
-    model, input_shape: tuple[int, ...], channels_last: bool = False, reps: int = 3, margin: float = 0.9
+    model,
+    input_shape: tuple[int, ...],
+    channels_last: bool = False,
+    reps: int = 3,
+    margin: float = 0.9,
+    cache: Path | None | bool = True,
 ) -> list[tuple[str, float, float]]:
     """Under bf16 autocast on a CPU, run in fp32 the depthwise convolutions that are faster there.
 
@@ -207,6 +292,10 @@ def tune_depthwise_precision(
     ``input_shape``, e.g. ``(8, 3, 224, 224)``) is timed forward + backward in both precisions, and the
     convolutions whose fp32 time is below ``margin`` x their bf16 time get an fp32 forward. The weights and the
     saved model are unchanged. Returns ``(name, bf16 seconds, fp32 seconds)`` of every convolution switched.
+
+    ``cache``: the timings are kept per machine (CPU model, torch version, threads) in a JSON file
+    (``True``: :func:`tuning_cache_path`; a path: that file; ``False``/``None``: time every call), so every run
+    on a machine makes the same choices for the same shapes; delete the file to time again.
     """
     import statistics
     import time
@@ -236,19 +325,31 @@ def tune_depthwise_precision(
         module.zero_grad(set_to_none=True)
         return statistics.median(times[1:])
 
-    decided: dict[tuple, tuple[float, float]] = {}
+    timings = _TuningCache(tuning_cache_path() if cache is True else Path(cache)) if cache else None
+    decided: dict[str, tuple[float, ...]] = {}
     switched = []
     for name, module in convs:
         if name not in shapes:
             continue
         shape = shapes[name][0]
-        key = (shape, module.kernel_size, module.stride, module.padding, module.dilation)
+        key = (
+            f"depthwise {type(module).__name__} input {list(shape)} kernel {list(module.kernel_size)} stride "
+            f"{list(module.stride)} padding {module.padding} dilation {list(module.dilation)} "
+            f"{'channels_last' if channels_last else 'contiguous'}: bf16, fp32 seconds"
+        )
         if key not in decided:
-            decided[key] = (timed(module, shape, False), timed(module, shape, True))
-        bf16_s, fp32_s = decided[key]
+            measured = timings.get(key) if timings is not None else None
+            if measured is None:
+                measured = (timed(module, shape, False), timed(module, shape, True))
+                if timings is not None:
+                    timings.put(key, measured)
+            decided[key] = measured
+        bf16_s, fp32_s = decided[key][:2]
         if fp32_s < margin * bf16_s:
             module.forward = types.MethodType(_fp32_forward, module)
             switched.append((name, bf16_s, fp32_s))
+    if timings is not None:
+        timings.save()
     return switched
 
 

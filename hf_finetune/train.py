@@ -421,7 +421,12 @@ def _tune_for_cpu_bf16(model, training_args, data_config, channels_last: bool) -
     ``tune_depthwise_precision`` runs in fp32 the depthwise convolutions that are faster there
     (:func:`hf_finetune.performance.tune_depthwise_precision`), ``tune_inplace_activations`` runs out of place
     the in-place activations that are faster so (:func:`hf_finetune.performance.tune_inplace_activations`)."""
-    from .performance import device_kind, tune_depthwise_precision, tune_inplace_activations
+    from .performance import (
+        device_kind,
+        tune_depthwise_precision,
+        tune_inplace_activations,
+        tuning_cache_path,
+    )
 
     on_cpu_bf16 = bool(training_args.bf16) and device_kind(training_args.use_cpu) == "cpu"
     side = int(data_config["input_size"][-1])
@@ -430,7 +435,9 @@ def _tune_for_cpu_bf16(model, training_args, data_config, channels_last: bool) -
         "tune_depthwise_precision": (
             tune_depthwise_precision,
             "%d depthwise convolutions run in fp32, faster than bf16 on this CPU (forward+backward of a "
-            "%d-image batch: %.0f ms in bf16, %.0f ms in fp32)",
+            "%d-image batch: %.0f ms in bf16, %.0f ms in fp32; timed once per machine and shape, kept in "
+            + str(tuning_cache_path()).replace("%", "%%")
+            + ")",
         ),
         "tune_inplace_activations": (
             tune_inplace_activations,

@@ -136,6 +136,15 @@ def tiny_image_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _own_tuning_cache(tmp_path_factory, monkeypatch):
+    """Each test times the layers it tunes (tune_depthwise_precision) afresh, into its own file: nothing is read
+    from or written to the user's Hugging Face cache."""
+    from hf_finetune.performance import TUNING_CACHE_ENV
+
+    monkeypatch.setenv(TUNING_CACHE_ENV, str(tmp_path_factory.mktemp("tuning") / "cpu_tuning.json"))
+
+
+@pytest.fixture(autouse=True)
 def _restore_log_handlers():
     """``cli.main`` run in-process attaches a handler to the stream pytest captures for that test; the next
     test must not write to it (it is closed by then)."""

@@ -342,19 +342,24 @@ def test_tune_depthwise_precision_handles_same_padding_at_small_inputs():
         def forward(self, pixel_values):
             return self.net(pixel_values)
 
+    torch.manual_seed(0)
     model = Wrapped().eval()
     x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fp32 = model(x)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = model(x).float()
-    switched = performance.tune_depthwise_precision(model, (2, 3, 64, 64), reps=1)
-    assert len(performance._depthwise_convs(model)) == 16 and len(switched) <= 16
+        bf16 = model(x).float()
+    switched = performance.tune_depthwise_precision(model, (2, 3, 64, 64), reps=1, margin=1e9)  # all of them
+    assert len(performance._depthwise_convs(model)) == 16 and len(switched) == 16
     with (
         torch.no_grad(),
         torch.autocast("cpu", dtype=torch.bfloat16),
     ):  # the patched layers run under autocast
         logits = model(x).float()
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
-    assert torch.allclose(logits, expected, atol=0.1, rtol=0.1)  # fp32 instead of bf16 in some layers
+    # fp32 instead of bf16 in the depthwise layers: no further from the fp32 logits than all-bf16 ones are
+    # (measured 0.39 against 0.50, the logits up to 28)
+    assert (logits - fp32).abs().max() <= (bf16 - fp32).abs().max() + 0.01 * fp32.abs().max()
 
 
 # --- keep_freed_memory -----------------------------------------------------------------------------------
@@ -660,3 +665,48 @@ def test_exact_speed_defaults_train_the_same_weights(
     _assert_same_weights_and_trained(on, off, checkpoint)
     saved = AutoConfig.from_pretrained(tmp_path / "bf16-true")
     assert getattr(saved, "tf_padding", None) is (True if key == "static_same_padding" else None)
+
+
+def test_depthwise_timings_are_kept_per_machine(tmp_path, tiny_timm_checkpoint, monkeypatch):
+    """The first call times each depthwise shape and writes the file; a later call (a new run: a freshly loaded
+    model) reads the same timings instead of timing again, so it makes the same choices; another machine key,
+    or a file that is not JSON, is timed afresh."""
+    from hf_finetune.modeling import load_model_for_labels
+
+    def fresh():
+        return load_model_for_labels(str(tiny_timm_checkpoint), ["a", "b"]).model.eval()
+
+    cache = tmp_path / "cpu_tuning.json"
+    monkeypatch.setenv(performance.TUNING_CACHE_ENV, str(cache))
+    assert performance.tuning_cache_path() == cache
+    first = performance.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
+    assert first and cache.is_file()
+    (machine,) = json.loads(cache.read_text())  # one machine key, naming the CPU, torch and the threads
+    assert f"torch {torch.__version__}" in machine and f"{torch.get_num_threads()} threads" in machine
+    again = performance.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
+    assert again == first  # the same seconds, read back (timing twice never gives equal floats)
+    assert performance.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=0.0) == []
+    assert (
+        performance.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, cache=False, margin=1e9)
+        != first
+    )
+    monkeypatch.setattr(performance, "_machine_key", lambda: "another CPU | torch 0 | 1 threads")
+    other = performance.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
+    assert [n for n, _, _ in other] == [n for n, _, _ in first] and other != first
+    assert len(json.loads(cache.read_text())) == 2
+    cache.write_text("not json")
+    timed = performance.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
+    assert timed != first and json.loads(cache.read_text())  # rewritten
+
+
+def test_depthwise_timings_that_cannot_be_saved_leave_the_run_alone(
+    tmp_path, tiny_timm_checkpoint, monkeypatch
+):
+    from hf_finetune.modeling import load_model_for_labels
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv(performance.TUNING_CACHE_ENV, str(blocked / "cpu_tuning.json"))  # its folder is a file
+    model = load_model_for_labels(str(tiny_timm_checkpoint), ["a", "b"]).model.eval()
+    assert performance.tune_depthwise_precision(model, (2, 3, 32, 32), reps=1, margin=1e9)
+    assert blocked.read_text() == ""
