@@ -700,9 +700,13 @@ def test_depthwise_timings_are_kept_per_machine(tmp_path, tiny_timm_checkpoint, 
 
 
 def test_depthwise_timings_that_cannot_be_saved_leave_the_run_alone(
-    tmp_path, tiny_timm_checkpoint, monkeypatch
+    tmp_path, tiny_timm_checkpoint, monkeypatch, caplog
 ):
+    import logging
+
     from hf_finetune.modeling import load_model_for_labels
+
+    caplog.set_level(logging.WARNING, logger="hf_finetune")
 
     blocked = tmp_path / "a-file"
     blocked.write_text("")
@@ -710,3 +714,4 @@ def test_depthwise_timings_that_cannot_be_saved_leave_the_run_alone(
     model = load_model_for_labels(str(tiny_timm_checkpoint), ["a", "b"]).model.eval()
     assert performance.tune_depthwise_precision(model, (2, 3, 32, 32), reps=1, margin=1e9)
     assert blocked.read_text() == ""
+    assert "the layer timings could not be saved" in caplog.text
