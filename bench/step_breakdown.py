@@ -5,7 +5,7 @@ One model and dataset (default: MobileNetV2 on the CIFAR-10 split of bench/throu
 extra recipe flags), on the device the run would use, timed four ways in turn:
 
 * loader         the Trainer's own training DataLoader (its workers, pinning, image cache), every batch moved
-                 to the device, and nothing else;
+                 to the device (and normalised there: normalize_on_device), and nothing else;
 * ceiling        forward, backward, gradient clipping and the optimizer on one batch already on the device
                  (bench/throughput.py's compute ceiling);
 * loader + step  the same step fed from that DataLoader, in a plain loop (no Trainer);
@@ -75,7 +75,8 @@ class Parts:
             return next(self.batches)
 
     def to_device(self, batch):
-        return {k: v.to(self.device, non_blocking=self.args.dataloader_pin_memory) for k, v in batch.items()}
+        """The batch on the device as the Trainer prepares it (normalize_on_device: normalised there)."""
+        return self.trainer._prepare_inputs(batch)
 
     def sync(self):
         if self.cuda:
@@ -152,7 +153,7 @@ def main() -> None:
         f"\n{args.model} on {args.data}, batch {args.batch}, {args.steps} timed steps after {args.warmup}, "
         f"{args.repeats} rounds; device {device}; bf16 {trainer.args.bf16}, loader workers "
         f"{trainer.args.dataloader_num_workers}, pin_memory {trainer.args.dataloader_pin_memory}, "
-        f"cache_images {trainer.args.cache_images}\n"
+        f"cache_images {trainer.args.cache_images}, normalize_on_device {trainer.args.normalize_on_device}\n"
     )
     print("| part | ms per step (median) | rounds (ms) | images/s | / ceiling's images/s |")
     print("|---|---|---|---|---|")

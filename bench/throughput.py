@@ -52,6 +52,7 @@ ABLATIONS = {  # name -> extra `hf-finetune train` flags on top of the defaults
     "project, tune_inplace_activations off": ["--tune_inplace_activations", "false"],
     "project + 1 loader worker": ["--dataloader_num_workers", "1"],
     "project + cache_images": ["--cache_images", "true"],
+    "project, normalize_on_device off": ["--normalize_on_device", "false"],
     "project + torch_compile": ["--torch_compile", "true"],
     "project, keep_freed_memory off": ["--keep_freed_memory", "false"],
     "project, freeze_layers 6 (Lite0: all but the last stage)": ["--freeze_layers", "6"],
@@ -65,6 +66,7 @@ GPU_ABLATIONS = {  # on a GPU the data pipeline is what the defaults tune
     "project, bf16 off (channels_last on)": ["--bf16", "false"],
     "project, channels_last off (bf16 on)": ["--channels_last", "false"],
     "project, cache_images off": ["--cache_images", "false"],
+    "project, normalize_on_device off": ["--normalize_on_device", "false"],
     "project, 0 loader workers (cache_images on)": ["--dataloader_num_workers", "0"],
     "project, 0 loader workers, cache_images off": [
         "--dataloader_num_workers",
@@ -255,13 +257,13 @@ def _ceiling(
     trainer, _, _ = build_trainer(model_args, data_args, training_args)
     net = trainer.model
     net.train()
-    inputs = next(iter(trainer.get_train_dataloader()))
     optimizer = trainer.create_optimizer()
     params = [p for p in net.parameters() if p.requires_grad]
     device_type = "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu"
     if device_type == "cuda":
         net.to("cuda")
-        inputs = {k: v.to("cuda") for k, v in inputs.items()}
+    # Moved to the device and (normalize_on_device) normalised there once, as the Trainer prepares a batch.
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     from torch.utils.flop_counter import FlopCounterMode
 
     # The arithmetic of a step: 3 x the forward's FLOPs (the backward is about twice the forward). Counting the

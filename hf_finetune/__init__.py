@@ -46,6 +46,8 @@ __all__ = [
     "data_config_from_processor",
     "make_batch_transform",
     "collate_images",
+    "split_normalize",
+    "PixelNormalizer",
     # training
     "FinetuneTrainer",
     "parameter_groups",
@@ -86,6 +88,8 @@ _WHERE = {
     "data_config_from_processor": "transforms",
     "make_batch_transform": "transforms",
     "collate_images": "transforms",
+    "split_normalize": "transforms",
+    "PixelNormalizer": "transforms",
     "FinetuneTrainer": "trainer",
     "parameter_groups": "trainer",
     "build_compute_metrics": "metrics",

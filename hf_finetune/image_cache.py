@@ -32,11 +32,15 @@ CACHE_DIR = ".image-cache"
 
 
 def split_transform(transform) -> tuple[Callable, Callable]:
-    """``(prepare, finish)`` of a torchvision ``Compose``: the PIL steps before ``ToTensor``, and the rest."""
+    """``(prepare, finish)`` of a torchvision ``Compose``: the PIL steps before ``ToTensor`` (or
+    :class:`~hf_finetune.transforms.ToUint8Tensor`), and the rest."""
     import torchvision.transforms as T
 
+    from .transforms import ToUint8Tensor
+
     steps = list(getattr(transform, "transforms", []))
-    index = next((i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__), None)
+    tensor_steps = (T.ToTensor, T.PILToTensor, ToUint8Tensor)
+    index = next((i for i, step in enumerate(steps) if isinstance(step, tensor_steps)), None)
     if index is None:
         raise ValueError(f"no ToTensor step in {transform}; cannot split it for the image cache")
     return T.Compose(steps[:index]), T.Compose(steps[index:])

@@ -248,6 +248,7 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         processing_class=loaded.processor,
         callbacks=callbacks,
         head_names=inputs.head_names,
+        pixel_normalizer=inputs.pixel_normalizer,
     )
     trainer.feature_cache = inputs.feature_cache
     trainer.image_cache = inputs.image_cache
@@ -288,6 +289,7 @@ class _TrainingInputs:
     head_names: list[str] | None = None
     feature_cache: Any = None
     image_cache: Any = None
+    pixel_normalizer: Any = None  # uint8 batches -> normalised float on the device (normalize_on_device)
 
 
 def _training_inputs(
@@ -354,6 +356,9 @@ def _training_inputs(
     collator = functools.partial(
         collate_images, channels_last=channels_last and training_args.device.type == "cpu"
     )
+    train_transform, eval_transform, normalizer = _uint8_transforms(
+        training_args, train_transform, eval_transform
+    )
     if training_args.cache_images:
         image_cache = build_image_cache(
             splits,
@@ -373,14 +378,47 @@ def _training_inputs(
             image_cache.nbytes / 2**20,
         )
         return _TrainingInputs(
-            model, image_cache.train, image_cache.validation, collator, image_cache=image_cache
+            model,
+            image_cache.train,
+            image_cache.validation,
+            collator,
+            image_cache=image_cache,
+            pixel_normalizer=normalizer,
         )
     return _TrainingInputs(
         model,
         splits["train"].with_transform(make_batch_transform(train_transform)),
         splits["validation"].with_transform(make_batch_transform(eval_transform)),
         collator,
+        pixel_normalizer=normalizer,
     )
+
+
+def _uint8_transforms(training_args, train_transform, eval_transform):
+    """``normalize_on_device``: both transforms stop at 8-bit tensors and one
+    :class:`~hf_finetune.transforms.PixelNormalizer` finishes each batch on the device
+    (:func:`hf_finetune.transforms.split_normalize`); ``(train, eval, normalizer or None)``."""
+    from .transforms import split_normalize
+
+    if not getattr(training_args, "normalize_on_device", False):
+        return train_transform, eval_transform, None
+    train_split, eval_split = split_normalize(train_transform), split_normalize(eval_transform)
+    same = (
+        train_split is not None
+        and eval_split is not None
+        and train_split[1].mean.equal(eval_split[1].mean)
+        and train_split[1].std.equal(eval_split[1].std)
+    )
+    if not same:
+        logger.info(
+            "normalize_on_device: off (the transforms do not both end in ToTensor + Normalize with one "
+            "mean and std; the loader normalises each image)"
+        )
+        return train_transform, eval_transform, None
+    logger.info(
+        "normalize_on_device: the loader makes 8-bit batches; %s on %s", eval_split[1], training_args.device
+    )
+    return train_split[0], eval_split[0], eval_split[1]
 
 
 def _keep_freed_memory(training_args) -> None:

@@ -105,6 +105,8 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
     ``args`` is a :class:`~hf_finetune.configs.FinetuneTrainingArguments` (plain ``TrainingArguments`` work
     too: the head multiplier then defaults to 10). ``head_names`` are the parameter names of the new head;
     by default they are found from the model (:func:`hf_finetune.heads.head_parameter_names`).
+    ``pixel_normalizer`` (a :class:`~hf_finetune.transforms.PixelNormalizer`) turns ``uint8`` ``pixel_values``
+    into the model's normalised float input on the device, in training and evaluation alike.
     """
 
     def __init__(
@@ -112,14 +114,25 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
         *args,
         head_names: list[str] | None = None,
         optimizer_names: list[str] | None = None,
+        pixel_normalizer=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        # uint8 pixel_values from the loader -> normalised float on the device (normalize_on_device)
+        self.pixel_normalizer = pixel_normalizer
         self.head_names = (
             list(head_names) if head_names is not None else head_parameter_names(_unwrap(self.model))
         )
         # Parameters a freezing schedule (hf_finetune.schedules) unfreezes later: in the optimizer from the start.
         self.optimizer_names = list(optimizer_names) if optimizer_names is not None else None
+
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        pixels = inputs.get("pixel_values") if self.pixel_normalizer is not None else None
+        if pixels is not None and pixels.dtype == torch.uint8:
+            inputs = dict(inputs)  # the float tensor then goes through the Trainer's own device/dtype step
+            inputs["pixel_values"] = self._prepare_input(self.pixel_normalizer(pixels))
+        return inputs
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         opt_model = self.model if model is None else model

@@ -24,6 +24,9 @@ __all__ = [
     "collate_images",
     "apply_image_size",
     "EnlargeTiny",
+    "ToUint8Tensor",
+    "PixelNormalizer",
+    "split_normalize",
 ]
 
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -163,6 +166,82 @@ class EnlargeTiny:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(min_area={self.min_area})"
+
+
+class ToUint8Tensor:
+    """An 8-bit PIL image (``RGB`` or ``L``) as a ``uint8`` CHW tensor: ``ToTensor`` without the conversion to
+    float, a quarter of the bytes to stack, hand between processes, pin and copy to the device."""
+
+    def __call__(self, image):
+        import numpy as np
+        import torch
+
+        if image.mode not in ("RGB", "L"):
+            raise ValueError(f"ToUint8Tensor: got a {image.mode!r} image; expected an 8-bit RGB or L image")
+        tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
+        if tensor.ndim == 2:
+            tensor = tensor.unsqueeze(-1)
+        return tensor.permute(2, 0, 1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class PixelNormalizer:
+    """``uint8`` batches (N, C, H, W) to the float32 tensors ``ToTensor`` + ``Normalize`` make of each image,
+    bit for bit: the same operations in the same order (to float32, divide by 255, subtract the mean, divide
+    by the std), on a whole batch on the device it trains on. The memory format of the batch is kept
+    (channels_last stays channels_last). Tensors that are not ``uint8`` pass through unchanged."""
+
+    def __init__(self, mean, std):
+        import torch
+
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).flatten().clone()
+        self.std = torch.as_tensor(std, dtype=torch.float32).flatten().clone()
+        if bool((self.std == 0).any()):
+            raise ValueError(f"PixelNormalizer: std {self.std.tolist()} has a zero; it divides by it")
+        self._on: dict[Any, tuple[Any, Any]] = {}
+
+    def __call__(self, pixels):
+        import torch
+
+        if pixels.dtype != torch.uint8:
+            return pixels
+        if pixels.device not in self._on:
+            self._on[pixels.device] = (
+                self.mean.to(pixels.device).view(1, -1, 1, 1),
+                self.std.to(pixels.device).view(1, -1, 1, 1),
+            )
+        mean, std = self._on[pixels.device]
+        return pixels.to(torch.float32).div_(255).sub_(mean).div_(std)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={self.mean.tolist()}, std={self.std.tolist()})"
+
+
+def _flat_steps(transform) -> list:
+    steps = getattr(transform, "transforms", None)
+    if steps is None or not isinstance(steps, (list, tuple)):
+        return [transform]
+    return [step for inner in steps for step in _flat_steps(inner)]
+
+
+def split_normalize(transform) -> tuple[Callable, PixelNormalizer] | None:
+    """``(uint8 transform, normalizer)`` for a PIL transform ending in ``ToTensor`` + ``Normalize`` (what
+    :func:`build_transforms` makes): the steps before ``ToTensor``, then :class:`ToUint8Tensor`; and the
+    :class:`PixelNormalizer` that finishes its batches where they train. ``None`` for any other transform
+    (it keeps normalising per image)."""
+    import torchvision.transforms as T
+
+    steps = _flat_steps(transform)
+    if len(steps) < 2:
+        return None
+    to_tensor, normalize = steps[-2], steps[-1]
+    if not (isinstance(to_tensor, T.ToTensor) and type(normalize) is T.Normalize):
+        return None
+    if any(isinstance(step, (T.ToTensor, T.PILToTensor, ToUint8Tensor)) for step in steps[:-2]):
+        return None
+    return T.Compose([*steps[:-2], ToUint8Tensor()]), PixelNormalizer(normalize.mean, normalize.std)
 
 
 def as_rgb(image: Any):

@@ -134,23 +134,50 @@ def _pipeline(tiny_image_folder, checkpoint, augmentation="rrc_flip"):
     return data, config, train_t, eval_t
 
 
-@pytest.mark.parametrize("augmentation", ["rrc_flip", "none"])
-def test_cached_images_give_the_same_tensors(tmp_path, tiny_image_folder, tiny_hf_checkpoint, augmentation):
+@pytest.mark.parametrize("augmentation", ["rrc_flip", "flip", "none"])
+@pytest.mark.parametrize("uint8", [False, True], ids=["float", "uint8"])
+def test_cached_images_give_the_same_tensors(
+    tmp_path, tiny_image_folder, tiny_hf_checkpoint, augmentation, uint8
+):
+    """The cache gives the uncached tensors bit for bit; with normalize_on_device's 8-bit transforms, once its
+    batches are normalised (``PixelNormalizer``)."""
     from hf_finetune.image_cache import build_image_cache
-    from hf_finetune.transforms import make_batch_transform
+    from hf_finetune.transforms import make_batch_transform, split_normalize
 
     data, config, train_t, eval_t = _pipeline(tiny_image_folder, tiny_hf_checkpoint, augmentation)
+    finish = lambda pixels: pixels  # noqa: E731
+    cache_train_t, cache_eval_t = train_t, eval_t
+    if uint8:
+        (cache_train_t, finish), (cache_eval_t, _) = split_normalize(train_t), split_normalize(eval_t)
     splits = {"train": data.dataset["train"], "validation": data.dataset["validation"]}
-    cache = build_image_cache(splits, config, augmentation, 0.25, 0.5, train_t, eval_t, tmp_path / "cache")
+    cache = build_image_cache(
+        splits, config, augmentation, 0.25, 0.5, cache_train_t, cache_eval_t, tmp_path / "cache"
+    )
+
+    def pixels(dataset, i):
+        return finish(dataset[i]["pixel_values"][None])[0]
+
+    assert cache.validation[0]["pixel_values"].dtype == (torch.uint8 if uint8 else torch.float32)
     plain_val = data.dataset["validation"].with_transform(make_batch_transform(eval_t))
     for i in range(len(plain_val)):
-        assert torch.equal(cache.validation[i]["pixel_values"], plain_val[i]["pixel_values"])
+        assert torch.equal(pixels(cache.validation, i), plain_val[i]["pixel_values"])
         assert cache.validation[i]["labels"] == plain_val[i]["labels"]
+    if augmentation == "flip":  # the cache flips the validation crop (not crops the flipped image)
+        plain_crops = data.dataset["train"].with_transform(make_batch_transform(eval_t))
+        torch.manual_seed(0)  # the flips drawn below: some flipped, some not
+        flipped = [
+            torch.equal(pixels(cache.train, i), plain_crops[i]["pixel_values"].flip(-1)) for i in range(12)
+        ]
+        assert any(flipped) and not all(flipped)
+        for i in range(12):
+            crop, cached = plain_crops[i]["pixel_values"], pixels(cache.train, i)
+            assert torch.equal(cached, crop) or torch.equal(cached, crop.flip(-1))
+        return
     plain_train = data.dataset["train"].with_transform(make_batch_transform(train_t))
     for i in range(6):  # the tiny images are below the side limit: the same random crop, bit for bit
         random.seed(i)  # timm's random-resized-crop draws from `random`, the flip from torch
         torch.manual_seed(i)
-        cached = cache.train[i]["pixel_values"]
+        cached = pixels(cache.train, i)
         random.seed(i)
         torch.manual_seed(i)
         assert torch.equal(cached, plain_train[i]["pixel_values"])
@@ -641,6 +668,7 @@ def test_tune_inplace_activations_keeps_activations_used_for_their_side_effect()
             "47 stride-1 convolutions pad in the convolution",
         ),
         ("tune_inplace_activations", "tiny_timm_checkpoint", "11 in-place activations run out of place"),
+        ("normalize_on_device", "tiny_hf_checkpoint", "the loader makes 8-bit batches; PixelNormalizer"),
     ],
 )
 def test_exact_speed_defaults_train_the_same_weights(
@@ -665,6 +693,31 @@ def test_exact_speed_defaults_train_the_same_weights(
     _assert_same_weights_and_trained(on, off, checkpoint)
     saved = AutoConfig.from_pretrained(tmp_path / "bf16-true")
     assert getattr(saved, "tf_padding", None) is (True if key == "static_same_padding" else None)
+
+
+def test_normalize_on_device_evaluates_and_predicts_the_same(tmp_path, tiny_hf_checkpoint, tiny_image_folder):
+    """Evaluation and prediction through the Trainer see the same normalised input with the setting on (8-bit
+    batches from the loader) and off: the same loss and logits bit for bit."""
+    from hf_finetune.parser import parse_train_args
+    from hf_finetune.train import build_trainer
+
+    def trainer(on: bool):
+        argv = [
+            "--model_name_or_path", str(tiny_hf_checkpoint), "--train_dir", str(tiny_image_folder),
+            "--output_dir", str(tmp_path / str(on)), "--report_to", "none", "--per_device_eval_batch_size", "5",
+            "--normalize_on_device", str(on).lower(),
+        ]  # fmt: skip
+        built, _, _ = build_trainer(*parse_train_args(argv))
+        return built
+
+    on, off = trainer(True), trainer(False)
+    assert on.eval_dataset[0]["pixel_values"].dtype == torch.uint8 and on.pixel_normalizer is not None
+    assert off.eval_dataset[0]["pixel_values"].dtype == torch.float32 and off.pixel_normalizer is None
+    assert on.evaluate()["eval_loss"] == off.evaluate()["eval_loss"]
+    assert torch.equal(
+        torch.as_tensor(on.predict(on.eval_dataset).predictions),
+        torch.as_tensor(off.predict(off.eval_dataset).predictions),
+    )
 
 
 def test_depthwise_timings_are_kept_per_machine(tmp_path, tiny_timm_checkpoint, monkeypatch):

@@ -81,3 +81,75 @@ def test_timm_data_config_is_used():
     config = data_config_from_processor(processor)
     assert config["input_size"] == (3, 224, 224) and config["crop_pct"] == 0.875
     assert config["interpolation"] == "bicubic" and tuple(config["mean"]) == (0.5, 0.5, 0.5)
+
+
+# --- normalize_on_device: 8-bit batches, normalised where they train ------------------------------------
+
+
+def _photos(n: int = 8) -> list[Image.Image]:
+    """Photos of varied size and content: the hotdog photos of ../shared when there, else seeded noise."""
+    from conftest import SHARED
+
+    files = sorted((SHARED / "data" / "hotdog" / "train").glob("*/*.jpg"))[:n]
+    if files:
+        return [Image.open(f).convert("RGB") for f in files]
+    rng = np.random.default_rng(0)
+    sizes = [(37, 50), (120, 90), (64, 64), (300, 200), (5, 7), (224, 224), (81, 173), (256, 255)][:n]
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+
+
+@pytest.mark.parametrize("augmentation", ["rrc_flip", "flip", "none"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_uint8_batches_normalised_on_the_device_equal_per_image_normalisation(augmentation, channels_last):
+    """The 8-bit transform + PixelNormalizer gives the float32 batch ToTensor + Normalize give, bit for bit, for
+    training (the same random crops and flips: same seeds) and evaluation, in either memory format."""
+    import random
+
+    from hf_finetune.transforms import PixelNormalizer, ToUint8Tensor, collate_images, split_normalize
+
+    config = {
+        "input_size": (3, 96, 96),
+        "interpolation": "bicubic",
+        "crop_pct": 0.875,
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+    }
+    images = _photos()
+    for transform in build_transforms(config, augmentation):
+        uint8, normalizer = split_normalize(transform)
+        assert isinstance(normalizer, PixelNormalizer) and isinstance(uint8.transforms[-1], ToUint8Tensor)
+
+        def batch(t):
+            random.seed(3)  # timm's random-resized-crop draws from `random`, the flip from torch
+            torch.manual_seed(3)
+            rows = [{"pixel_values": t(image), "labels": 0} for image in images]
+            return collate_images(rows, channels_last=channels_last)["pixel_values"]
+
+        reference, eight_bit = batch(transform), batch(uint8)
+        assert eight_bit.dtype == torch.uint8 and eight_bit.nbytes * 4 == reference.nbytes
+        out = normalizer(eight_bit)
+        assert out.dtype == torch.float32 and torch.equal(out, reference)
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert normalizer(reference) is reference  # float input passes through
+
+
+def test_split_normalize_leaves_other_transforms_alone():
+    """Only a transform ending in ToTensor + Normalize is split; anything else keeps normalising per image."""
+    import torchvision.transforms as T
+
+    from hf_finetune.transforms import PixelNormalizer, ToUint8Tensor, split_normalize
+
+    normalize = T.Normalize((0.5,) * 3, (0.5,) * 3)
+    assert split_normalize(T.Compose([T.Resize(8), T.ToTensor()])) is None
+    assert split_normalize(T.Compose([T.ToTensor(), normalize, T.RandomErasing()])) is None
+    assert split_normalize(T.ToTensor()) is None
+    nested = T.Compose([T.RandomHorizontalFlip(), T.Compose([T.ToTensor(), normalize])])
+    uint8, normalizer = split_normalize(nested)
+    assert [type(t) for t in uint8.transforms] == [T.RandomHorizontalFlip, ToUint8Tensor]
+    assert normalizer.mean.tolist() == [0.5] * 3
+    with pytest.raises(ValueError, match="std .* has a zero"):
+        PixelNormalizer((0.5,) * 3, (0.5, 0.0, 0.5))
+    with pytest.raises(ValueError, match="got a 'F' image; expected an 8-bit RGB or L image"):
+        ToUint8Tensor()(Image.new("F", (4, 4)))
+    gray = ToUint8Tensor()(Image.new("L", (5, 3), 7))
+    assert gray.shape == (1, 3, 5) and gray.dtype == torch.uint8 and int(gray.sum()) == 7 * 15
