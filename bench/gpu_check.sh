@@ -6,7 +6,8 @@
 # training images per second, read from the run's own train_results.json / eval_results.json / trainer_state.
 # Then bench/step_breakdown.py (where a step's time goes, in one process: the loader alone, the compute
 # ceiling, the step fed by the loader without a Trainer, and trainer.train()) on MobileNetV2 / CIFAR-10 and
-# Lite0 / hotdog, and bench/throughput.py on the GPU: images/s of the transformers example vs hf-finetune vs
+# Lite0 / hotdog, and bench/loader_cost.py (what one loader process spends per image, float32 vs 8-bit batches,
+# on this machine's cores), then bench/throughput.py on the GPU: images/s of the transformers example vs hf-finetune vs
 # the compute ceiling, accuracy after the same steps, MFU, and the GPU ablations. REPEATS (1) and STEPS (100)
 # size it; PARTS (default "recipe breakdown main ablations") picks what runs, in that order.
 set -euo pipefail
@@ -53,6 +54,8 @@ fi
 # Where a step's time goes on this GPU: the loader alone, the ceiling, loader + step without a Trainer, and
 # trainer.train(), in one process (the gap between the project and its ceiling, taken apart).
 if wants breakdown; then
+  echo
+  $PY bench/loader_cost.py 2> "$OUT/loader_cost.log" || echo "loader_cost failed: see $OUT/loader_cost.log"
   for pair in "mobilenet_v2 cifar10" "efficientnet_lite0 hotdog"; do
     set -- $pair
     echo

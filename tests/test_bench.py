@@ -87,3 +87,25 @@ def test_step_breakdown_times_each_part_on_the_projects_trainer(tiny_hf_checkpoi
         start = {k: v.clone() for k, v in parts.net.state_dict().items()}
     assert all(s > 0 for s in seconds.values())
     assert trainer.state.global_step == 6 and len(timer.steps) == 6
+
+
+def test_loader_cost_times_both_paths_on_the_same_crops(tiny_hf_checkpoint, tiny_image_folder):
+    """bench/loader_cost.py: every stage of both paths is timed, the 8-bit path hands over a quarter of the
+    bytes, and a round refuses to report when the two paths' batches differ."""
+    import pytest
+    from loader_cost import STAGES, Paths, load_images
+
+    transform, images = load_images(tiny_hf_checkpoint, tiny_image_folder / "train", 20)
+    assert len(images) == 20
+    paths = Paths(transform, images, batch=8)
+    seconds = paths.round(1)
+    assert set(seconds) == {"float32", "8-bit"} and all(set(s) == set(STAGES) for s in seconds.values())
+    timed = [(p, s) for p in seconds for s in STAGES if (p, s) != ("float32", "normalise the batch")]
+    assert all(seconds[p][s] > 0 for p, s in timed) and paths.shape == (8, 3, 32, 32)
+    assert seconds["float32"]["normalise the batch"] < seconds["8-bit"]["normalise the batch"]
+    from hf_finetune.transforms import PixelNormalizer
+
+    off = paths.normalizer
+    paths.normalizer = PixelNormalizer(off.mean + 0.5, off.std)  # no longer what the float path does
+    with pytest.raises(SystemExit, match="different batches"):
+        paths.round(1)

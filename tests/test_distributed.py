@@ -310,3 +310,6 @@ def test_gpu_check_script_is_ready():
         assert (CONFIGS_DIR / f"{name}.yaml").is_file(), name
         found.append(name)
     assert found == ["single_gpu", "multi_gpu"]
+    scripts = set(re.findall(r"\$PY (bench/\w+\.py)", text))
+    assert scripts == {"bench/step_breakdown.py", "bench/loader_cost.py", "bench/throughput.py"}
+    assert all((ROOT / name).is_file() for name in scripts)
