@@ -720,6 +720,19 @@ def test_normalize_on_device_evaluates_and_predicts_the_same(tmp_path, tiny_hf_c
     )
 
 
+def test_normalize_on_device_with_loader_workers_and_the_image_cache(
+    tmp_path, tiny_hf_checkpoint, tiny_image_folder
+):
+    """The loader of a GPU run (worker processes, the image cache), on a CPU: the 8-bit batches the workers make
+    train the same weights bit for bit as the float ones they make with the setting off."""
+    flags = ("--dataloader_num_workers", "2", "--cache_images", "true")
+    on = _train_two_steps(tmp_path, tiny_hf_checkpoint, tiny_image_folder, *flags)
+    off = _train_two_steps(
+        tmp_path, tiny_hf_checkpoint, tiny_image_folder, *flags, "--normalize_on_device", "false"
+    )
+    _assert_same_weights_and_trained(on, off, tiny_hf_checkpoint)
+
+
 def test_depthwise_timings_are_kept_per_machine(tmp_path, tiny_timm_checkpoint, monkeypatch):
     """The first call times each depthwise shape and writes the file; a later call (a new run: a freshly loaded
     model) reads the same timings instead of timing again, so it makes the same choices; another machine key,
