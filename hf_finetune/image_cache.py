@@ -38,9 +38,11 @@ def split_transform(transform) -> tuple[Callable, Callable]:
 
     from .transforms import ToUint8Tensor
 
+    def makes_tensor(step) -> bool:  # torchvision's and timm's ToTensor kinds by name, as before; and ours
+        return isinstance(step, ToUint8Tensor) or "ToTensor" in type(step).__name__
+
     steps = list(getattr(transform, "transforms", []))
-    tensor_steps = (T.ToTensor, T.PILToTensor, ToUint8Tensor)
-    index = next((i for i, step in enumerate(steps) if isinstance(step, tensor_steps)), None)
+    index = next((i for i, step in enumerate(steps) if makes_tensor(step)), None)
     if index is None:
         raise ValueError(f"no ToTensor step in {transform}; cannot split it for the image cache")
     return T.Compose(steps[:index]), T.Compose(steps[index:])
