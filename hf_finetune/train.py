@@ -55,6 +55,7 @@ class TrainResult:
     class_balance: str | None = None  # the class_balance choice and the class-size ratio it was made from
     best_epoch: float | None = None  # the epoch whose evaluation scored best on metric_for_best_model
     best_metric: dict[str, float] = field(default_factory=dict)  # {metric name: its value at best_epoch}
+    kept_start: bool = False  # no epoch beat the evaluation before training: the saved model is that state
     files: list[str] = field(default_factory=list)  # the main files written into output_dir
 
     def summary(self) -> str:
@@ -69,6 +70,8 @@ class TrainResult:
         if self.best_epoch is not None:
             best = ", ".join(f"validation {k} {v:.4f}" for k, v in self.best_metric.items())
             lines.append(f"best epoch: {self.best_epoch:g}" + (f" ({best})" if best else ""))
+        if self.kept_start:
+            lines.append("no epoch beat the starting point: the saved model is the epoch-0 state (before any step)")
         time_text = f"time: {self.seconds:.1f} s"
         runtime, speed = (self.train_metrics.get(k) for k in ("train_runtime", "train_samples_per_second"))
         if runtime is not None and speed is not None:
@@ -252,6 +255,7 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
     )
     trainer.feature_cache = inputs.feature_cache
     trainer.image_cache = inputs.image_cache
+    _keep_starting_point(trainer, inputs.model, training_args)
     configure_regularization(trainer, training_args, len(data.labels))  # mixup, class balance, EMA, stopping
     from .schedules import build_freeze_schedule  # probe_epochs, unfreeze_schedule
 
@@ -276,6 +280,18 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         # the global generators: give each rank its own, derived from the seed, so runs stay reproducible.
         set_seed(training_args.seed + training_args.process_index)
     return trainer, loaded, data
+
+
+def _keep_starting_point(trainer, model, training_args) -> None:
+    """The epoch-0 state is a candidate for the best model (:mod:`hf_finetune.start_point`)."""
+    from .start_point import StartingPointCallback
+
+    if not (training_args.load_best_model_at_end and training_args.eval_on_start):
+        return
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        logger.info("the epoch-0 state is not a best-model candidate under FSDP or DeepSpeed (sharded weights)")
+        return
+    trainer.add_callback(StartingPointCallback(model))
 
 
 @dataclass
@@ -569,6 +585,13 @@ def _calibrate_bias(loaded, data, eval_transform, device, autocast_dtype=None) -
     logger.info("%s", calibration.describe())
 
 
+def _starting_point_kept(trainer) -> bool:
+    from .start_point import StartingPointCallback
+
+    kept = [c for c in trainer.callback_handler.callbacks if isinstance(c, StartingPointCallback)]
+    return bool(kept) and kept[0].restored is not None
+
+
 def _first_eval(log_history: list[dict[str, Any]]) -> dict[str, float]:
     for entry in log_history:
         if "eval_accuracy" in entry:
@@ -799,7 +822,8 @@ def main(
         )
         if trainer.class_balance is not None:
             result.class_balance = trainer.class_balance.describe()
-        if trainer.ema is not None and training_args.ema_save:  # the saved model: the EMA weights
+        result.kept_start = _starting_point_kept(trainer)
+        if trainer.ema is not None and training_args.ema_save and not result.kept_start:  # the EMA weights
             trainer.ema.copy_into(getattr(trainer.model, "module", trainer.model))
         if trainer.feature_cache is not None:  # the head trained on cached features: save the whole model
             result.feature_cache_seconds = trainer.feature_cache.seconds
