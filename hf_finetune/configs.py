@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .config_ranges import check_recipe_values
 from .errors import ConfigError
 
 __all__ = [
@@ -234,6 +235,7 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        check_recipe_values(self)  # types and ranges of every numeric key (config_ranges.RANGES)
         sources = [self.dataset_name, self.train_dir, self.train_file]
         _check(
             sum(s is not None for s in sources) == 1,
@@ -626,6 +628,7 @@ class FinetuneTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        check_recipe_values(self)  # types and ranges of every numeric key (config_ranges.RANGES)
         _check(
             self.head_lr_multiplier > 0, "head_lr_multiplier", self.head_lr_multiplier, "a positive number"
         )
@@ -799,7 +802,7 @@ class FinetuneTrainingArguments(TrainingArguments):
             lowered = value.strip().lower()
             if lowered == "auto":
                 setattr(self, key, None)
-            elif key == "dataloader_num_workers" and lowered.isdigit():
+            elif key == "dataloader_num_workers" and lowered.isascii() and lowered.isdigit():
                 setattr(self, key, int(lowered))
             elif key != "dataloader_num_workers" and lowered in ("true", "false", "yes", "no", "1", "0"):
                 setattr(self, key, lowered in ("true", "yes", "1"))

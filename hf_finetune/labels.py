@@ -791,9 +791,11 @@ def parse_label_mapping(value: Any) -> tuple[bool, dict[str, Any] | None]:
             if path.suffix.lower() == ".json":
                 loaded = json.loads(path.read_text(encoding="utf-8"))
             else:
-                import yaml
+                from .safe_yaml import load_yaml
 
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+                loaded = load_yaml(path.read_text(encoding="utf-8"), f"label_mapping: {text}")
+        except ConfigError:
+            raise
         except (OSError, ValueError, ImportError) as exc:
             raise ConfigError(f"label_mapping: cannot read {text!r}: {exc}") from None
         except Exception as exc:  # yaml.YAMLError

@@ -13,11 +13,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers import HfArgumentParser
 
 from .configs import AUTO_KEYS, DataArguments, FinetuneTrainingArguments, ModelArguments
 from .errors import ConfigError, suggest
+from .safe_yaml import load_yaml
 
 __all__ = [
     "RecipeParser",
@@ -93,11 +93,10 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe: {path} does not exist; expected a YAML file of recipe keys")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"recipe {path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"recipe {path}: cannot be read as UTF-8 text ({err})") from None
+    data = load_yaml(text, f"recipe {path}")  # bounded: alias bombs and repeated keys are refused
     if data is None:
         return {}
     if not isinstance(data, dict):
