@@ -126,6 +126,12 @@ def _predict(argv: list[str]) -> int:
         default=None,
         help="a progress bar on stderr (default: for more than 100 images when stderr is a terminal)",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a bad image file (not an image, zero bytes, a decompression bomb, an aspect ratio beyond "
+        "50:1, or one that fails to decode) instead of skipping it with a warning",
+    )
     args = parser.parse_args(argv)
     from .predict import predict_images, write_predictions
 
@@ -136,6 +142,7 @@ def _predict(argv: list[str]) -> int:
         batch_size=args.batch_size,
         device=args.device,
         progress=args.progress,
+        strict=args.strict,
     )
     if args.output:
         write_predictions(records, args.output)

@@ -43,8 +43,9 @@ def predict_split(
     model_name_or_path: str, data_args, split: str = "validation", batch_size: int = 64, seed: int = 42
 ) -> SplitPredictions:
     """Load ``split`` exactly as training does, match its labels to the model's by name, and run every image
-    through the model's evaluation transform. A file that fails to decode is skipped with a warning (an
-    error under ``strict``)."""
+    through the model's evaluation transform. A file training's header check refuses (not an image, a
+    decompression bomb, an aspect ratio beyond 50:1) is left out before anything is decoded, and one that
+    fails to decode is skipped, each with a warning naming it (both are errors under ``strict``)."""
     import torch
 
     from .data import load_image_dataset
@@ -52,7 +53,9 @@ def predict_split(
     from .predict import load_for_inference
     from .transforms import as_rgb, build_transforms, data_config_from_processor
 
-    data = load_image_dataset(data_args, seed=seed)
+    data = load_image_dataset(data_args, seed=seed)  # training's header check: bad files are left out
+    for path, reason in data.bad_files:  # the summary names one; each gets its line, as predict's do
+        logger.warning("skipped image %s: %s", path, reason)
     if split not in data.dataset:
         raise DataError(
             f"split: {split!r} is not in the data; available: {sorted(data.dataset)}{suggest(split, data.dataset)}"

@@ -50,7 +50,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open ``path`` and return it as RGB (raises PIL/OS errors for unreadable files)."""
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb(image)
+    """Open ``path`` and return it as RGB, through :func:`hf_finetune.image_check.open_image`: a file whose
+    header declares a size training refuses (a decompression bomb, an aspect ratio beyond 50:1) is refused
+    before it is decoded. Raises :class:`hf_finetune.image_check.BadImageError` (a ``DataError`` naming the
+    file and why) for any file it cannot use."""
+    from .image_check import open_image  # image_check imports this module
+
+    return open_image(path)

@@ -16,6 +16,13 @@ Everything comes from the files a run writes: ``config.json``, ``recipe.yaml``, 
 ``eval_per_class.json`` (or ``eval_validation/metrics.json`` of ``hf-finetune eval``), and it links the images
 ``training_curves.png`` and ``confusion_matrix.png`` when they are there. A card can therefore be
 rendered again at any time, for any repo id, and the same folder always gives the same card.
+
+Text that comes from the run (label names, folder and file names, values of the checkpoint's config and of
+the recipe) is escaped where it lands (:mod:`hf_finetune.escaping`): as literal markdown in the text and the
+tables (no link, emphasis, table break or HTML such as ``<script>``; ``<``, ``>`` and ``&`` become HTML
+entities), as code spans whose backtick fence it cannot close, the recipe in a fenced block longer than any
+backtick run in it, and the usage snippets' model reference as a quoted Python string. The template itself
+emits no HTML.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .escaping import code_fence, markdown_code, markdown_text
 
 __all__ = ["CARD_NAME", "PER_CLASS_NAME", "FIGURES", "build_model_card", "render_model_card"]
 
@@ -161,52 +170,68 @@ def looks_like_hub_id(value: Any) -> bool:
     return True
 
 
-def _cell(value: Any) -> str:
-    """Text that fits in one markdown table cell."""
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
-def _base(run: _Run) -> tuple[str | None, str]:
-    """(the base model's Hub id or None, how the card names it)."""
+def _base(run: _Run, in_table: bool = False) -> tuple[str | None, str]:
+    """(the base model's Hub id or None, how the card names it; ``in_table``: for a table cell)."""
     base = run.facts.get("model_name_or_path")
     if looks_like_hub_id(base):
         return base, f"[{base}](https://huggingface.co/{base})"
     if base:
-        return None, f"a local checkpoint (`{Path(str(base)).name}`)"
+        return None, f"a local checkpoint ({markdown_code(Path(str(base)).name, in_table)})"
     return None, "a pretrained checkpoint"
 
 
-def _data(run: _Run) -> tuple[str, str, str, list[str] | None]:
-    """(how the card names the data, model-index dataset type, dataset name, card ``datasets``)."""
+def _is_hub_dataset_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _data(run: _Run, in_table: bool = False) -> tuple[str, str, str, list[str] | None]:
+    """(how the card names the data, model-index dataset type, dataset name, card ``datasets``);
+    ``in_table``: the first for a table cell."""
     facts = run.facts
     name = facts.get("dataset_name")
     if name:
         name = str(name)
         if not Path(name).expanduser().exists():  # a Hub dataset
             config = facts.get("dataset_config_name")
-            extra = f" (configuration `{config}`)" if config else ""
-            return f"[{name}](https://huggingface.co/datasets/{name}){extra}", name, name, [name]
-        return f"a local dataset folder (`{Path(name).name}`)", "dataset-folder", Path(name).name, None
+            extra = f" (configuration {markdown_code(config, in_table)})" if config else ""
+            shown = (
+                f"[{name}](https://huggingface.co/datasets/{name})"
+                if _is_hub_dataset_id(name)
+                else markdown_code(name, in_table)
+            )
+            return f"{shown}{extra}", name, name, [name]
+        shown = markdown_code(Path(name).name, in_table)
+        return f"a local dataset folder ({shown})", "dataset-folder", Path(name).name, None
     if facts.get("train_dir"):
         folder = Path(str(facts["train_dir"])).name
-        return f"an image folder (`{folder}`)", "imagefolder", folder, None
+        return f"an image folder ({markdown_code(folder, in_table)})", "imagefolder", folder, None
     if facts.get("train_file"):
         file = Path(str(facts["train_file"]))
-        return f"a list of images (`{file.name}`)", file.suffix.lstrip(".") or "file", file.name, None
+        kind = file.suffix.lstrip(".") or "file"
+        return f"a list of images ({markdown_code(file.name, in_table)})", kind, file.name, None
     return "the data of its recipe", "unknown", "unknown", None
 
 
 def _input_text(run: _Run) -> str:
     input_size = (run.config.get("pretrained_cfg") or {}).get("input_size")
     if input_size:
-        return f"RGB images at {input_size[-1]} x {input_size[-2]} px (preprocessing in config.json's pretrained_cfg)"
+        width, height = markdown_text(input_size[-1]), markdown_text(input_size[-2])
+        return f"RGB images at {width} x {height} px (preprocessing in config.json's pretrained_cfg)"
     size = run.processor.get("crop_size") or run.processor.get("size") or {}
     px = (size.get("height") or size.get("shortest_edge")) if isinstance(size, dict) else size
-    return f"RGB images at {px} px (preprocessing in preprocessor_config.json)" if px else "RGB images"
+    if not px:
+        return "RGB images"
+    return f"RGB images at {markdown_text(px)} px (preprocessing in preprocessor_config.json)"
 
 
 # ------------------------------------------------------------------------------------------------ sections
@@ -256,7 +281,7 @@ def _training_text(run: _Run) -> str:
     if train_results.get("train_runtime"):
         text += f" in {float(train_results['train_runtime']):.1f} s"
     if state.get("best_metric") is not None:
-        metric = run.facts.get("metric_for_best_model", "accuracy")
+        metric = markdown_text(run.facts.get("metric_for_best_model", "accuracy"))
         text += f"; the checkpoint with the best validation {metric} ({state['best_metric']:.4f}) was kept"
     return text + "."
 
@@ -279,9 +304,9 @@ def _mapping_section(run: _Run, max_sources: int = 3) -> tuple[str, list[dict[st
         sources = "; ".join(shown) + (f"; ... +{more} more" if more > 0 else "")
         rows.append(
             {
-                "target": _cell(match.get("target", "")),
-                "kind": _cell(match.get("kind", "")),
-                "sources": _cell(sources or "- (fresh row)"),
+                "target": markdown_text(match.get("target", "")),
+                "kind": markdown_text(match.get("kind", "")),
+                "sources": markdown_text(sources or "- (fresh row)"),
             }
         )
     reused = sum(1 for m in run.mapping.get("matches", []) if m.get("kind") != "none")
@@ -316,7 +341,7 @@ def _evaluation_section(run: _Run) -> dict[str, Any]:
         per_class_more = max(0, len(items) - MAX_TABLE_ROWS)
         per_class_rows = [
             {
-                "name": _cell(name),
+                "name": markdown_text(name),
                 "precision": _fmt(row.get("precision")),
                 "recall": _fmt(row.get("recall")),
                 "f1": _fmt(row.get("f1")),
@@ -392,35 +417,37 @@ def build_model_card(
     title = repo_id.split("/")[-1] if repo_id else out.resolve().name
     _, base_text = _base(run)
     data_text = _data(run)[0]
+    recipe_yaml = yaml.safe_dump(run.recipe, sort_keys=False).strip()
     mapping_summary, mapping_rows = _mapping_section(run)
     architecture = run.config.get("architecture") or (run.config.get("architectures") or ["?"])[0]
     labels = run.labels[:MAX_LABELS_SHOWN]
     more = len(run.labels) - len(labels)
     template_kwargs = {
-        "title": title,
+        "title": markdown_text(title),
         "summary": (
             f"An image classifier fine-tuned from {base_text} on {data_text} with hf-finetune: "
             f"{len(run.labels)} classes."
         ),
-        "base_text": base_text,
+        "base_cell": _base(run, in_table=True)[1],
         "origin": "timm (loads with timm and with transformers' TimmWrapper)"
         if run.is_timm
         else "transformers",
-        "architecture": _cell(architecture),
+        "architecture": markdown_code(architecture, in_table=True),
         "num_labels": len(run.labels),
-        "labels_text": _cell(", ".join(labels) + (f", ... (+{more} more)" if more > 0 else "")),
-        "data_text": data_text,
+        "labels_text": markdown_text(", ".join(labels) + (f", ... (+{more} more)" if more > 0 else "")),
+        "data_cell": _data(run, in_table=True)[0],
         "input_text": _input_text(run),
         "headline": _headline(run),
         "training_text": _training_text(run),
-        "recipe_yaml": yaml.safe_dump(run.recipe, sort_keys=False).strip(),
+        "recipe_yaml": recipe_yaml,
+        "recipe_fence": code_fence(recipe_yaml),
         "has_recipe": bool(run.recipe),
         "mapping_summary": mapping_summary,
         "mapping_rows": mapping_rows,
         **_evaluation_section(run),
         "is_timm": run.is_timm,
-        "model_ref": repo_id or str(out),
-        "timm_ref": f"hf-hub:{repo_id}" if repo_id else f"local-dir:{out}",
+        "model_ref": json.dumps(repo_id or str(out)),  # a Python string literal, quotes included
+        "timm_ref": json.dumps(f"hf-hub:{repo_id}" if repo_id else f"local-dir:{out}"),
         "limitations": _limitations(run),
     }
     return ModelCard.from_template(_metadata(run, title), template_path=str(TEMPLATE), **template_kwargs)

@@ -1,9 +1,13 @@
 """Predicting labels for image files with a saved image classifier, the way the transformers
 ``image-classification`` pipeline does, but batched and tolerant of unreadable files.
 
-Each image is read with :func:`hf_finetune.images.load_image`, preprocessed alone by the checkpoint's
-image processor (exactly as the pipeline does), and images whose tensors have the same shape run
-through the model together. Scores follow the pipeline's default ``function_to_apply``: softmax for
+Every file first gets training's check (:func:`hf_finetune.image_check.check_image_files`: its header
+only, never a decode): a file that is not an image, has zero bytes, declares more pixels than PIL allows
+or an aspect ratio beyond 50:1 (a 1 x 30,000 px PNG of 84 bytes would be resized to 224 x 6,720,000 px)
+is skipped with one warning naming it and why, or, with ``strict``, refused before the model loads.
+The others are read with :func:`hf_finetune.image_check.open_image`, preprocessed alone by the
+checkpoint's image processor (exactly as the pipeline does), and images whose tensors have the same
+shape run through the model together. Scores follow the pipeline's default ``function_to_apply``: softmax for
 single-label classifiers, sigmoid for multi-label or one-label ones, raw values for regression;
 labels are sorted by score (ties keep the lower class index), cut to ``top_k``.
 """
@@ -22,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DataError, ModelLoadError
-from .images import is_image_file, load_image
+from .escaping import csv_cell
+from .image_check import BadImageError, check_image_files, open_image, summarize_reasons
+from .images import is_image_file
 
 __all__ = ["iter_image_files", "load_for_inference", "predict_images", "write_predictions"]
 
@@ -152,12 +158,16 @@ def predict_images(
     batch_size: int = 32,
     device: str | None = None,
     progress: bool | None = None,
+    strict: bool = False,
 ) -> list[dict]:
     """Predict the ``top_k`` labels of every image under ``paths``.
 
-    Returns one record per readable image, in file order: ``{"path": str, "predictions":
-    [{"label": str, "score": float}, ...]}`` sorted by score descending. Unreadable files are
-    skipped with a warning naming the file and the reason; their count is logged at the end.
+    Returns one record per usable image, in file order: ``{"path": str, "predictions":
+    [{"label": str, "score": float}, ...]}`` sorted by score descending. A file training would skip
+    (:func:`hf_finetune.image_check.check_image_file`, from its header, before any decode) or that fails to
+    decode is skipped with one warning naming the file and the reason; their count is logged at the end.
+    ``strict``: such a file is a :class:`DataError` naming it instead (the header check runs before the
+    model loads).
 
     ``progress``: a progress bar (images) on stderr: always (True), never (False), or, by default (None),
     for more than :data:`PROGRESS_MIN_IMAGES` images when stderr is a terminal.
@@ -170,6 +180,8 @@ def predict_images(
     if not files:
         shown = ", ".join(repr(str(p)) for p in ([paths] if isinstance(paths, (str, Path)) else paths))
         raise DataError(f"no image files found in {shown or 'the given paths'}")
+    found = len(files)
+    files, bad = _usable_files(files, strict)
 
     model, processor = load_for_inference(model_name_or_path, device)
     config = model.config
@@ -186,18 +198,8 @@ def predict_images(
         bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr)
 
     records: list[dict] = []
-    skipped = 0
     for batch in batches:
-        loaded: list[tuple[Path, dict[str, Any]]] = []
-        for file in batch:
-            try:
-                image = load_image(file)
-            except Exception as exc:  # any decoder failure: the file is unreadable, the run goes on
-                skipped += 1
-                logger.warning("skipping unreadable image %s: %s: %s", file, type(exc).__name__, exc)
-                continue
-            inputs = processor(images=image, return_tensors="pt")
-            loaded.append((file, {key: inputs[key] for key in inputs}))
+        loaded = _preprocess(batch, processor, strict, bad)
         # Images whose tensors share a shape go through the model together, in file order.
         groups: dict[tuple, list[int]] = {}
         for position, (_, item) in enumerate(loaded):
@@ -214,10 +216,55 @@ def predict_images(
             bar.update(len(batch))
     if bar is not None:
         bar.close()
-    if skipped:
-        logger.warning("skipped %d unreadable of %d image files", skipped, len(files))
+    if bad:
+        logger.warning(
+            "skipped %d unusable of %d image files (%s)", len(bad), found, summarize_reasons(bad.values())
+        )
     logger.info("predicted %d images in %d batches", len(records), math.ceil(len(files) / batch_size))
     return records
+
+
+def _skip(file: Path, reason: str, strict: bool, bad: dict[str, str]) -> None:
+    """One bad file: a :class:`DataError` under ``strict``, else one warning line and an entry in ``bad``."""
+    if strict:
+        raise DataError(f"image {file}: {reason} (without --strict such files are skipped)")
+    logger.warning("skipping image %s: %s", file, reason)
+    bad[str(file)] = reason
+
+
+def _usable_files(files: list[Path], strict: bool) -> tuple[list[Path], dict[str, str]]:
+    """(the files training's header check accepts, ``{path: reason}`` of the others), each refused file
+    warned about once (:func:`_skip`); no file is decoded here."""
+    bad: dict[str, str] = {}
+    usable = []
+    for file, reason in zip(files, check_image_files([str(f) for f in files]), strict=True):
+        if reason is None:
+            usable.append(file)
+        else:
+            _skip(file, reason, strict, bad)
+    if not usable:
+        raise DataError(
+            f"none of the {len(files)} image files can be used ({summarize_reasons(bad.values())}); "
+            f"e.g. {next(iter(bad))}: {next(iter(bad.values()))}"
+        )
+    return usable, bad
+
+
+def _preprocess(
+    files: list[Path], processor: Any, strict: bool, bad: dict[str, str]
+) -> list[tuple[Path, dict[str, Any]]]:
+    """``(file, processor inputs)`` of each file that decodes (:func:`open_image`, which checks the size
+    from the header again before decoding); a file that does not is skipped (:func:`_skip`)."""
+    loaded = []
+    for file in files:
+        try:
+            image = open_image(file)
+        except BadImageError as err:
+            _skip(file, err.reason, strict, bad)
+            continue
+        inputs = processor(images=image, return_tensors="pt")
+        loaded.append((file, {key: inputs[key] for key in inputs}))
+    return loaded
 
 
 def _show_progress(progress: bool | None, num_images: int, stream: Any = None) -> bool:
@@ -230,7 +277,9 @@ def _show_progress(progress: bool | None, num_images: int, stream: Any = None) -
 
 
 def write_predictions(records: list[dict], output: str | Path) -> None:
-    """Write ``records`` as CSV (``path,rank,label,score``; rank from 1) or JSON Lines, by extension."""
+    """Write ``records`` as CSV (``path,rank,label,score``; rank from 1) or JSON Lines, by extension. In the
+    CSV a path or label starting with ``=``, ``+``, ``-`` or ``@`` gets a leading ``'``, so a spreadsheet
+    shows it as text instead of running it as a formula (:func:`hf_finetune.escaping.csv_cell`)."""
     output = Path(output)
     suffix = output.suffix.lower()
     if suffix not in PREDICTION_FORMATS:
@@ -245,7 +294,8 @@ def write_predictions(records: list[dict], output: str | Path) -> None:
             writer.writerow(["path", "rank", "label", "score"])
             for record in records:
                 for rank, entry in enumerate(record["predictions"], start=1):
-                    writer.writerow([record["path"], rank, entry["label"], repr(float(entry["score"]))])
+                    score = repr(float(entry["score"]))
+                    writer.writerow([csv_cell(record["path"]), rank, csv_cell(entry["label"]), score])
         else:
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -9,7 +9,9 @@ folder (:func:`write_training_figures`), and the model card shows both.
 The numbers plotted come from functions that return them (:func:`normalized_confusion`,
 :func:`most_confused`, :func:`per_image_losses`, :func:`training_curves`), so they can be checked apart from
 the pictures. matplotlib is imported inside the plotting functions and draws on its Agg canvas (no pyplot,
-no display, no global backend switch).
+no display, no global backend switch). Label names and file names are drawn as plain text
+(:data:`hf_finetune.escaping.PLAIN_TEXT`: a label such as ``$\\foo{$`` is not read as math text), and the
+CSV's label cells cannot start a spreadsheet formula (:func:`hf_finetune.escaping.csv_cell`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .escaping import PLAIN_TEXT, csv_cell
 
 __all__ = [
     "CONFUSION_MATRIX_NAME",
@@ -89,13 +93,16 @@ def most_confused(matrix: Any, label_names: Sequence[str]) -> list[dict[str, Any
 
 
 def write_most_confused(matrix: Any, label_names: Sequence[str], path: str | Path) -> Path:
-    """Write :func:`most_confused` as CSV (``true,predicted,count,share``; share rounded to 6 places)."""
+    """Write :func:`most_confused` as CSV (``true,predicted,count,share``; share rounded to 6 places); a
+    label starting with ``=``, ``+``, ``-`` or ``@`` gets a leading ``'`` (:func:`~hf_finetune.escaping.csv_cell`)."""
     path = Path(path)
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["true", "predicted", "count", "share"])
         for row in most_confused(matrix, label_names):
-            writer.writerow([row["true"], row["predicted"], row["count"], f"{row['share']:.6f}"])
+            writer.writerow(
+                [csv_cell(row["true"]), csv_cell(row["predicted"]), row["count"], f"{row['share']:.6f}"]
+            )
     return path
 
 
@@ -190,8 +197,8 @@ def plot_confusion_matrix(
     step = max(1, math.ceil(n / MAX_TICK_LABELS))
     ticks = np.arange(0, n, step)
     fontsize = 9 if n <= MAX_TICK_LABELS else 7
-    ax.set_xticks(ticks, [names[i] for i in ticks], rotation=90, fontsize=fontsize)
-    ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=fontsize)
+    ax.set_xticks(ticks, [names[i] for i in ticks], rotation=90, fontsize=fontsize, **PLAIN_TEXT)
+    ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=fontsize, **PLAIN_TEXT)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (sorted by recall, lowest first)")
     if n <= MAX_ANNOTATED:
@@ -211,7 +218,9 @@ def plot_confusion_matrix(
     total, correct = int(counts.sum()), int(np.trace(counts))
     accuracy = correct / total if total else 0.0
     shown = "" if step == 1 else f"; 1 class in {step} labelled"
-    ax.set_title(title or f"confusion matrix, {total} images, accuracy {accuracy:.4f}{shown}", fontsize=10)
+    ax.set_title(
+        title or f"confusion matrix, {total} images, accuracy {accuracy:.4f}{shown}", fontsize=10, **PLAIN_TEXT
+    )
     path = Path(path)
     figure.savefig(path)
     return path
@@ -247,7 +256,8 @@ def plot_top_losses(
             picture.thumbnail((256, 256))
             ax.imshow(np.asarray(picture))
         except Exception as err:  # an unreadable file must not cost the report
-            ax.text(0.5, 0.5, _short(f"{type(err).__name__}: {err}", 40), ha="center", fontsize=7)
+            reason = _short(f"{type(err).__name__}: {err}", 40)
+            ax.text(0.5, 0.5, reason, ha="center", fontsize=7, **PLAIN_TEXT)
         true, predicted = int(labels[index]), int(scores["predicted"][index])
         ax.set_title(
             f"true: {_short(label_names[true], 20)}\n"
@@ -255,6 +265,7 @@ def plot_top_losses(
             f"loss {scores['loss'][index]:.2f}, p(true) {scores['true_probability'][index]:.2f}",
             fontsize=8,
             color="black" if true == predicted else "darkred",
+            **PLAIN_TEXT,
         )
         ax.text(
             0.0,
@@ -263,6 +274,7 @@ def plot_top_losses(
             transform=ax.transAxes,
             fontsize=6,
             va="top",
+            **PLAIN_TEXT,
         )
     figure.suptitle(f"the {len(worst)} validation images with the highest loss, highest first", fontsize=10)
     path = Path(path)

@@ -114,8 +114,73 @@ def test_unreadable_file_is_skipped_and_logged(tiny_hf_checkpoint, tmp_path, cap
         records = predict_images(tiny_hf_checkpoint, [root], top_k=2, batch_size=2, progress=False)
     assert [Path(r["path"]).name for r in records] == ["cat_000.png", "cat_001.png", "cat_002.png"]
     messages = [r.getMessage() for r in caplog.records if r.name == "hf_finetune.predict"]
-    assert any("bad.jpg" in m and "UnidentifiedImageError" in m for m in messages), messages
-    assert any("skipped 1 unreadable of 4" in m for m in messages), messages
+    assert any("bad.jpg" in m and "not an image" in m for m in messages), messages
+    assert any("skipped 1 unusable of 4 image files (1 not an image)" in m for m in messages), messages
+
+
+def test_predict_eval_refuse_huge_thin_png(tiny_hf_checkpoint, tmp_path, caplog, monkeypatch, capsys):
+    """Issue 20, case 18: an 84-byte 1 x 30000 PNG took ``predict`` to 5.7 GB (the processor resizes its
+    short side to the model's size) and a 1 x 60000 one crashed it. ``predict`` and ``eval`` now apply
+    training's image check to the header before decoding: the file is skipped with one warning line naming
+    it and why, and never decoded; ``--strict`` refuses it in one line before the model loads."""
+    from PIL import Image, ImageFile
+
+    from hf_finetune import cli
+    from hf_finetune.configs import DataArguments
+    from hf_finetune.evaluation import evaluate_model
+
+    root = make_image_folder(tmp_path / "data", {"cat": 3, "dog": 3}, size=(40, 32), seed=6)
+    thin = {root / "cat" / "thin.png": (1, 30000), root / "dog" / "thinner.png": (60000, 1)}
+    for path, size in thin.items():
+        Image.new("L", size).save(path, optimize=True)
+        assert path.stat().st_size < 200  # a few bytes on disk, gigabytes once resized
+    decoded: list[str] = []
+    original_load = ImageFile.ImageFile.load
+
+    def load(self):
+        decoded.append(str(getattr(self, "filename", "")))
+        return original_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+    with caplog.at_level(logging.WARNING):
+        records = predict_images(tiny_hf_checkpoint, [root], top_k=1, progress=False)
+    names = sorted(Path(r["path"]).name for r in records)
+    assert names == [f"{c}_{i:03d}.png" for c in ("cat", "dog") for i in range(3)]
+    for path in thin:
+        lines = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+        assert len(lines) == 1 and "extreme aspect ratio" in lines[0], lines
+        assert str(path) not in decoded
+    summary = "skipped 2 unusable of 8 image files (2 extreme aspect ratio)"
+    assert any(summary in r.getMessage() for r in caplog.records)
+
+    # eval: the same files in the data folder are skipped, each named in a warning, and never decoded
+    decoded.clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        report = evaluate_model(
+            str(tiny_hf_checkpoint),
+            DataArguments(train_dir=str(root), train_val_split=0.5),
+            output_dir=str(tmp_path / "eval"),
+        )
+    assert report["num_images"] > 0 and decoded  # the usable validation images were decoded
+    for path in thin:
+        assert str(path) not in decoded
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"skipped image {path}")]
+        assert len(lines) == 1 and "extreme aspect ratio" in lines[0], lines
+    with pytest.raises(DataError, match="extreme aspect ratio"):
+        evaluate_model(str(tiny_hf_checkpoint), DataArguments(train_dir=str(root), strict=True))
+
+    # --strict: one line, exit 2, before the model is loaded
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad file was refused")
+
+    monkeypatch.setattr("hf_finetune.predict.load_for_inference", no_model)
+    capsys.readouterr()  # the weight-loading progress bars of the runs above
+    assert cli.main(["predict", str(tiny_hf_checkpoint), str(root), "--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"hf-finetune: error: image {root / 'cat' / 'thin.png'}: "), err
+    assert "extreme aspect ratio (1 x 30000 pixels" in err[0]
 
 
 def test_load_for_inference_returns_an_eval_model(tiny_hf_checkpoint):
