@@ -76,11 +76,13 @@ def _train(argv: list[str]) -> int:
 
     accelerate_config, argv = pop_accelerate_config(argv)
     if accelerate_config is not None:
+        from .output_dir import run_folder
         from .parser import parse_train_args
 
         config = resolve_accelerate_config(accelerate_config)
-        parse_train_args(argv)  # a bad recipe fails here, in one line, before any process starts
-        return launch(config, argv, accelerate_config)
+        parsed = parse_train_args(argv)  # a bad recipe fails here, in one line, before any process starts
+        with run_folder(*parsed, explicit=parsed.explicit, delegate=True):  # the ranks' folder: checked, locked
+            return launch(config, argv, accelerate_config)
     use_cpu_when_no_gpu()
     from .parser import parse_train_args
     from .train import main as train_main

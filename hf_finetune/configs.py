@@ -355,7 +355,19 @@ class FinetuneTrainingArguments(TrainingArguments):
 
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Allow writing into an output_dir that already holds a fine-tuned model."},
+        metadata={
+            "help": "Allow a fresh run into an output_dir that holds an earlier run (its model and checkpoints "
+            "are deleted first) or files of the user's (they are kept: a run never replaces or deletes a file "
+            "it did not write, and is refused when it would write one of the same name)."
+        },
+    )
+    resume_allow_changes: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "On --resume, the recipe keys that may differ from the checkpoint's recipe (e.g. "
+            "num_train_epochs to train longer); any other difference, and other labels, refuse to resume. "
+            "model_name_or_path can never change."
+        },
     )
 
     # --- speed: unset (or "auto") means chosen from the machine and the model (hf_finetune.performance) ---
@@ -717,6 +729,12 @@ class FinetuneTrainingArguments(TrainingArguments):
         from .lora import check_lora_keys
 
         check_lora_keys(self)  # lora_r, lora_alpha, lora_dropout, lora_target_modules and their combinations
+        from .output_dir import check_allowed_changes
+
+        self.resume_allow_changes = check_allowed_changes(self.resume_allow_changes)
+        if self.output_dir is None:  # transformers would write into ./trainer_output
+            default = _FINETUNE_DEFAULTS["output_dir"]
+            raise ConfigError(f"output_dir: got null; expected a folder (leave the key out for {default})")
         _check(
             self.dataloader_num_workers >= 0,
             "dataloader_num_workers",

@@ -17,6 +17,7 @@ __all__ = [
     "HubError",
     "CheckpointWriteError",
     "TrainingInterrupted",
+    "FinalSaveInterrupted",
     "suggest",
 ]
 
@@ -58,6 +59,25 @@ class TrainingInterrupted(Exception):
         name = signal.Signals(signum).name
         where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint was written"
         super().__init__(f"interrupted by {name} after step {step} of {max_steps}; {where}")
+
+
+class FinalSaveInterrupted(TrainingInterrupted):
+    """A stop signal arrived after the last step, while the final model was evaluated and written: that write
+    was abandoned (the output folder does not pass for a finished model) and the checkpoints are intact."""
+
+    def __init__(self, signum: int, max_steps: int, checkpoint: str | None):
+        import signal
+
+        super().__init__(signum, max_steps, max_steps, checkpoint)
+        where = (
+            f"the checkpoints are intact (the newest: {checkpoint})"
+            if checkpoint
+            else "no checkpoint was written (save_strategy: no), so the run must be repeated"
+        )
+        self.args = (
+            f"interrupted by {signal.Signals(signum).name} after all {max_steps} steps, while the final model "
+            f"was being written; it was not written, {where}",
+        )
 
 
 def suggest(word: str, choices: Iterable[str], n: int = 3) -> str:

@@ -18,11 +18,11 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from transformers import TrainerCallback
 
-__all__ = ["GracefulStop", "STOP_SIGNALS"]
+__all__ = ["GracefulStop", "STOP_SIGNALS", "interrupting_final_save"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,3 +91,27 @@ class GracefulStop(TrainerCallback):
             control.should_evaluate = False
             control.should_save = False
         return control
+
+
+@contextlib.contextmanager
+def interrupting_final_save(max_steps: int, checkpoint: Callable[[], str | None]) -> Iterator[None]:
+    """While the block (the final evaluation and save) runs, SIGINT or SIGTERM abandons it at once with
+    :class:`~hf_finetune.errors.FinalSaveInterrupted`, which names ``checkpoint()`` (the newest checkpoint);
+    a repeated signal is ignored while the caller cleans up. No-op outside the main thread."""
+    from .errors import FinalSaveInterrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        for other in STOP_SIGNALS:
+            signal.signal(other, signal.SIG_IGN)
+        raise FinalSaveInterrupted(signum, max_steps, checkpoint())
+
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)

@@ -88,18 +88,6 @@ def is_finished_model_dir(path: str | Path) -> bool:
     return (path / "config.json").is_file() and any((path / name).is_file() for name in FINAL_WEIGHTS)
 
 
-def _check_output_dir(training_args: FinetuneTrainingArguments) -> None:
-    out = Path(training_args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir: {out} is a file; expected a folder to write the model into")
-    resuming = training_args.resume_from_checkpoint not in (None, "", "false", "False")
-    if is_finished_model_dir(out) and not training_args.overwrite_output_dir and not resuming:
-        raise ConfigError(
-            f"output_dir: {out} already holds a fine-tuned model; choose another output_dir "
-            "or pass --overwrite_output_dir true"
-        )
-
-
 def last_checkpoint(output_dir: str | Path) -> str | None:
     """The complete ``checkpoint-N`` folder with the highest N in ``output_dir`` (None if there is none).
 
@@ -689,8 +677,8 @@ def _save_final(
         config_path.write_text(json.dumps(fixed, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     recipe = dict(explicit or {})
     (staging / "recipe.yaml").write_text(
-        "# The keys this model was trained with; rerun with: hf-finetune train recipe.yaml\n"
-        + yaml.safe_dump(recipe, sort_keys=False),
+        "# The keys this model was trained with; train it again into a new folder with:\n"
+        "#   hf-finetune train recipe.yaml --output_dir NEW\n" + yaml.safe_dump(recipe, sort_keys=False),
         encoding="utf-8",
     )
     data_keys = ("dataset_name", "dataset_config_name", "train_dir", "train_file", "validation_split")
@@ -760,33 +748,47 @@ def main(
     explicit: dict[str, Any] | None = None,
     callbacks=None,
 ) -> TrainResult:
-    """Fine-tune ``model_args.model_name_or_path`` on the data of ``data_args``; returns a :class:`TrainResult`."""
+    """Fine-tune ``model_args.model_name_or_path`` on the data of ``data_args``; returns a :class:`TrainResult`.
+
+    The output folder is checked and locked for the whole run first (:mod:`hf_finetune.output_dir`)."""
+    from .output_dir import run_folder
+
+    with run_folder(model_args, data_args, training_args, explicit) as folder:
+        return _run(model_args, data_args, training_args, explicit, callbacks, folder)
+
+
+def _run(model_args, data_args, training_args, explicit, callbacks, folder) -> TrainResult:
     from safetensors import SafetensorError
 
+    from .errors import FinalSaveInterrupted
     from .features import CACHE_DIR as FEATURE_CACHE_DIR
     from .hub import check_hub_arguments
     from .image_cache import CACHE_DIR as IMAGE_CACHE_DIR
     from .image_check import write_bad_image_report
-    from .interrupt import GracefulStop
+    from .interrupt import GracefulStop, interrupting_final_save
 
     start = time.time()
-    _check_output_dir(training_args)
     push_repo = check_hub_arguments(training_args)  # before any training: a bad Hub setting loses nothing
-    resume = _resolve_resume(training_args)
+    resume = folder.resume
     out = Path(training_args.output_dir)
     existed = out.exists()
     stopper = GracefulStop()
-    with _final_push_only(training_args):
+    with _final_push_only(training_args), contextlib.ExitStack() as final_save:
         try:
             trainer, loaded, data = build_trainer(
                 model_args, data_args, training_args, callbacks=[*(callbacks or []), stopper]
             )
+            folder.check_labels(data.labels)  # --resume: the labels the checkpoint was trained on
+            trainer.checkpoint_recipe = folder.checkpoint_recipe(data.labels)
             write_bad_image_report(out, data)  # OUT/bad_images.json: files skipped by the scan or decoder
             with stopper.handling_signals():
                 train_output = trainer.train(resume_from_checkpoint=resume)
             if stopper.stopped_at is not None and stopper.stopped_at < trainer.state.max_steps:
                 raise TrainingInterrupted(
-                    stopper.signum, stopper.stopped_at, trainer.state.max_steps, last_checkpoint(out)
+                    stopper.signum,
+                    stopper.stopped_at,
+                    trainer.state.max_steps,
+                    trainer.last_saved_checkpoint or last_checkpoint(out),
                 )
         except BaseException:
             for cache_dir in (FEATURE_CACHE_DIR, IMAGE_CACHE_DIR):
@@ -794,6 +796,12 @@ def main(
             if not existed and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()  # Trainer may have created it: a bad input or a failure before any write leaves nothing
             raise
+
+        def newest() -> str | None:
+            return trainer.last_saved_checkpoint or last_checkpoint(out)
+
+        # a stop signal from here on abandons the final save and says so, in one line
+        final_save.enter_context(interrupting_final_save(trainer.state.max_steps, newest))
         train_metrics = dict(train_output.metrics)
         train_metrics["train_samples"] = len(data.dataset["train"])
         captured: dict[str, Any] = {}
@@ -841,6 +849,9 @@ def main(
             report = _per_class_report(captured.get("prediction"), list(data.labels))
             try:
                 _save_final(trainer, loaded, training_args, explicit, data_args, report, weights_saved)
+            except FinalSaveInterrupted:
+                shutil.rmtree(out / STAGING, ignore_errors=True)
+                raise
             except (OSError, RuntimeError, SafetensorError) as err:  # a full disk: the checkpoints are intact
                 shutil.rmtree(out / STAGING, ignore_errors=True)
                 raise CheckpointWriteError(

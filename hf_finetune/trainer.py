@@ -125,6 +125,8 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
         )
         # Parameters a freezing schedule (hf_finetune.schedules) unfreezes later: in the optimizer from the start.
         self.optimizer_names = list(optimizer_names) if optimizer_names is not None else None
+        self.checkpoint_recipe: dict[str, Any] | None = None  # written into each checkpoint when set
+        self.last_saved_checkpoint: str | None = None  # the checkpoint-N folder this run wrote last
 
     def _prepare_inputs(self, inputs):
         inputs = super()._prepare_inputs(inputs)
@@ -239,15 +241,33 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
         if self.state.best_model_checkpoint == staging:  # this checkpoint is the best one so far
             self.state.best_model_checkpoint = final
             self.state.save_to_json(os.path.join(staging, "trainer_state.json"))
+        if self.checkpoint_recipe is not None:  # compared with the run that resumes it (output_dir.py)
+            from .output_dir import write_checkpoint_recipe
+
+            write_checkpoint_recipe(staging, self.checkpoint_recipe)
         if os.path.exists(final):  # the same step saved again (end of an epoch after a stop at that step)
             shutil.rmtree(final)
         os.replace(staging, final)
+        self.last_saved_checkpoint = final
         if not os.listdir(staging_root):
             os.rmdir(staging_root)
-        self._rotate(run_dir)
+        self._rotate(run_dir, final)
 
-    def _rotate(self, run_dir: str) -> None:
-        """Delete checkpoints beyond ``save_total_limit`` (never the best one), as the Trainer would have."""
+    def _rotate(self, run_dir: str, newest: str | None = None) -> None:
+        """Delete checkpoints beyond ``save_total_limit`` (never the best one), as the Trainer would have; never
+        when ``run_dir`` holds checkpoints of later steps than ``newest`` (not this run's: rotation would delete
+        the checkpoint just written)."""
+        from .output_dir import later_checkpoints
+
+        later = later_checkpoints(run_dir, newest) if newest is not None else []
+        if later and self.args.save_total_limit:
+            logger.warning(
+                "checkpoint rotation skipped: %s in %s hold later steps than %s, which this run just wrote",
+                ", ".join(later),
+                run_dir,
+                os.path.basename(newest),
+            )
+            return
         try:
             from transformers.trainer_utils import rotate_checkpoints
         except ImportError:  # transformers 4.x: a Trainer method
