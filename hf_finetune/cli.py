@@ -16,6 +16,8 @@ import argparse
 import logging
 import sys
 
+from .escaping import terminal_text  # light: no heavy import before a command runs
+
 __all__ = ["main", "build_parser"]
 
 COMMANDS = {
@@ -151,7 +153,7 @@ def _predict(argv: list[str]) -> int:
     else:
         for record in records:
             preds = "  ".join(f"{p['label']} {p['score']:.4f}" for p in record["predictions"])
-            print(f"{record['path']}: {preds}")
+            print(terminal_text(f"{record['path']}: {preds}"))  # a label's ESC or CR is shown, not run
     return 0
 
 
@@ -223,7 +225,7 @@ def _map_labels(argv: list[str]) -> int:
     source_labels = source_label_names(config)
     auto, explicit = parse_label_mapping(model_args.label_mapping)
     report = match_labels(list(data.labels), source_labels, explicit, auto)
-    print(report.table())
+    print(terminal_text(report.table(), keep_newlines=True))
     print(
         f"{len(report.reused)} of {len(data.labels)} target labels start from source rows "
         f"({len(source_labels)} source labels in {model_args.model_name_or_path})"

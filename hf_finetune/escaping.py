@@ -13,6 +13,9 @@ of file hf_finetune writes it into.
   markdown passes HTML through); the rest get a backslash.
 * Markdown code (:func:`markdown_code`, :func:`code_fence`): a code span or fenced block whose backtick
   run is longer than any run in the text, so the text cannot close it early.
+* A terminal (:func:`terminal_text`): control characters (the ESC that starts an ANSI sequence, a
+  carriage return or backspace that overwrites what was printed, C1 controls) and the Unicode bidirectional
+  overrides are shown as ``\\x1b``-style escapes, so a label cannot recolour, hide or reorder the output.
 * Plots (:data:`PLAIN_TEXT`): matplotlib keyword arguments that draw a string as plain text: no
   math-text parsing of ``$...$`` (``$\\foo{$`` would raise) and no LaTeX.
 
@@ -32,6 +35,7 @@ __all__ = [
     "markdown_text",
     "markdown_code",
     "code_fence",
+    "terminal_text",
 ]
 
 #: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection"), and the
@@ -44,6 +48,7 @@ PLAIN_TEXT: dict[str, Any] = {"parse_math": False, "usetex": False}
 _MARKDOWN_BACKSLASHED = re.compile(r"([\\`*_\[\]|~])")
 _LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029\x0b\x0c\x85]+")
 _BACKTICK_RUNS = re.compile(r"`+")
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def csv_cell(value: Any) -> str:
@@ -79,3 +84,13 @@ def code_fence(text: str, minimum: int = 3) -> str:
     so no line of ``text`` can close the block."""
     longest = max((len(run) for run in _BACKTICK_RUNS.findall(str(text))), default=0)
     return "`" * max(minimum, longest + 1)
+
+
+def terminal_text(value: Any, keep_newlines: bool = False) -> str:
+    """``value`` safe to print on a terminal: every control character but tab (and line feed, with
+    ``keep_newlines``) and every bidirectional override is written as its Python escape (``\\x1b``,
+    ``\\r``, ``\\u202e``); other text, non-ASCII letters included, is unchanged."""
+    text = str(value)
+    if keep_newlines:
+        return "\n".join(terminal_text(line) for line in text.split("\n"))
+    return _CONTROLS.sub(lambda m: repr(m.group())[1:-1], text.replace("\n", "\\n"))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, suggest
+from .escaping import terminal_text
 
 __all__ = ["SplitPredictions", "predict_split", "evaluate_model", "format_report"]
 
@@ -147,15 +148,16 @@ def evaluate_model(
 
 
 def format_report(report: dict[str, Any], max_classes: int = 30) -> str:
-    """A compact terminal table: summary line, then precision/recall/F1/support per class."""
+    """A compact terminal table: summary line, then precision/recall/F1/support per class (class names with
+    control characters shown escaped: :func:`hf_finetune.escaping.terminal_text`)."""
     summary = ", ".join(
         f"{k} {report[k]:.4f}" for k in ("accuracy", "top5_accuracy", "macro_f1") if k in report
     )
     lines = [f"{report.get('split', '')}: {report.get('num_images', '?')} images; {summary}"]
-    per_class = report.get("per_class", {})
-    width = max([len("class")] + [len(n) for n in per_class])
+    per_class = [(terminal_text(name), row) for name, row in report.get("per_class", {}).items()]
+    width = max([len("class")] + [len(n) for n, _ in per_class])
     lines.append(f"{'class':<{width}}  precision  recall     f1  support")
-    for i, (name, row) in enumerate(per_class.items()):
+    for i, (name, row) in enumerate(per_class):
         if i == max_classes:
             lines.append(f"... {len(per_class) - max_classes} more classes in metrics.json")
             break

@@ -4,6 +4,7 @@ markdown or HTML markup."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import logging
@@ -58,7 +59,8 @@ def test_math_text_label_in_plots(tmp_path, monkeypatch, caplog):
     and made training drop confusion_matrix.png with a warning; both now draw the label as written."""
     figures = _captured_figures(monkeypatch)
     n = len(MATH_LABELS)
-    root = make_image_folder(tmp_path / "imgs", {f"c{i}": 2 for i in range(n)}, size=(24, 20), seed=1)
+    classes = {f"c{i}$\\foo{{": 2 for i in range(n)}  # file names, drawn under each tile, hold math text too
+    root = make_image_folder(tmp_path / "imgs", classes, size=(24, 20), seed=1)
     images = sorted(str(p) for p in root.rglob("*.png"))
     labels = np.repeat(np.arange(n), 2)
     logits = np.zeros((2 * n, n))
@@ -79,6 +81,7 @@ def test_math_text_label_in_plots(tmp_path, monkeypatch, caplog):
     assert not any(t.get_parse_math() for t in matrix_ax.get_xticklabels() + matrix_ax.get_yticklabels())
     titles = [ax.get_title() for ax in figures[1].axes]
     assert any(r"true: $\foo{$" in title for title in titles), titles
+    assert sum(r"$\foo{_00" in t.get_text() for ax in figures[1].axes for t in ax.texts) == 4
 
     # training: the figure is written, not dropped with a warning
     history = [
@@ -201,6 +204,15 @@ def test_model_card_escapes_label_markdown_html(tmp_path):
     assert all(_table_cells(line) == 3 for line in mapping_rows), mapping_rows
     # the recipe's code block is fenced by more backticks than any run inside it
     assert "````yaml" in text
+    # without a repo id the title is the folder's name and the snippets load the folder: a name with
+    # markup and a double quote stays text, and the snippets stay valid Python
+    named = tmp_path / 'run <b>bold "q"'
+    _evil_run(tmp_path / "src").rename(named)
+    local = render_model_card(named)
+    assert '# run &lt;b&gt;bold "q"' in local
+    snippets = re.findall(r"```python\n(.*?)```", local, flags=re.S)
+    assert snippets and all(ast.parse(code) for code in snippets)
+    assert f"model={json.dumps(str(named))})" in local
 
     markdown_it = pytest.importorskip("markdown_it")
     md = markdown_it.MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
@@ -213,3 +225,34 @@ def test_model_card_escapes_label_markdown_html(tmp_path):
     outside_code = re.sub(r"<code[^>]*>.*?</code>", "", rendered, flags=re.S)
     for n in (3, 4, 5, 6):
         assert f"alert({n})" in rendered and f"alert({n})" not in outside_code, n
+
+
+def test_terminal_output_escapes_control_characters(tiny_hf_checkpoint, tmp_path, capsys):
+    """Found while fixing case 19: ``predict`` (without --output), ``eval``'s table and ``map-labels``'s table
+    printed label names raw, so a label holding ESC sequences or a carriage return could recolour, clear
+    or overwrite the terminal's output. They are printed escaped (``\\x1b``)."""
+    import shutil
+
+    from hf_finetune import cli
+    from hf_finetune.evaluation import format_report
+
+    evil = "cat\x1b[2J\x1b[31m\rfake"
+    model = tmp_path / "model"
+    shutil.copytree(tiny_hf_checkpoint, model)
+    config = json.loads((model / "config.json").read_text())
+    config["id2label"] = {str(i): evil if i == 0 else f"label {i}" for i in range(len(config["id2label"]))}
+    config["label2id"] = {name: int(i) for i, name in config["id2label"].items()}
+    (model / "config.json").write_text(json.dumps(config))
+    root = make_image_folder(tmp_path / "data", {evil: 2, "dog": 2}, seed=3)
+    capsys.readouterr()
+    assert cli.main(["predict", str(model), str(root), "--top-k", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out
+    assert out.count("cat\\x1b[2J\\x1b[31m\\rfake") == 8  # 4 predictions, 2 paths x (folder, file)
+    report = {"split": "validation", "num_images": 2, "accuracy": 1.0, "per_class": {evil: {
+        "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}}}
+    table = format_report(report)
+    assert "\x1b" not in table and "\r" not in table and "cat\\x1b[2J" in table
+    assert cli.main(["map-labels", "--model_name_or_path", str(model), "--train_dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "cat\\x1b[2J" in out
