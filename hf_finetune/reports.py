@@ -219,7 +219,9 @@ def plot_confusion_matrix(
     accuracy = correct / total if total else 0.0
     shown = "" if step == 1 else f"; 1 class in {step} labelled"
     ax.set_title(
-        title or f"confusion matrix, {total} images, accuracy {accuracy:.4f}{shown}", fontsize=10, **PLAIN_TEXT
+        title or f"confusion matrix, {total} images, accuracy {accuracy:.4f}{shown}",
+        fontsize=10,
+        **PLAIN_TEXT,
     )
     path = Path(path)
     figure.savefig(path)

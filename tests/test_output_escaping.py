@@ -249,8 +249,12 @@ def test_terminal_output_escapes_control_characters(tiny_hf_checkpoint, tmp_path
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\r" not in out
     assert out.count("cat\\x1b[2J\\x1b[31m\\rfake") == 8  # 4 predictions, 2 paths x (folder, file)
-    report = {"split": "validation", "num_images": 2, "accuracy": 1.0, "per_class": {evil: {
-        "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}}}
+    report = {
+        "split": "validation",
+        "num_images": 2,
+        "accuracy": 1.0,
+        "per_class": {evil: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}},
+    }
     table = format_report(report)
     assert "\x1b" not in table and "\r" not in table and "cat\\x1b[2J" in table
     assert cli.main(["map-labels", "--model_name_or_path", str(model), "--train_dir", str(root)]) == 0

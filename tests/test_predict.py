@@ -179,7 +179,9 @@ def test_predict_eval_refuse_huge_thin_png(tiny_hf_checkpoint, tmp_path, caplog,
     capsys.readouterr()  # the weight-loading progress bars of the runs above
     assert cli.main(["predict", str(tiny_hf_checkpoint), str(root), "--strict"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"hf-finetune: error: image {root / 'cat' / 'thin.png'}: "), err
+    assert len(err) == 1 and err[0].startswith(f"hf-finetune: error: image {root / 'cat' / 'thin.png'}: "), (
+        err
+    )
     assert "extreme aspect ratio (1 x 30000 pixels" in err[0]
 
 
