@@ -115,6 +115,9 @@ def _end_process_group(wait: bool) -> None:
 
 
 def _predict(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from .errors import ConfigError
     from .parser import CommandParser
 
     parser = CommandParser(prog="hf-finetune predict", description=COMMANDS["predict"])
@@ -137,7 +140,17 @@ def _predict(argv: list[str]) -> int:
         "50:1, or one that fails to decode) instead of skipping it with a warning",
     )
     args = parser.parse_args(argv)
-    from .predict import predict_images, write_predictions
+    from .predict import PREDICTION_FORMATS, predict_images, write_predictions
+
+    if args.output:  # checked before any prediction is computed
+        from .path_checks import check_writable_file
+
+        check_writable_file(args.output, "output")
+        if Path(args.output).suffix.lower() not in PREDICTION_FORMATS:
+            raise ConfigError(
+                f"output: {args.output} has extension {Path(args.output).suffix or 'none'!r}; expected one of "
+                f"{', '.join(PREDICTION_FORMATS)}"
+            )
 
     records = predict_images(
         args.model,
@@ -182,6 +195,10 @@ def _eval(argv: list[str]) -> int:
     report_dir = extra.report_dir
     if report_dir is None and Path(extra.model).is_dir():
         report_dir = str(Path(extra.model) / f"eval_{extra.split}")
+    if report_dir is not None:
+        from .path_checks import check_writable_dir
+
+        check_writable_dir(report_dir, "report_dir")  # before the model runs
     report = evaluate_model(
         extra.model,
         data_args,
@@ -211,6 +228,10 @@ def _map_labels(argv: list[str]) -> int:
     )
     parser.add_argument("--output", default=None, help="also write the report as JSON to this file")
     model_args, data_args, extra = parser.parse_command(argv)
+    if extra.output is not None:
+        from .path_checks import check_writable_file
+
+        check_writable_file(extra.output, "output")  # before any work
     from .data import load_image_dataset
     from .labels import match_labels, parse_label_mapping
     from .modeling import load_source_config, source_label_names
@@ -231,6 +252,9 @@ def _map_labels(argv: list[str]) -> int:
         f"({len(source_labels)} source labels in {model_args.model_name_or_path})"
     )
     if extra.output:
+        from pathlib import Path
+
+        Path(extra.output).parent.mkdir(parents=True, exist_ok=True)
         with open(extra.output, "w", encoding="utf-8") as handle:
             json.dump(report.to_dict(), handle, indent=2)
         print(f"report written to {extra.output}")

@@ -22,6 +22,7 @@ from transformers import TrainingArguments
 
 from .config_ranges import check_recipe_values
 from .errors import ConfigError
+from .path_checks import check_writable_dir
 
 __all__ = [
     "ModelArguments",
@@ -641,6 +642,8 @@ class FinetuneTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         check_recipe_values(self)  # types and ranges of every numeric key (config_ranges.RANGES)
+        if self.output_dir is not None:  # "", a path under a file, an unwritable parent: before any work
+            check_writable_dir(self.output_dir, "output_dir")
         _check(
             self.head_lr_multiplier > 0, "head_lr_multiplier", self.head_lr_multiplier, "a positive number"
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from .configs import DataArguments
 from .errors import DataError, suggest
 from .image_check import REPORT_NAME, check_image_files, reset_decode_failures, summarize_reasons
 from .images import IMAGE_EXTENSIONS, is_image_file
+from .path_checks import entry_is_file, utf8_name
 
 __all__ = ["LoadedData", "load_image_dataset", "label_counts", "label_column", "stratified_split_indices"]
 
@@ -211,9 +213,8 @@ def _label_name(value: Any) -> str | None:
 def _sorted_names(names: set[str]) -> list[str]:
     """Class names sorted; integer names numerically (2 before 10)."""
 
-    def key(name: str) -> tuple[int, int, str]:
-        stripped = name.lstrip("-")
-        return (0, int(name), name) if stripped.isdigit() else (1, 0, name)
+    def key(name: str) -> tuple[int, int, str]:  # ASCII digits only: int() refuses '²' and '--1'
+        return (0, int(name), name) if re.fullmatch(r"-?[0-9]+", name) else (1, 0, name)
 
     return sorted(names, key=key)
 
@@ -336,10 +337,11 @@ def _existing(value: str | None, key: str, expected: str) -> Path:
     return path
 
 
-def _files_under(folder: Path) -> list[str]:
+def _files_under(folder: Path, key: str = "train_dir") -> list[str]:
     """Every file under ``folder``, recursively, sorted as paths (by their parts); hidden files and
     folders (a name starting with ``.``) are left out, and symbolic links to folders are not followed.
-    ``os.scandir`` reads the file type with the name: no ``stat`` per file."""
+    ``os.scandir`` reads the file type with the name: no ``stat`` per file. A name that is not UTF-8 or a
+    symbolic-link loop is a :class:`DataError` naming it (:mod:`hf_finetune.path_checks`)."""
     found: list[str] = []
     pending = [str(folder)]
     while pending:
@@ -348,9 +350,9 @@ def _files_under(folder: Path) -> list[str]:
                 if entry.name.startswith("."):
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    pending.append(entry.path)
-                elif entry.is_file():
-                    found.append(entry.path)
+                    pending.append(utf8_name(entry.path, key))
+                elif entry_is_file(entry, key):
+                    found.append(utf8_name(entry.path, key))
     found.sort(key=lambda path: path.split(os.sep))
     return found
 
@@ -378,8 +380,10 @@ def _scan_folder(root: Path, key: str, bad: _Bad | None = None, strict: bool = F
                 "subfolder per class"
             )
         raise DataError(f"{key}: {root} contains no images; expected a folder of CLASS/*.jpg")
+    for folder in classes:
+        utf8_name(str(folder), key)  # a class name must be text
     _check_case_collisions([folder.name for folder in classes], f"{key}: {root}")
-    per_class = [(folder, _files_under(folder)) for folder in classes]
+    per_class = [(folder, _files_under(folder, key)) for folder in classes]
     for folder, files in per_class:
         if not files:
             raise DataError(
@@ -549,8 +553,12 @@ def _from_dataset(
     if data_args.dataset_config_name:
         source += f" ({data_args.dataset_config_name})"
     try:
-        raw = datasets.load_dataset(name, data_args.dataset_config_name, cache_dir=cache_dir)
-    except (FileNotFoundError, ConnectionError) as err:
+        if (local / "state.json").is_file():  # one Dataset written by save_to_disk: its rows are train
+            raw = datasets.DatasetDict({"train": datasets.load_from_disk(str(local))})
+            source += " (one split, saved with save_to_disk)"
+        else:
+            raw = datasets.load_dataset(name, data_args.dataset_config_name, cache_dir=cache_dir)
+    except (FileNotFoundError, ConnectionError, ValueError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"dataset_name: could not load {name!r}: {message}") from None
     available = list(raw)

@@ -1,7 +1,8 @@
 """Metrics of a saved model on one split of a dataset (``hf-finetune eval``).
 
 The split is loaded exactly as training loads it (same sources, same seeded split), its labels are matched
-to the model's labels by name, and the images go through the model's evaluation transform.
+to the model's labels by name (or synonym, plural, synset id: :mod:`hf_finetune.model_labels`), and the
+images go through the model's evaluation transform.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, suggest
+from .model_labels import data_to_model_rows, distinct_label_names
 from .escaping import terminal_text
 
 __all__ = ["SplitPredictions", "predict_split", "evaluate_model", "format_report"]
@@ -62,15 +64,9 @@ def predict_split(
             f"split: {split!r} is not in the data; available: {sorted(data.dataset)}{suggest(split, data.dataset)}"
         )
     model, processor = load_for_inference(model_name_or_path)
-    model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    index = {name: i for i, name in enumerate(model_labels)}
-    unknown = [name for name in data.labels if name not in index]
-    if unknown:
-        raise DataError(
-            f"labels: {unknown} in the data are not labels of the model {model_name_or_path} "
-            f"(its labels: {model_labels[:10]}{' ...' if len(model_labels) > 10 else ''})"
-        )
-    remap = np.array([index[name] for name in data.labels])
+    model_labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    # by name, then by synonym/plural/synset as training's label mapping; a class matching none is one line
+    remap = np.array(data_to_model_rows(data.labels, model_labels, str(model_name_or_path)))
     data_config = data_config_from_processor(processor)
     _, eval_transform = build_transforms(data_config, augmentation="none")
     raw = data.dataset[split]
@@ -107,7 +103,7 @@ def predict_split(
     return SplitPredictions(
         logits=np.concatenate(logits),
         labels=np.concatenate(labels),
-        label_names=[str(name) for name in model_labels],
+        label_names=distinct_label_names(model_labels),  # ImageNet's two "crane": "crane [134]", ...
         images=images,
         rows=np.asarray(rows, dtype=np.int64),
     )

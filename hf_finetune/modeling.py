@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ModelLoadError
+from .errors import ConfigError, DataError, ModelLoadError
 from .heads import copy_source_rows, head_parameter_names, reinitialize_head, source_head_tensors
+from .weights_check import check_safetensors_files
 
 __all__ = [
     "LoadedModel",
@@ -105,6 +106,8 @@ def load_source_config(
         raise ModelLoadError(
             f"model_name_or_path: {model_name_or_path} has no config.json; expected a transformers or timm checkpoint folder"
         )
+    if local:
+        check_safetensors_files(path)  # a truncated or empty weights file is one line, before any loading
     if not local and (model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1):
         raise ModelLoadError(
             f"model_name_or_path: {model_name_or_path} does not exist; expected a checkpoint folder"
@@ -229,6 +232,11 @@ def load_model_for_labels(
 
     if not labels:
         raise ModelLoadError("labels: got an empty label set; expected at least one class name")
+    if len(labels) == 1:  # transformers would make one output a regression (MSE loss, raw scores)
+        raise DataError(
+            f"labels: the data has a single class {labels[0]!r}; a classifier needs at least two: add a "
+            "folder (or rows) of images for each other class"
+        )
     if len(set(labels)) != len(labels):
         raise ModelLoadError(f"labels: duplicate class names in {labels}")
     token = token or os.environ.get("HF_TOKEN") or None

@@ -29,6 +29,7 @@ from .errors import ConfigError, DataError, ModelLoadError
 from .escaping import csv_cell
 from .image_check import BadImageError, check_image_files, open_image, summarize_reasons
 from .images import is_image_file
+from .model_labels import distinct_label_names
 
 __all__ = ["iter_image_files", "load_for_inference", "predict_images", "write_predictions"]
 
@@ -187,7 +188,8 @@ def predict_images(
     config = model.config
     function = _score_function(config)
     top_k = min(top_k, int(config.num_labels))
-    id2label = {int(index): str(label) for index, label in config.id2label.items()}
+    names = {int(index): str(label) for index, label in config.id2label.items()}
+    id2label = dict(enumerate(distinct_label_names([names[i] for i in sorted(names)])))  # "crane [134]"
     model_device = next(model.parameters()).device
 
     batches = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]

@@ -7,8 +7,13 @@ a few run it as a subprocess, as a user does.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+from pathlib import Path
+
 import pytest
-from conftest import run_hf_finetune
+from conftest import SHARED_DATA, SHARED_MODELS, make_image_folder, requires_shared, run_hf_finetune
 
 QUICK = ["--image_size", "32", "--per_device_train_batch_size", "4", "--max_steps", "1"]
 QUICK += ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
@@ -113,3 +118,216 @@ def test_every_numeric_key_has_a_range():
         if spec.init and any(t in str(spec.type) for t in ("int", "float"))
     }
     assert numeric - set(RANGES) == set()
+
+
+# --- case 6: a single class --------------------------------------------------------------------------
+
+
+def test_single_class_is_one_line_error(tmp_path, tiny_hf_checkpoint):
+    data = make_image_folder(tmp_path / "data", {"cat": 8})
+    out = tmp_path / "out"
+    args = ["train", "--model_name_or_path", tiny_hf_checkpoint, "--train_dir", data, "--output_dir", out]
+    subprocess_error(*args, *QUICK, fragments=("single class 'cat'", "at least two"))
+    assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
+
+
+# --- cases 7-9: file and class names -----------------------------------------------------------------
+
+
+def _train_args(checkpoint: Path, data: Path, out: Path) -> list:
+    return ["train", "--model_name_or_path", checkpoint, "--train_dir", data, "--output_dir", out, *QUICK]
+
+
+def test_non_utf8_file_names(tmp_path, capsys, tiny_hf_checkpoint):
+    """A Latin-1 file name (bytes that are not UTF-8) in a class folder: one line naming it, whether the file
+    is a good image or a bad one (bad_images.json could not list it either); so is a Latin-1 class folder."""
+    data = make_image_folder(tmp_path / "data", {"cat": 4, "dog": 4})
+    latin1 = os.fsencode(data / "cat") + b"/caf\xe9.png"
+    shutil.copy(data / "cat" / "cat_000.png", latin1)
+    args = _train_args(tiny_hf_checkpoint, data, tmp_path / "out")
+    cli_error(capsys, *args, fragments=("train_dir: ", "caf\\xe9.png", "not valid UTF-8", "rename"))
+    os.remove(latin1)
+    Path(os.fsdecode(os.fsencode(data / "dog") + b"/empty\xff.png")).write_bytes(b"")  # a bad file, too
+    cli_error(capsys, *args, fragments=("empty\\xff.png", "not valid UTF-8"))
+    assert not (tmp_path / "out" / "bad_images.json").exists()
+    os.remove(os.fsencode(data / "dog") + b"/empty\xff.png")
+    shutil.copytree(data / "dog", os.fsdecode(os.fsencode(tmp_path / "data") + b"/d\xf6g"))
+    cli_error(capsys, *args, fragments=("d\\xf6g", "not valid UTF-8"))
+
+
+def test_symlink_loop_in_class_folder(tmp_path, capsys, tiny_hf_checkpoint):
+    data = make_image_folder(tmp_path / "data", {"cat": 4, "dog": 4})
+    os.symlink("loop_b.png", data / "cat" / "loop_a.png")
+    os.symlink("loop_a.png", data / "cat" / "loop_b.png")
+    args = _train_args(tiny_hf_checkpoint, data, tmp_path / "out")
+    cli_error(capsys, *args, fragments=("train_dir: ", "/cat/loop_", "symbolic link loop"))
+    # predict skips what is not a readable file and predicts the rest
+    from hf_finetune import cli
+
+    assert cli.main(["predict", str(tiny_hf_checkpoint), str(data / "cat")]) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if "cat_0" in line]) == 4
+
+
+def test_superscript_and_dash_class_names(tmp_path, capsys, tiny_hf_checkpoint):
+    """str.isdigit() accepts '²' and the old sort key stripped every '-' of '--1': int() failed on both.
+    Such names are names; whole numbers still sort numerically."""
+    data = make_image_folder(tmp_path / "data", {"²": 6, "--1": 6, "10": 6, "-2": 6, "3": 6})
+    out = tmp_path / "out"
+    from hf_finetune import cli
+
+    assert cli.main([str(a) for a in _train_args(tiny_hf_checkpoint, data, out)]) == 0, capsys.readouterr()
+    id2label = json.loads((out / "config.json").read_text())["id2label"]
+    assert [id2label[str(i)] for i in range(5)] == ["-2", "3", "10", "--1", "²"]
+
+
+# --- case 11: weights cut short ----------------------------------------------------------------------
+
+
+def test_truncated_safetensors_in_predict_eval_train(tmp_path, capsys, tiny_hf_checkpoint, tiny_image_folder):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_hf_checkpoint, model)
+    weights = model / "model.safetensors"
+    whole = weights.read_bytes()
+    image = next((tiny_image_folder / "val" / "cat").iterdir())
+    commands = {
+        "predict": ["predict", model, image],
+        "eval": ["eval", model, "--train_dir", tiny_image_folder, "--report_dir", tmp_path / "report"],
+        "train": _train_args(model, tiny_image_folder, tmp_path / "out"),
+    }
+    for content, why in ((whole[: len(whole) // 2], "truncated"), (b"", "0 bytes"), (whole[:6], "6 bytes")):
+        weights.write_bytes(content)
+        for name, args in commands.items():
+            line = cli_error(capsys, *args, fragments=(str(weights), "not a whole safetensors file", why))
+            assert name and "Traceback" not in line
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+# --- case 12: outputs that cannot be written, found before any work ---------------------------------
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the work started before the output path was checked")
+
+
+def test_unwritable_output_paths_checked_before_work(tmp_path, capsys, monkeypatch, tiny_hf_checkpoint):
+    import hf_finetune.data
+    import hf_finetune.evaluation
+    import hf_finetune.path_checks
+    import hf_finetune.predict
+
+    data = make_image_folder(tmp_path / "data", {"cat": 3, "dog": 3})
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder is needed\n")
+    model = str(tiny_hf_checkpoint)
+    for module, name in (
+        (hf_finetune.data, "load_image_dataset"),
+        (hf_finetune.predict, "predict_images"),
+        (hf_finetune.evaluation, "evaluate_model"),
+    ):
+        monkeypatch.setattr(module, name, _must_not_run)
+    train = ["train", "--model_name_or_path", model, "--train_dir", data, *QUICK]
+    cli_error(
+        capsys, *train, "--output_dir", blocker / "sub", fragments=("output_dir: ", f"{blocker} is a file")
+    )
+    cli_error(capsys, *train, "--output_dir", "", fragments=("output_dir: got ''",))
+    cli_error(capsys, "predict", model, data, "--output", data, fragments=("output: ", "is a folder"))
+    cli_error(
+        capsys, "predict", model, data, "--output", blocker / "p.csv", fragments=(f"{blocker} is a file",)
+    )
+    cli_error(
+        capsys, "predict", model, data, "--output", tmp_path / "p.txt", fragments=("output: ", ".jsonl")
+    )
+    mapping = ["map-labels", "--model_name_or_path", model, "--train_dir", data]
+    cli_error(
+        capsys, *mapping, "--output", blocker / "m.json", fragments=("output: ", f"{blocker} is a file")
+    )
+    cli_error(
+        capsys, "eval", model, "--train_dir", data, "--report_dir", blocker, fragments=("report_dir: ",)
+    )
+    # a parent the process may not write (simulated: tests run as root, for whom every folder is writable)
+    real_access = os.access
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(
+        hf_finetune.path_checks.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode)
+    )
+    cli_error(
+        capsys, *train, "--output_dir", locked / "run", fragments=(f"the folder {locked} is not writable",)
+    )
+    cli_error(capsys, "predict", model, data, "--output", locked / "p.csv", fragments=(str(locked),))
+    monkeypatch.undo()
+    # map-labels --output into a folder that does not exist yet: made, as predict --output does
+    from hf_finetune import cli
+
+    report = tmp_path / "new" / "folder" / "map.json"
+    assert cli.main([str(a) for a in [*mapping, "--output", report]]) == 0
+    assert json.loads(report.read_text())
+
+
+# --- case 15: eval of an ImageNet-1k model (two labels named crane) ----------------------------------
+
+
+@requires_shared
+@pytest.mark.parametrize("checkpoint", ["hf-mobilenet_v2_1.0_224", "timm-tf_efficientnet_lite0"])
+def test_eval_imagenet_model_with_duplicate_crane(tmp_path, capsys, checkpoint):
+    """Folders hotdog/ and pizza/ are matched to the model's labels as training's mapping matches them
+    (synonyms of 'hotdog, hot dog, red hot' and 'pizza, pizza pie'); the two crane rows are told apart by
+    index in every report; a folder crane/ names both, and a folder matching nothing is named in one line."""
+    from hf_finetune import cli
+
+    photos = SHARED_DATA / "hotdog" / "val"
+    data = tmp_path / "data"
+    for split, pick in (("train", slice(0, 2)), ("val", slice(2, 5))):
+        for folder, source in (("hotdog", "hotdog"), ("pizza", "not_hotdog")):
+            (data / split / folder).mkdir(parents=True)
+            for photo in sorted((photos / source).glob("*.jpg"))[pick]:
+                shutil.copy(photo, data / split / folder / photo.name)
+    model = SHARED_MODELS / checkpoint
+    report = tmp_path / "report"
+    assert cli.main(["eval", str(model), "--train_dir", str(data), "--report_dir", str(report)]) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    cranes = sorted(name for name in metrics["per_class"] if name.startswith("crane"))
+    assert len(cranes) == 2 and all(name.startswith("crane [") for name in cranes), cranes
+    assert (
+        metrics["per_class"][next(n for n in metrics["per_class"] if n.startswith("hotdog"))]["support"] == 3
+    )
+    assert (
+        metrics["per_class"][next(n for n in metrics["per_class"] if n.startswith("pizza"))]["support"] == 3
+    )
+    capsys.readouterr()
+    (data / "val" / "pizza").rename(data / "val" / "crane")
+    (data / "train" / "pizza").rename(data / "train" / "crane")
+    cli_error(capsys, "eval", model, "--train_dir", data, fragments=("'crane'", cranes[0], cranes[1]))
+    (data / "val" / "crane").rename(data / "val" / "qwzx")
+    (data / "train" / "crane").rename(data / "train" / "qwzx")
+    cli_error(capsys, "eval", model, "--train_dir", data, fragments=("'qwzx' (no model label)",))
+
+
+# --- case 16: a Dataset (not a DatasetDict) saved with save_to_disk ----------------------------------
+
+
+def test_single_dataset_saved_to_disk(tmp_path, capsys, tiny_hf_checkpoint):
+    import datasets
+
+    from hf_finetune import cli
+    from hf_finetune.configs import DataArguments
+    from hf_finetune.data import load_image_dataset
+
+    images = make_image_folder(tmp_path / "images", {"cat": 6, "dog": 6})
+    paths = sorted(str(p) for p in images.rglob("*.png"))
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])}
+    )
+    labels = [0 if "/cat/" in p else 1 for p in paths]
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"image": paths, "label": labels}, features=features).save_to_disk(str(saved))
+    data = load_image_dataset(DataArguments(dataset_name=str(saved)))
+    assert data.labels == ["cat", "dog"]
+    assert sorted(data.dataset) == ["train", "validation"]
+    assert len(data.dataset["train"]) + len(data.dataset["validation"]) == 12
+    assert "save_to_disk" in data.source
+    capsys.readouterr()
+    mapping = ["map-labels", "--model_name_or_path", tiny_hf_checkpoint, "--dataset_name", saved]
+    assert cli.main([str(a) for a in mapping]) == 0
+    # a split that the single Dataset does not have is one line
+    cli_error(capsys, *mapping, "--train_split", "training", fragments=("train_split: ", "'train'"))

@@ -90,12 +90,12 @@ def test_timm_trap_is_present_and_loads(tiny_timm_checkpoint):
 
 def test_bad_model_paths(tmp_path):
     with pytest.raises(ModelLoadError, match="no config.json"):
-        load_model_for_labels(str(tmp_path), ["a"])
+        load_model_for_labels(str(tmp_path), ["a", "b"])
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ModelLoadError, match="'bert'"):
-        load_model_for_labels(str(tmp_path), ["a"])
+        load_model_for_labels(str(tmp_path), ["a", "b"])
     with pytest.raises(ModelLoadError, match="does not exist"):
-        load_model_for_labels(str(tmp_path / "missing"), ["a"])
+        load_model_for_labels(str(tmp_path / "missing"), ["a", "b"])
     with pytest.raises(ModelLoadError, match="duplicate"):
         load_model_for_labels(str(tmp_path), ["a", "a"])
 
