@@ -488,10 +488,11 @@ class FinetuneTrainingArguments(TrainingArguments):
     batchnorm: str = field(
         default="auto",
         metadata={
-            "help": "BatchNorm running statistics: auto (correct TF-style momentum such as transformers' "
-            "MobileNet 0.997 to PyTorch's 1-0.997, then train the statistics with 32 or more images per "
-            "device and freeze them below that), train (as loaded), freeze (keep the pretrained statistics; "
-            "affine weights still learn).",
+            "help": "BatchNorm running statistics: auto (freeze when the checkpoint brought statistics; train when "
+            "they were never trained, mean 0 and variance 1 in every layer), freeze (keep the pretrained "
+            "statistics; affine weights still learn), train (the statistics follow the training batches; momentum "
+            "written in TensorFlow's convention, such as transformers' MobileNet 0.997, is converted to "
+            "PyTorch's 1-0.997 first).",
             "choices": list(BATCHNORM_MODES),
         },
     )

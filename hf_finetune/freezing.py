@@ -14,6 +14,7 @@ import re
 import types
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from .heads import head_parameter_names
@@ -176,26 +177,46 @@ def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-SMALL_BATCH = 32  # below this many images per device, batch statistics are too noisy to train on
+def _fresh_statistics(norms: list[tuple[str, nn.Module]]) -> bool:
+    """True when every BatchNorm layer still holds its initial statistics (mean 0, variance 1): a network built
+    from a config, not loaded from a checkpoint, has no pretrained statistics to keep."""
+    for _, module in norms:
+        mean, var = getattr(module, "running_mean", None), getattr(module, "running_var", None)
+        if mean is None or var is None:
+            return False
+        if not (torch.all(mean == 0) and torch.all(var == 1)):
+            return False
+    return True
 
 
 def configure_batchnorm(model: nn.Module, mode: str = "auto", batch_size: int | None = None) -> list[str]:
     """Apply the BatchNorm policy; returns one line per kind of change made.
 
-    * ``auto``: momentum written in TensorFlow's convention (``running = m*running + (1-m)*batch``, m close to
-      1, as transformers' MobileNetV1/V2 build it with 0.997/0.9997) is converted to PyTorch's
-      (``1 - m``); without this, every training batch would replace the pretrained statistics. Then, with
-      fewer than ``SMALL_BATCH`` (32) images per device, the statistics are frozen as with ``freeze``: the
-      statistics of small batches are noisy and shift the features the pretrained (and reused) rows expect.
+    * ``auto``: ``freeze`` when the statistics are pretrained; ``train`` when they were never trained (every
+      layer at mean 0 and variance 1: a network built from its config has nothing to keep). A short fine-tune
+      that trains pretrained statistics evaluates the network under running statistics that do not match the
+      batch statistics it learned under; ``bench/defaults_table.py`` measures both on real photos.
     * ``freeze``: BatchNorm layers always run in evaluation mode (running statistics kept; affine weights
       still learn when their parameters are trainable).
-    * ``train``: left as loaded.
+    * ``train``: the statistics follow the training batches. Momentum written in TensorFlow's convention
+      (``running = m*running + (1-m)*batch``, m close to 1, as transformers' MobileNetV1/V2 build it with
+      0.997/0.9997) is converted to PyTorch's (``1 - m``) first; as loaded, every training batch would
+      replace the running statistics.
+
+    ``batch_size`` is accepted for callers that pass it; the policy does not depend on it.
     """
     changes: list[str] = []
     norms = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if mode == "train" or not norms:
+    if not norms:
         return changes
     if mode == "auto":
+        fresh = _fresh_statistics(norms)
+        mode = "train" if fresh else "freeze"
+        changes.append(
+            "batchnorm auto: "
+            + ("the statistics were never trained (mean 0, variance 1): trained" if fresh else "pretrained statistics kept (frozen)")
+        )
+    if mode == "train":
         fixed: dict[float, int] = {}
         for _, module in norms:
             if module.momentum is not None and module.momentum > 0.5:
@@ -205,11 +226,7 @@ def configure_batchnorm(model: nn.Module, mode: str = "auto", batch_size: int | 
             changes.append(
                 f"BatchNorm momentum {momentum} (TensorFlow convention) -> {round(1 - momentum, 10)} in {count} layers"
             )
-        if batch_size is not None and batch_size < SMALL_BATCH:
-            mode = "freeze"
-            changes.append(
-                f"batch of {batch_size} < {SMALL_BATCH} images per device: BatchNorm statistics frozen"
-            )
+        return changes
     if mode == "freeze":
         for _, module in norms:
             module.train = types.MethodType(_frozen_train, module)

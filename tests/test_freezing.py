@@ -67,14 +67,14 @@ def test_batchnorm_freeze_keeps_running_statistics(model):
     assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True))
 
 
-def test_batchnorm_auto_converts_tensorflow_momentum():
+def test_batchnorm_train_converts_tensorflow_momentum():
     net = nn.Sequential(
         nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.997), nn.BatchNorm2d(4, momentum=0.1)
     )
-    changes = configure_batchnorm(net, "auto")
+    changes = configure_batchnorm(net, "train")
     assert net[1].momentum == pytest.approx(0.003) and net[2].momentum == 0.1
     assert len(changes) == 1 and "0.997" in changes[0]
-    assert configure_batchnorm(net, "train") == []
+    assert configure_batchnorm(net, "train") == []  # converted once
 
 
 @requires_shared
@@ -83,7 +83,7 @@ def test_mobilenet_momentum_trap_on_real_weights():
     training-mode batches replace the pretrained statistics. Measured on real hotdog photos: the untouched
     ImageNet model picks the `hotdog` row for hotdogs (and not for the rest) on 68% of validation images;
     after two training-mode batches with the momentum as loaded it drops and the 1001-way top-1 changes on
-    many images; with the momentum corrected both stay."""
+    many images; with the momentum corrected (`batchnorm: train`) both stay, and `auto` keeps them frozen."""
     from transformers import AutoModelForImageClassification
 
     from hf_finetune.images import load_image
@@ -113,9 +113,10 @@ def test_mobilenet_momentum_trap_on_real_weights():
     untouched = zero_shot(base)
     reference = predict(base)
     results, agreement = {}, {}
-    for mode in ("train", "auto"):
+    for mode in ("as loaded", "train", "auto"):
         m = copy.deepcopy(base)
-        configure_batchnorm(m, mode)
+        if mode != "as loaded":
+            configure_batchnorm(m, mode)
         m.train()
         with torch.no_grad():
             for i in range(0, len(xt), 25):
@@ -123,24 +124,29 @@ def test_mobilenet_momentum_trap_on_real_weights():
         results[mode] = zero_shot(m)
         agreement[mode] = (predict(m) == reference).float().mean().item()
     print(
-        f"untouched {untouched:.2f}, as loaded {results['train']:.2f}, corrected {results['auto']:.2f}; "
+        f"untouched {untouched:.2f}, as loaded {results['as loaded']:.2f}, corrected {results['train']:.2f}, "
+        f"auto (frozen) {results['auto']:.2f}; "
         f"top-1 agreement with the untouched model {agreement}"
     )
     assert untouched >= 0.65
-    assert results["auto"] >= untouched - 0.02 and agreement["auto"] >= 0.95
-    assert results["train"] < untouched and agreement["train"] <= 0.8
+    assert results["train"] >= untouched - 0.02 and agreement["train"] >= 0.95
+    assert results["auto"] == untouched and agreement["auto"] == 1.0  # pretrained statistics: frozen
+    assert results["as loaded"] < untouched and agreement["as loaded"] <= 0.8
 
 
-def test_batchnorm_auto_freezes_statistics_for_small_batches():
-    small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.997))
-    changes = configure_batchnorm(small, "auto", batch_size=8)
-    assert small[1].momentum == pytest.approx(0.003) and any("frozen" in c for c in changes)
-    small.train()
-    before = small[1].running_mean.clone()
-    small(torch.randn(2, 3, 8, 8) + 5)
-    assert not small[1].training and torch.equal(before, small[1].running_mean)
-    large = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-    assert configure_batchnorm(large, "auto", batch_size=32) == []
-    large.train()
-    large(torch.randn(2, 3, 8, 8) + 5)
-    assert large[1].training and not torch.equal(large[1].running_mean, torch.zeros(4))
+def test_batchnorm_auto_freezes_pretrained_and_trains_fresh_statistics():
+    pretrained = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.997))
+    pretrained[1].running_mean.fill_(0.5)  # statistics a checkpoint brought
+    changes = configure_batchnorm(pretrained, "auto", batch_size=64)  # whatever the batch
+    assert any("pretrained statistics kept" in c for c in changes)
+    pretrained.train()
+    before = pretrained[1].running_mean.clone()
+    pretrained(torch.randn(2, 3, 8, 8) + 5)
+    assert not pretrained[1].training and torch.equal(before, pretrained[1].running_mean)
+
+    fresh = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.997))  # mean 0, variance 1
+    changes = configure_batchnorm(fresh, "auto", batch_size=8)
+    assert any("never trained" in c for c in changes) and fresh[1].momentum == pytest.approx(0.003)
+    fresh.train()
+    fresh(torch.randn(2, 3, 8, 8) + 5)
+    assert fresh[1].training and not torch.equal(fresh[1].running_mean, torch.zeros(4))
