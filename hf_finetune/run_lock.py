@@ -80,9 +80,15 @@ def _locked_fd(path: Path) -> int:
 def output_lock(output_dir: str | Path) -> Iterator[Path]:
     """Hold the lock of ``output_dir`` (created if missing) while the block runs; yields the lock file."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
-    fd = _locked_fd(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = _locked_fd(path)
+    except OSError as err:  # a read-only folder, a full disk
+        raise ConfigError(
+            f"output_dir: cannot create the lock file {path} ({type(err).__name__}: {err.strerror or err}); "
+            "expected a folder this process may write into"
+        ) from None
     try:
         stale = read_lock(path)
         if stale:  # the file outlived its process: that run was killed or its machine went down

@@ -125,6 +125,25 @@ def test_fresh_run_refuses_folder_with_stale_checkpoints(tiny_hf_checkpoint, ima
     assert "learning_rate: 0.001" in (out / "recipe.yaml").read_text()
 
 
+def test_rotation_never_deletes_its_own_newest_checkpoint(tmp_path):
+    """Case 1's second half: checkpoint-6 just written beside checkpoint-7 of an abandoned branch; rotation to
+    one checkpoint would keep 7 and delete 6. It is skipped instead; without a later checkpoint it rotates."""
+    from types import SimpleNamespace
+
+    from hf_finetune.trainer import FinetuneTrainer
+
+    for step in (5, 6, 7):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(save_total_limit=1), state=SimpleNamespace(best_model_checkpoint=None)
+    )
+    FinetuneTrainer._rotate(trainer, str(tmp_path), str(tmp_path / "checkpoint-6"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-5", "checkpoint-6", "checkpoint-7"]
+    FinetuneTrainer._rotate(trainer, str(tmp_path), str(tmp_path / "checkpoint-7"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-7"]
+
+
 WRAPPER = """
 import os, sys, time
 from pathlib import Path
