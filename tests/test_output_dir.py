@@ -84,7 +84,8 @@ def _train(argv: list[str], stop_at: int | None = None):
 
 def _snapshot(folder: Path) -> dict[str, bytes | None]:
     return {
-        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))
+        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(folder.rglob("*"))
     }
 
 
@@ -106,7 +107,11 @@ def test_fresh_run_refuses_folder_with_stale_checkpoints(tiny_hf_checkpoint, ima
     assert cli_main(run_b) == 2  # run B, another recipe, without --resume
     line = _message(capsys)
     assert line.startswith(f"hf-finetune: error: output_dir: {out} holds the checkpoints of an earlier run")
-    assert "(checkpoint-5, checkpoint-7)" in line and "--resume" in line and "--overwrite_output_dir true" in line
+    assert (
+        "(checkpoint-5, checkpoint-7)" in line
+        and "--resume" in line
+        and "--overwrite_output_dir true" in line
+    )
     assert _snapshot(out) == before  # nothing touched
 
     # Told to overwrite, B deletes A's checkpoints first: its own checkpoint is the one it names and keeps.
@@ -194,7 +199,9 @@ def test_two_runs_into_one_folder_lock(tiny_hf_checkpoint, images, tmp_path, cap
         second = _argv(tiny_hf_checkpoint, images, out, learning_rate="1e-3", **QUICK)
         assert cli_main(second) == 2  # the second run, while the first one trains
         line = _message(capsys)
-        assert line.startswith(f"hf-finetune: error: output_dir: {out} is in use by another run (pid {first.pid} ")
+        assert line.startswith(
+            f"hf-finetune: error: output_dir: {out} is in use by another run (pid {first.pid} "
+        )
         assert str(out / LOCK_NAME) in line and "--output_dir NEW" in line
         assert _snapshot(out) == before  # the first run's lock and files are untouched
     finally:
@@ -231,7 +238,9 @@ def test_resume_with_changed_learning_rate_refused(tiny_hf_checkpoint, images, t
     changed = _argv(tiny_hf_checkpoint, data, out, learning_rate="1e-3", head_lr_multiplier=5)
     assert cli_main(changed + ["--resume"]) == 2
     line = _message(capsys)
-    assert line.startswith(f"hf-finetune: error: resume_from_checkpoint: {out / 'checkpoint-3'} was trained with")
+    assert line.startswith(
+        f"hf-finetune: error: resume_from_checkpoint: {out / 'checkpoint-3'} was trained with"
+    )
     assert "head_lr_multiplier 10.0 -> 5.0, learning_rate 0.005 -> 0.001" in line
     assert "--resume_allow_changes head_lr_multiplier learning_rate" in line
     assert _snapshot(out) == before
@@ -277,7 +286,9 @@ def test_user_files_in_output_dir_untouched(tiny_hf_checkpoint, images, tmp_path
 
     assert cli_main(argv + ["--overwrite_output_dir", "true"]) == 2  # a run would replace some of them
     line = _message(capsys)
-    assert f"output_dir: {out} holds README.md, bad_images.json, confusion_matrix.png, labels.json and" in line
+    assert (
+        f"output_dir: {out} holds README.md, bad_images.json, confusion_matrix.png, labels.json and" in line
+    )
     assert "never replaces files hf-finetune did not write" in line
     assert _snapshot(out) == before
 
@@ -376,4 +387,6 @@ def test_validation_dir_equal_train_dir_warns(tiny_hf_checkpoint, images, tmp_pa
     out = tmp_path / "out"
     assert cli_main(_argv(tiny_hf_checkpoint, train, out, validation_dir=train, **QUICK)) == 0
     logged = capsys.readouterr().out
-    assert f"validation_dir is train_dir ({train}): the model is validated on its own training images" in logged
+    assert (
+        f"validation_dir is train_dir ({train}): the model is validated on its own training images" in logged
+    )
