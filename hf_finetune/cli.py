@@ -83,7 +83,7 @@ def _train(argv: list[str]) -> int:
 
         config = resolve_accelerate_config(accelerate_config)
         parsed = parse_train_args(argv)  # a bad recipe fails here, in one line, before any process starts
-        with run_folder(*parsed, explicit=parsed.explicit, delegate=True):  # the ranks' folder: checked, locked
+        with run_folder(*parsed, explicit=parsed.explicit, delegate=True):  # checked and locked for the ranks
             return launch(config, argv, accelerate_config)
     use_cpu_when_no_gpu()
     from .parser import parse_train_args
