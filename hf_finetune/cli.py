@@ -16,7 +16,7 @@ import argparse
 import logging
 import sys
 
-from .escaping import terminal_text  # light: no heavy import before a command runs
+from .escaping import TerminalFormatter, terminal_text  # light: no heavy import before a command runs
 
 __all__ = ["main", "build_parser"]
 
@@ -47,7 +47,7 @@ def _setup_logging(verbose: bool = True) -> None:
         ours[0].stream = sys.stdout  # flushing the old one, which may be closed (setStream would flush it)
     elif not root.handlers:
         handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(TerminalFormatter("%(message)s"))  # labels' control characters shown escaped
         handler._hf_finetune_cli = True
         root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         return handlers[command](rest)
     except HfFinetuneError as err:
-        print(f"hf-finetune: error: {_one_line(err)}", file=sys.stderr)
+        print(f"hf-finetune: error: {terminal_text(_one_line(err))}", file=sys.stderr)
         return 2
     except TrainingInterrupted as err:
         import os

@@ -15,7 +15,9 @@ of file hf_finetune writes it into.
   run is longer than any run in the text, so the text cannot close it early.
 * A terminal (:func:`terminal_text`): control characters (the ESC that starts an ANSI sequence, a
   carriage return or backspace that overwrites what was printed, C1 controls) and the Unicode bidirectional
-  overrides are shown as ``\\x1b``-style escapes, so a label cannot recolour, hide or reorder the output.
+  overrides are shown as ``\\x1b``-style escapes, so a label cannot recolour, hide or reorder the output;
+  so are lone surrogates (the bytes of a non-UTF-8 file name), which would fail to print. The CLI's log
+  lines go through :class:`TerminalFormatter`, its one-line errors through :func:`terminal_text`.
 * Plots (:data:`PLAIN_TEXT`): matplotlib keyword arguments that draw a string as plain text: no
   math-text parsing of ``$...$`` (``$\\foo{$`` would raise) and no LaTeX.
 
@@ -25,6 +27,7 @@ Every writer of hf_finetune uses these functions; there are no private copies.
 from __future__ import annotations
 
 import html
+import logging
 import re
 from typing import Any
 
@@ -36,6 +39,7 @@ __all__ = [
     "markdown_code",
     "code_fence",
     "terminal_text",
+    "TerminalFormatter",
 ]
 
 #: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection"), and the
@@ -48,7 +52,7 @@ PLAIN_TEXT: dict[str, Any] = {"parse_math": False, "usetex": False}
 _MARKDOWN_BACKSLASHED = re.compile(r"([\\`*_\[\]|~])")
 _LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029\x0b\x0c\x85]+")
 _BACKTICK_RUNS = re.compile(r"`+")
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def csv_cell(value: Any) -> str:
@@ -94,3 +98,11 @@ def terminal_text(value: Any, keep_newlines: bool = False) -> str:
     if keep_newlines:
         return "\n".join(terminal_text(line) for line in text.split("\n"))
     return _CONTROLS.sub(lambda m: repr(m.group())[1:-1], text.replace("\n", "\\n"))
+
+
+class TerminalFormatter(logging.Formatter):
+    """A logging formatter whose output is :func:`terminal_text` (line breaks kept): a label or file name in
+    a log line is shown, never run as a terminal control sequence."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_text(super().format(record), keep_newlines=True)

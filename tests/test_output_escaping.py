@@ -229,8 +229,9 @@ def test_model_card_escapes_label_markdown_html(tmp_path):
 
 def test_terminal_output_escapes_control_characters(tiny_hf_checkpoint, tmp_path, capsys):
     """Found while fixing case 19: ``predict`` (without --output), ``eval``'s table and ``map-labels``'s table
-    printed label names raw, so a label holding ESC sequences or a carriage return could recolour, clear
-    or overwrite the terminal's output. They are printed escaped (``\\x1b``)."""
+    printed label names raw, and log lines and one-line errors printed file names raw, so a name holding
+    ESC sequences or a carriage return could recolour, clear or overwrite the terminal's output. They are
+    printed escaped (``\\x1b``)."""
     import shutil
 
     from hf_finetune import cli
@@ -244,10 +245,17 @@ def test_terminal_output_escapes_control_characters(tiny_hf_checkpoint, tmp_path
     config["label2id"] = {name: int(i) for i, name in config["id2label"].items()}
     (model / "config.json").write_text(json.dumps(config))
     root = make_image_folder(tmp_path / "data", {evil: 2, "dog": 2}, seed=3)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "bad\x1b[2J.png").write_text("not a PNG")  # named in a warning, then in a --strict error
     capsys.readouterr()
-    assert cli.main(["predict", str(model), str(root), "--top-k", "7"]) == 0
+    assert cli.main(["predict", str(model), str(root), str(loose), "--top-k", "7"]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\r" not in out
+    assert "skipping image " + str(loose / "bad\\x1b[2J.png") + ": not an image" in out  # the log line
+    assert cli.main(["predict", str(model), str(loose), "--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "\x1b" not in err[0] and "bad\\x1b[2J.png" in err[0], err
     assert out.count("cat\\x1b[2J\\x1b[31m\\rfake") == 8  # 4 predictions, 2 paths x (folder, file)
     report = {
         "split": "validation",
