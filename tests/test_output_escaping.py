@@ -175,7 +175,7 @@ def _evil_run(folder: Path) -> Path:
     recipe = {
         "model_name_or_path": str(folder.parent / "base`<img src=x onerror=alert(4)>"),
         "train_dir": str(folder.parent / "data` <img src=x onerror=alert(5)> `"),
-        "label_mapping": {"x": "y\n```\n<script>alert(6)</script>\n```"},
+        "output_dir": "y\n```\n<script>alert(6)</script>",  # dumped as a 2-space indented ``` line
     }
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     return folder
