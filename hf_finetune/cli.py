@@ -192,6 +192,11 @@ def _eval(argv: list[str]) -> int:
     data_args, extra = parser.parse_command(argv)
     from pathlib import Path
 
+    from .config_ranges import check_value
+
+    check_value("batch_size", extra.batch_size, "per_device_eval_batch_size")
+    check_value("seed", extra.seed)
+
     report_dir = extra.report_dir
     if report_dir is None and Path(extra.model).is_dir():
         report_dir = str(Path(extra.model) / f"eval_{extra.split}")

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Range", "RANGES", "check_recipe_values"]
+__all__ = ["Range", "RANGES", "check_recipe_values", "check_value"]
 
 _BIG = 10**12  # "no practical limit", still finite
 
@@ -135,6 +135,12 @@ def _check_string_list(key: str, value: Any) -> None:
     for item in items:
         if not isinstance(item, str):
             raise ConfigError(f"{key}: got {value!r}; expected a string or a list of strings, not {item!r}")
+
+
+def check_value(key: str, value: Any, rule_key: str | None = None) -> None:
+    """Check one value (a command's own flag, such as ``eval --seed``) against ``RANGES[rule_key or key]``."""
+    if value is not None:
+        _check_number(key, value, RANGES[rule_key or key])
 
 
 def check_recipe_values(config: Any) -> None:

@@ -345,7 +345,12 @@ def _files_under(folder: Path, key: str = "train_dir") -> list[str]:
     found: list[str] = []
     pending = [str(folder)]
     while pending:
-        with os.scandir(pending.pop()) as entries:
+        current = pending.pop()
+        try:
+            entries = os.scandir(current)
+        except OSError as err:  # a folder the process may not read
+            raise DataError(f"{key}: cannot read the folder {current}: {err.strerror or err}") from None
+        with entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
@@ -446,8 +451,14 @@ def _read_table(
     kwargs: dict[str, Any] = {}
     if builder == "csv":
         # Read every column as text, so labels such as "007" or "1" stay as written.
-        with open(path, newline="", encoding="utf-8") as handle:
-            header = next(csv.reader(handle), None)
+        try:
+            with open(path, newline="", encoding="utf-8") as handle:
+                header = next(csv.reader(handle), None)
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{key}: {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                "save it as UTF-8"
+            ) from None
         if not header:
             raise DataError(f"{key}: {path} is empty; expected a header row and (image path, label) rows")
         kwargs["features"] = datasets.Features({name: datasets.Value("string") for name in header})

@@ -777,7 +777,7 @@ def parse_label_mapping(value: Any) -> tuple[bool, dict[str, Any] | None]:
         return False, None
     if text.startswith("{"):
         try:
-            loaded = json.loads(text)
+            loaded = json.loads(text, object_pairs_hook=_unique_pairs)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"label_mapping: {value!r} is not valid JSON ({exc.msg})") from None
         if not isinstance(loaded, dict):
@@ -789,7 +789,7 @@ def parse_label_mapping(value: Any) -> tuple[bool, dict[str, Any] | None]:
             raise ConfigError(f"label_mapping: file {text!r} not found")
         try:
             if path.suffix.lower() == ".json":
-                loaded = json.loads(path.read_text(encoding="utf-8"))
+                loaded = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_pairs)
             else:
                 from .safe_yaml import load_yaml
 
@@ -804,6 +804,16 @@ def parse_label_mapping(value: Any) -> tuple[bool, dict[str, Any] | None]:
             raise ConfigError(f"label_mapping: {text!r} must hold a mapping, got {type(loaded).__name__}")
         return True, _check_mapping(loaded, text)
     raise ConfigError(f"label_mapping: {expected}, got {value!r}")
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' object hook: a key given twice is an error (JSON keeps the last silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"label_mapping: key {key!r} is given twice; expected each target label once")
+        out[key] = value
+    return out
 
 
 def _check_mapping(mapping: dict[Any, Any], origin: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from .escaping import csv_cell
 from .image_check import BadImageError, check_image_files, open_image, summarize_reasons
 from .images import is_image_file
 from .model_labels import distinct_label_names
+from .path_checks import shown_name
 
 __all__ = ["iter_image_files", "load_for_inference", "predict_images", "write_predictions"]
 
@@ -213,7 +214,8 @@ def predict_images(
                 logits[position] = out[row]
         for (file, _), row_logits in zip(loaded, logits, strict=True):
             scores = _scores(row_logits, function)
-            records.append({"path": str(file), "predictions": _rank(scores, id2label, top_k)})
+            path = shown_name(file)  # a name that is not UTF-8 with its bytes as \xNN: printable, writable
+            records.append({"path": path, "predictions": _rank(scores, id2label, top_k)})
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:

@@ -331,3 +331,95 @@ def test_single_dataset_saved_to_disk(tmp_path, capsys, tiny_hf_checkpoint):
     assert cli.main([str(a) for a in mapping]) == 0
     # a split that the single Dataset does not have is one line
     cli_error(capsys, *mapping, "--train_split", "training", fragments=("train_split: ", "'train'"))
+
+
+# --- faults of the same class found while fixing these ----------------------------------------------
+
+
+def test_recipe_that_is_not_utf8(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_bytes(b"model_name_or_path: caf\xe9\ntrain_dir: x\n")
+    cli_error(capsys, "train", recipe, fragments=(str(recipe), "UTF-8"))
+
+
+def test_label_mapping_json_with_a_repeated_key(tmp_path):
+    from hf_finetune.errors import ConfigError
+    from hf_finetune.labels import parse_label_mapping
+
+    with pytest.raises(ConfigError, match="label_mapping: key 'cat' is given twice"):
+        parse_label_mapping('{"cat": "tabby", "cat": "tiger"}')
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text('{"cat": "tabby", "dog": "dingo", "cat": "tiger"}')
+    with pytest.raises(ConfigError, match="label_mapping: key 'cat' is given twice"):
+        parse_label_mapping(str(mapping))
+
+
+def test_eval_batch_size_and_seed_out_of_range(tmp_path, capsys, monkeypatch, tiny_hf_checkpoint):
+    """eval's own flags go through the same range table (a zero batch size failed in the DataLoader, a
+    negative seed in numpy, after the data was read)."""
+    import hf_finetune.data
+
+    monkeypatch.setattr(hf_finetune.data, "load_image_dataset", _must_not_run)
+    data = make_image_folder(tmp_path / "data", {"cat": 3, "dog": 3})
+    args = ["eval", tiny_hf_checkpoint, "--train_dir", data, "--report_dir", tmp_path / "r"]
+    cli_error(capsys, *args, "--batch_size", "0", fragments=("batch_size: got 0",))
+    cli_error(capsys, *args, "--seed", "-1", fragments=("seed: got -1",))
+
+
+def test_csv_that_is_not_utf8(tmp_path, capsys, tiny_hf_checkpoint):
+    images = make_image_folder(tmp_path / "images", {"cat": 3, "dog": 3})
+    rows = [f"{p},{p.parent.name}" for p in sorted(images.rglob("*.png"))]
+    table = tmp_path / "train.csv"
+    table.write_bytes(("image,label\n" + "\n".join(rows) + "\n").encode().replace(b",cat", b",c\xe4t"))
+    args = ["train", "--model_name_or_path", tiny_hf_checkpoint, "--train_file", table]
+    cli_error(capsys, *args, "--output_dir", tmp_path / "out", *QUICK, fragments=(str(table), "not UTF-8"))
+
+
+def test_predict_output_with_a_non_utf8_file_name(tmp_path, capsys, tiny_hf_checkpoint):
+    """The CSV could not hold the name (UnicodeEncodeError after every prediction): the record's path
+    shows the bad bytes as \\xNN."""
+    from hf_finetune import cli
+
+    images = make_image_folder(tmp_path / "images", {"cat": 2})
+    shutil.copy(images / "cat" / "cat_000.png", os.fsencode(images / "cat") + b"/caf\xe9.png")
+    output = tmp_path / "predictions.csv"
+    assert cli.main(["predict", str(tiny_hf_checkpoint), str(images), "--output", str(output)]) == 0
+    text = output.read_text(encoding="utf-8")
+    assert "caf\\xe9.png" in text and "cat_001.png" in text
+
+
+def test_dataset_config_that_does_not_exist(tmp_path, capsys, tiny_hf_checkpoint):
+    """datasets' ValueError (here: an unknown configuration of a local dataset folder) is one line."""
+    import datasets
+
+    saved = tmp_path / "saved"
+    features = datasets.Features(
+        {"image": datasets.Value("string"), "label": datasets.ClassLabel(names=["a", "b"])}
+    )
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {"image": ["x.png", "y.png"], "label": [0, 1]}, features=features
+            )
+        }
+    ).save_to_disk(str(saved))
+    args = ["map-labels", "--model_name_or_path", tiny_hf_checkpoint, "--dataset_name", saved]
+    cli_error(capsys, *args, "--dataset_config_name", "nope", fragments=("dataset_name: ", "'nope'"))
+
+
+def test_unreadable_folder_inside_a_class_folder(tmp_path, capsys, monkeypatch, tiny_hf_checkpoint):
+    """A subfolder the process may not list (simulated: tests run as root) is one line naming it."""
+    import hf_finetune.data
+
+    data = make_image_folder(tmp_path / "data", {"cat": 3, "dog": 3})
+    (data / "cat" / "private").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("private"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(hf_finetune.data.os, "scandir", scandir)
+    args = _train_args(tiny_hf_checkpoint, data, tmp_path / "out")
+    cli_error(capsys, *args, fragments=("train_dir: cannot read the folder", "private", "Permission denied"))
