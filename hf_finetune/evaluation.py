@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, suggest
-from .model_labels import data_to_model_rows, distinct_label_names
 from .escaping import terminal_text
+from .model_labels import data_to_model_rows, distinct_label_names
 
 __all__ = ["SplitPredictions", "predict_split", "evaluate_model", "format_report"]
 
