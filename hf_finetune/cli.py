@@ -354,11 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         import shlex
 
         from .launch import COMMAND_ENV
-        from .parser import RESUME_FLAG
+        from .output_dir import resume_hint
 
         if os.environ.get("RANK", "0") == "0":
             command = os.environ.get(COMMAND_ENV) or shlex.join(["hf-finetune", command, *rest])
-            resume = "" if RESUME_FLAG in command.split() else f" {RESUME_FLAG}"
+            resume = resume_hint(err.checkpoint, command)  # --resume, or this run's checkpoint by name
             print(f"hf-finetune: {err}; resume with: {command}{resume}", file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt:

@@ -40,6 +40,7 @@ __all__ = [
     "check_allowed_changes",
     "write_checkpoint_recipe",
     "later_checkpoints",
+    "resume_hint",
 ]
 
 logger = logging.getLogger("hf_finetune")
@@ -181,6 +182,19 @@ def later_checkpoints(run_dir: str | Path, checkpoint: str | Path) -> list[str]:
         (int(m.group(1)), p.name) for p in Path(run_dir).iterdir() if (m := _CHECKPOINT.fullmatch(p.name))
     ]
     return [name for n, name in sorted(found) if n > step]
+
+
+def resume_hint(checkpoint: str | None, command: str) -> str:
+    """What to add to ``command`` to continue an interrupted run: ``--resume`` (the newest checkpoint), or
+    ``--resume_from_checkpoint CHECKPOINT`` when the folder holds a later checkpoint of another branch, which
+    ``--resume`` would pick (the run had resumed from an older checkpoint than the newest)."""
+    import shlex
+
+    from .parser import RESUME_FLAG
+
+    if checkpoint and later_checkpoints(Path(checkpoint).parent, checkpoint):
+        return f" --resume_from_checkpoint {shlex.quote(str(checkpoint))}"
+    return "" if RESUME_FLAG in command.split() else f" {RESUME_FLAG}"
 
 
 @dataclass

@@ -149,6 +149,44 @@ def test_rotation_never_deletes_its_own_newest_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-7"]
 
 
+def test_interrupted_resume_of_an_older_checkpoint_names_its_own(
+    tiny_hf_checkpoint, images, tmp_path, monkeypatch, capsys
+):
+    """Found with case 1: a run resumed from checkpoint-5 while checkpoint-7 (of the abandoned branch) is there,
+    stopped after step 6: the line names its own checkpoint-6 and resumes that one, not --resume (which would
+    pick checkpoint-7)."""
+    import hf_finetune.train as train
+
+    out = tmp_path / "out"
+    argv = _argv(tiny_hf_checkpoint, images, out)
+    with pytest.raises(TrainingInterrupted):
+        _train(argv, stop_at=7)
+    build = train.build_trainer
+
+    def build_trainer(*args, callbacks=None, **kwargs):
+        return build(*args, callbacks=[_SignalAt(6), *(callbacks or [])], **kwargs)  # before GracefulStop
+
+    monkeypatch.setattr(train, "build_trainer", build_trainer)
+    older = argv + ["--resume_from_checkpoint", str(out / "checkpoint-5")]
+    assert cli_main(older) == 128 + signal.SIGTERM
+    line = _message(capsys)
+    assert f"after step 6 of 10; checkpoint saved to {out / 'checkpoint-6'}; resume with: " in line
+    assert line.endswith(f" --resume_from_checkpoint {out / 'checkpoint-6'}")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [
+        "checkpoint-5",
+        "checkpoint-6",
+        "checkpoint-7",
+    ]
+
+    monkeypatch.undo()
+    assert (
+        cli_main(older + ["--resume_from_checkpoint", str(out / "checkpoint-6")]) == 0
+    )  # the line's command
+    logged = capsys.readouterr().out
+    assert f"resuming from {out / 'checkpoint-6'}" not in logged  # an explicit path is not looked up
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 10
+
+
 WRAPPER = """
 import os, sys, time
 from pathlib import Path
