@@ -150,6 +150,13 @@ def check_finished_folder(output_dir: str | Path, key: str = "OUTPUT_DIR") -> Pa
         raise ConfigError(f"{key}: {out} is a file; {expected}")
     has_weights = any((out / name).is_file() for name in WEIGHTS)
     if (out / "config.json").is_file() and has_weights:
+        from .weights_check import check_safetensors_files
+
+        check_safetensors_files(out, key)  # never upload a truncated or empty weights file
+        try:
+            json.loads((out / "config.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{key}: {out / 'config.json'} is not valid JSON ({err}); {expected}") from None
         return out
     pickles = [name for name in PICKLE_WEIGHTS if (out / name).is_file()]
     if (out / "config.json").is_file() and pickles:

@@ -423,3 +423,17 @@ def test_unreadable_folder_inside_a_class_folder(tmp_path, capsys, monkeypatch, 
     monkeypatch.setattr(hf_finetune.data.os, "scandir", scandir)
     args = _train_args(tiny_hf_checkpoint, data, tmp_path / "out")
     cli_error(capsys, *args, fragments=("train_dir: cannot read the folder", "private", "Permission denied"))
+
+
+def test_push_of_a_folder_with_truncated_weights_or_broken_config(tmp_path, capsys, tiny_hf_checkpoint):
+    """push checked only that the files exist: it would upload a truncated model, or fail on config.json
+    with a traceback."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_hf_checkpoint, out)
+    weights = out / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:100])
+    cli_error(capsys, "push", out, "--repo-id", "me/model", fragments=(str(weights), "not a whole safetensors"))
+    weights.write_bytes(whole)
+    (out / "config.json").write_text('{"model_type": "resnet",')
+    cli_error(capsys, "push", out, "--repo-id", "me/model", fragments=("config.json is not valid JSON",))
