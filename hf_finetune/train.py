@@ -118,11 +118,15 @@ def _resolve_resume(training_args: FinetuneTrainingArguments) -> str | None:
                 f"resume_from_checkpoint: no complete checkpoint-* folder in {out} to resume from"
             )
         logger.info("resuming from %s", last)
-        return last
-    if not os.path.isdir(value):
+        value = last
+    elif not os.path.isdir(value):
         raise ConfigError(
             f"resume_from_checkpoint: {value} does not exist; expected a checkpoint-* folder or 'last'"
         )
+    from .weights_check import check_safetensors_files
+
+    fix = "resume from an earlier checkpoint-* folder with --resume_from_checkpoint PATH, or delete this one"
+    check_safetensors_files(value, "resume_from_checkpoint", fix)  # a truncated checkpoint is one line
     return value
 
 

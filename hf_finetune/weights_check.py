@@ -47,9 +47,13 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def check_safetensors_files(folder: str | os.PathLike, key: str = "model_name_or_path") -> None:
+def check_safetensors_files(
+    folder: str | os.PathLike,
+    key: str = "model_name_or_path",
+    fix: str = "copy or download the checkpoint again",
+) -> None:
     """Every ``*.safetensors`` file directly in the local checkpoint ``folder`` is whole (see the module
-    doc); a Hub id (no such folder) is left to the loaders."""
+    doc); a Hub id (no such folder) is left to the loaders. ``fix`` ends the message: what to do."""
     folder = Path(os.path.expanduser(str(folder)))
     if not folder.is_dir():
         return
@@ -59,7 +63,4 @@ def check_safetensors_files(folder: str | os.PathLike, key: str = "model_name_or
         except OSError as err:
             problem = f"cannot be read ({err.strerror or err})"
         if problem is not None:
-            raise ModelLoadError(
-                f"{key}: {path} is not a whole safetensors file ({problem}); copy or download the "
-                "checkpoint again"
-            )
+            raise ModelLoadError(f"{key}: {path} is not a whole safetensors file ({problem}); {fix}")

@@ -433,7 +433,26 @@ def test_push_of_a_folder_with_truncated_weights_or_broken_config(tmp_path, caps
     weights = out / "model.safetensors"
     whole = weights.read_bytes()
     weights.write_bytes(whole[:100])
-    cli_error(capsys, "push", out, "--repo-id", "me/model", fragments=(str(weights), "not a whole safetensors"))
+    cli_error(
+        capsys, "push", out, "--repo-id", "me/model", fragments=(str(weights), "not a whole safetensors")
+    )
     weights.write_bytes(whole)
     (out / "config.json").write_text('{"model_type": "resnet",')
     cli_error(capsys, "push", out, "--repo-id", "me/model", fragments=("config.json is not valid JSON",))
+
+
+def test_resume_from_a_truncated_checkpoint(tmp_path, capsys, tiny_hf_checkpoint):
+    """--resume picked the newest checkpoint and failed in safetensors with a traceback when its weights
+    were cut short (a copy or disk that filled up)."""
+    from hf_finetune import cli
+
+    data = make_image_folder(tmp_path / "data", {"cat": 4, "dog": 4})
+    out = tmp_path / "out"
+    args = _train_args(tiny_hf_checkpoint, data, out)
+    args += ["--save_strategy", "steps", "--save_steps", "1", "--max_steps", "2"]
+    assert cli.main([str(a) for a in args]) == 0, capsys.readouterr()
+    weights = out / "checkpoint-2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    cli_error(
+        capsys, *args, "--resume", fragments=("resume_from_checkpoint: ", str(weights), "earlier checkpoint")
+    )
