@@ -301,7 +301,9 @@ def _push(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     from .hub import push_to_hub
+    from .run_lock import check_unlocked
 
+    check_unlocked(args.output_dir, "OUTPUT_DIR")  # a run writing there: the upload would mix two models
     result = push_to_hub(
         args.output_dir,
         args.repo_id,

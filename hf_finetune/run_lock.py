@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["LOCK_NAME", "LOCK_ENV", "output_lock", "lock_delegated", "read_lock"]
+__all__ = ["LOCK_NAME", "LOCK_ENV", "output_lock", "lock_delegated", "read_lock", "check_unlocked"]
 
 LOCK_NAME = ".hf-finetune.lock"
 LOCK_ENV = "HF_FINETUNE_OUTPUT_LOCK"  # the output folder whose lock the launching process holds for its ranks
@@ -74,6 +74,25 @@ def _locked_fd(path: Path) -> int:
             pass
         os.close(fd)
     raise ConfigError(f"output_dir: could not lock {path}: it keeps being replaced by another process")
+
+
+def check_unlocked(output_dir: str | Path, key: str = "output_dir") -> None:
+    """A :class:`ConfigError` naming the holder when a run holds the lock of ``output_dir`` (it is writing
+    there: ``hf-finetune push`` would upload a folder half old, half new)."""
+    path = Path(output_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file: no run there
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(
+            f"{key}: {Path(output_dir)} is being written by a run ({_describe(read_lock(path))}; lock file "
+            f"{path}); wait until that run has finished"
+        ) from None
+    finally:
+        os.close(fd)  # releases the shared lock taken to look
 
 
 @contextlib.contextmanager

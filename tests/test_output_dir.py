@@ -187,6 +187,22 @@ def test_interrupted_resume_of_an_older_checkpoint_names_its_own(
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 10
 
 
+def test_push_while_a_run_writes_the_folder_refused(tiny_hf_checkpoint, images, tmp_path, capsys):
+    """Found with case 2: `hf-finetune push` of a folder a run is writing would upload a mix of two models."""
+    from hf_finetune.run_lock import output_lock
+
+    out = tmp_path / "out"
+    assert cli_main(_argv(tiny_hf_checkpoint, images, out, **QUICK)) == 0
+    capsys.readouterr()
+    with output_lock(out):  # a second run into it (overwrite_output_dir) holds the folder
+        assert cli_main(["push", str(out), "--repo-id", "me/model"]) == 2
+    line = _message(capsys)
+    assert line.startswith(
+        f"hf-finetune: error: OUTPUT_DIR: {out} is being written by a run (pid {os.getpid()} "
+    )
+    assert line.endswith("wait until that run has finished")
+
+
 WRAPPER = """
 import os, sys, time
 from pathlib import Path
