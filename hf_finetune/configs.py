@@ -488,8 +488,8 @@ class FinetuneTrainingArguments(TrainingArguments):
     batchnorm: str = field(
         default="auto",
         metadata={
-            "help": "BatchNorm running statistics: auto (freeze when the checkpoint brought statistics; train when "
-            "they were never trained, mean 0 and variance 1 in every layer), freeze (keep the pretrained "
+            "help": "BatchNorm running statistics: auto (freeze, at any batch size; a network trained from scratch "
+            "wants train), freeze (keep the pretrained "
             "statistics; affine weights still learn), train (the statistics follow the training batches; momentum "
             "written in TensorFlow's convention, such as transformers' MobileNet 0.997, is converted to "
             "PyTorch's 1-0.997 first).",

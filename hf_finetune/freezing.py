@@ -14,7 +14,6 @@ import re
 import types
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from .heads import head_parameter_names
@@ -177,25 +176,13 @@ def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def _fresh_statistics(norms: list[tuple[str, nn.Module]]) -> bool:
-    """True when every BatchNorm layer still holds its initial statistics (mean 0, variance 1): a network built
-    from a config, not loaded from a checkpoint, has no pretrained statistics to keep."""
-    for _, module in norms:
-        mean, var = getattr(module, "running_mean", None), getattr(module, "running_var", None)
-        if mean is None or var is None:
-            return False
-        if not (torch.all(mean == 0) and torch.all(var == 1)):
-            return False
-    return True
-
-
 def configure_batchnorm(model: nn.Module, mode: str = "auto", batch_size: int | None = None) -> list[str]:
     """Apply the BatchNorm policy; returns one line per kind of change made.
 
-    * ``auto``: ``freeze`` when the statistics are pretrained; ``train`` when they were never trained (every
-      layer at mean 0 and variance 1: a network built from its config has nothing to keep). A short fine-tune
-      that trains pretrained statistics evaluates the network under running statistics that do not match the
-      batch statistics it learned under; ``bench/defaults_table.py`` measures both on real photos.
+    * ``auto``: ``freeze``, whatever the batch size. A short fine-tune that trains the statistics evaluates the
+      network under running statistics that do not match the batch statistics it learned under
+      (``bench/defaults_table.py`` measures both on real photos); a network trained from scratch wants
+      ``train``.
     * ``freeze``: BatchNorm layers always run in evaluation mode (running statistics kept; affine weights
       still learn when their parameters are trainable).
     * ``train``: the statistics follow the training batches. Momentum written in TensorFlow's convention
@@ -210,12 +197,8 @@ def configure_batchnorm(model: nn.Module, mode: str = "auto", batch_size: int | 
     if not norms:
         return changes
     if mode == "auto":
-        fresh = _fresh_statistics(norms)
-        mode = "train" if fresh else "freeze"
-        changes.append(
-            "batchnorm auto: "
-            + ("the statistics were never trained (mean 0, variance 1): trained" if fresh else "pretrained statistics kept (frozen)")
-        )
+        mode = "freeze"
+        changes.append("batchnorm auto: the pretrained statistics are kept (frozen); batchnorm train trains them")
     if mode == "train":
         fixed: dict[float, int] = {}
         for _, module in norms:

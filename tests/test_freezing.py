@@ -134,19 +134,18 @@ def test_mobilenet_momentum_trap_on_real_weights():
     assert results["as loaded"] < untouched and agreement["as loaded"] <= 0.8
 
 
-def test_batchnorm_auto_freezes_pretrained_and_trains_fresh_statistics():
-    pretrained = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.997))
-    pretrained[1].running_mean.fill_(0.5)  # statistics a checkpoint brought
-    changes = configure_batchnorm(pretrained, "auto", batch_size=64)  # whatever the batch
-    assert any("pretrained statistics kept" in c for c in changes)
-    pretrained.train()
-    before = pretrained[1].running_mean.clone()
-    pretrained(torch.randn(2, 3, 8, 8) + 5)
-    assert not pretrained[1].training and torch.equal(before, pretrained[1].running_mean)
-
-    fresh = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.997))  # mean 0, variance 1
-    changes = configure_batchnorm(fresh, "auto", batch_size=8)
-    assert any("never trained" in c for c in changes) and fresh[1].momentum == pytest.approx(0.003)
-    fresh.train()
-    fresh(torch.randn(2, 3, 8, 8) + 5)
-    assert fresh[1].training and not torch.equal(fresh[1].running_mean, torch.zeros(4))
+def test_batchnorm_auto_freezes_statistics_at_any_batch_size():
+    for batch in (8, 32, 256):
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.997))
+        net[1].running_mean.fill_(0.5)  # statistics a checkpoint brought
+        changes = configure_batchnorm(net, "auto", batch_size=batch)
+        assert any("kept (frozen)" in c for c in changes)
+        net.train()
+        before = net[1].running_mean.clone()
+        net(torch.randn(2, 3, 8, 8) + 5)
+        assert not net[1].training and torch.equal(before, net[1].running_mean)
+    trained = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    configure_batchnorm(trained, "train")
+    trained.train()
+    trained(torch.randn(2, 3, 8, 8) + 5)
+    assert trained[1].training and not torch.equal(trained[1].running_mean, torch.zeros(4))
