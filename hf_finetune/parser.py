@@ -255,6 +255,8 @@ def _check_type(
     values = value if isinstance(value, list) else [value]
     if isinstance(value, list) and action.nargs not in ("+", "*") and not takes_list:
         raise ConfigError(f"{where}{action.dest}: got a list {value!r}; expected a single value")
+    if action.type is str and not isinstance(value, list) and action.dest not in _TEXT_OR_BOOL_KEYS:
+        _check_text(action.dest, value, where)
     for item in values:
         if action.type in (int, float) and (isinstance(item, bool) or not isinstance(item, (int, float))):
             raise ConfigError(f"{where}{action.dest}: got {item!r}; expected a {action.type.__name__}")
@@ -266,6 +268,32 @@ def _check_type(
                 raise ConfigError(
                     f"{where}{action.dest}: got {item!r}; expected one of {[str(c) for c in action.choices]}"
                 )
+
+
+# Text keys that also take true/false (label_mapping: false is none; resume_from_checkpoint: true is last).
+_TEXT_OR_BOOL_KEYS = {"label_mapping", "resume_from_checkpoint"}
+
+
+def _check_text(key: str, value: Any, where: str) -> None:
+    """A text key whose YAML value is not text (``train_dir: 12``, ``output_dir: 2024-01-01``, ``eval_strategy:
+    no``, ``!!binary``) is refused: argparse leaves it as the int, date, bool or bytes YAML made of it, which
+    failed far away with a traceback (or, for ``no``, as 'False is not a valid IntervalStrategy')."""
+    if isinstance(value, str):
+        return
+    kinds = {
+        "bool": "boolean",
+        "int": "number",
+        "float": "number",
+        "date": "date",
+        "datetime": "date and time",
+    }
+    kind = kinds.get(type(value).__name__, f"{type(value).__name__} value")
+    why = (
+        " (YAML reads unquoted yes/no/on/off/true/false as true or false)" if isinstance(value, bool) else ""
+    )
+    raise ConfigError(
+        f"{where}{key}: got {value!r}, which YAML read as a {kind}{why}; expected text: write the value in quotes"
+    )
 
 
 def _plain(value: Any, key: str = "") -> Any:

@@ -456,3 +456,23 @@ def test_resume_from_a_truncated_checkpoint(tmp_path, capsys, tiny_hf_checkpoint
     cli_error(
         capsys, *args, "--resume", fragments=("resume_from_checkpoint: ", str(weights), "earlier checkpoint")
     )
+
+
+@pytest.mark.parametrize(
+    "line, shown",
+    [
+        ("train_dir: 2024-01-01", "datetime.date(2024, 1, 1), which YAML read as a date"),
+        ("model_name_or_path: !!binary aGVsbG8=", "b'hello', which YAML read as a bytes value"),
+        ("save_strategy: no", "False, which YAML read as a boolean (YAML reads unquoted yes/no"),
+        ("run_name: 12", "12, which YAML read as a number"),
+    ],
+    ids=["date", "binary", "no", "number"],
+)
+def test_text_key_given_another_yaml_type(tmp_path, capsys, line, shown):
+    """YAML turns unquoted dates, numbers, yes/no and !!binary into other types; a text key kept them and
+    failed far away (a TypeError traceback from Path(), or 'False is not a valid IntervalStrategy')."""
+    key = line.split(":")[0]
+    base = {"model_name_or_path": "x", "train_dir": str(tmp_path), "output_dir": str(tmp_path / "out")}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("".join(f"{k}: {v}\n" for k, v in base.items() if k != key) + line + "\n")
+    cli_error(capsys, "train", recipe, fragments=(f"{key}: got {shown}", "in quotes"))
