@@ -215,7 +215,7 @@ def main() -> int:
                 key = f"{model}/{data}/{seed}"
                 if key in results["runs"] and "by_epoch" in results["runs"][key]:
                     continue
-                out = workdir / "runs" / key.replace("/", "-")
+                out = workdir / "runs" / name / key.replace("/", "-")  # one folder per table and run
                 shutil.rmtree(out, ignore_errors=True)
                 run = run_finetune(model, train, val, epochs[data], seed, DATA_FLAGS.get(data, []) + flags, out)
                 shutil.rmtree(out, ignore_errors=True)

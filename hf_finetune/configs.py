@@ -219,10 +219,10 @@ class DataArguments:
         },
     )
     crop_scale_min: float = field(
-        default=0.25,
+        default=0.6,
         metadata={
-            "help": "Smallest area fraction of random-resized-crop (ImageNet training uses 0.08; fine-tuning on "
-            "few images does better keeping more of the object)."
+            "help": "Smallest area fraction of random-resized-crop (ImageNet training from scratch uses 0.08; a "
+            "short fine-tune keeps most of each image)."
         },
     )
     hflip_prob: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip in training."})

@@ -6,6 +6,9 @@
 2. writes scikit-learn's real handwritten digits as an image folder;
 3. fine-tunes with ``recipes/efficientnet_lite0/digits/config_demo.yaml`` (the same path as
    ``hf-finetune train``) and prints the validation accuracy before and after.
+
+It exits with status 1 when the validation accuracy after training is below ``ACCURACY_FLOOR``: CI runs the
+demo, so a change that breaks the main job fails there.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ __all__ = ["main", "pretrained_sanity_check"]
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "efficientnet_lite0" / "digits" / "config_demo.yaml"
+ACCURACY_FLOOR = 0.9  # validation accuracy after training below which the demo fails (CI runs the demo)
 
 
 def pretrained_sanity_check(checkpoint: str | Path) -> list[tuple[str, str, float]]:
@@ -78,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  demo time: {total:.0f} s; model in {result.output_dir}")
     print(f"  try: hf-finetune predict {result.output_dir} demo_output/digits/val/seven --top-k 3")
     print("=" * 72)
+    if not after >= ACCURACY_FLOOR:
+        print(f"hf_finetune demo: FAILED: accuracy after training {after:.4f} is below the floor {ACCURACY_FLOOR}")
+        return 1
     return 0
 
 

@@ -96,7 +96,7 @@ def data_config_from_processor(processor: Any, image_size: int | None = None) ->
 def build_transforms(
     data_config: dict[str, Any],
     augmentation: str = "rrc_flip",
-    crop_scale_min: float = 0.25,
+    crop_scale_min: float = 0.6,
     hflip_prob: float = 0.5,
 ) -> tuple[Callable, Callable]:
     """(train transform, eval transform) for PIL images, both ending in a normalised CHW float tensor."""

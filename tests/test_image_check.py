@@ -194,7 +194,7 @@ def test_tiny_and_long_images_keep_transforms_bounded():
             assert out.shape == (3, 32, 32)
             assert torch.allclose(out[0], torch.ones(32, 32)) and torch.allclose(out[1], -torch.ones(32, 32))
     two = Image.fromarray(np.array([[[0, 0, 0], [255, 255, 255]]], dtype=np.uint8))  # 2 x 1
-    enlarged = train_t.transforms[0](two)  # to at least 6 pixels (crop_scale_min 0.25), by whole pixels
+    enlarged = train_t.transforms[0](two)  # to at least 3 pixels (crop_scale_min 0.6), by whole pixels
     assert enlarged.size == (4, 2)
     assert _pixel(enlarged, (1, 1)) == (0, 0, 0) and _pixel(enlarged, (2, 0)) == (255, 255, 255)
     eight = Image.new("RGB", (8, 8))
