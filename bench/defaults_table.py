@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -59,23 +58,15 @@ def prepare_data(name: str, workdir: Path) -> tuple[Path, Path]:
 
         root = export_digits(workdir / "digits")
         return root / "train", root / "val"
-    per_train, per_val = CIFAR_SPLITS[name]
-    root = workdir / name
-    if not (root / "done").exists():
-        rng = random.Random(0)
-        for folder in sorted(p for p in (SHARED / "data" / "cifar10-test").iterdir() if p.is_dir()):
-            files = sorted(folder.iterdir())
-            rng.shuffle(files)
-            for split, chosen in (("train", files[:per_train]), ("val", files[per_train : per_train + per_val])):
-                target = root / split / folder.name
-                target.mkdir(parents=True, exist_ok=True)
-                for file in chosen:
-                    (target / file.name).symlink_to(file)
-        (root / "done").touch()
-    return root / "train", root / "val"
+    sys.path.insert(0, str(ROOT / "bench"))
+    from throughput import prepare_data as split_cifar10  # the same seeded symlinked split
+
+    return split_cifar10("cifar10", workdir, *CIFAR_SPLITS[name])
 
 
-def run_finetune(model: str, train: Path, val: Path, epochs: int, seed: int, flags: list[str], out: Path) -> dict:
+def run_finetune(
+    model: str, train: Path, val: Path, epochs: int, seed: int, flags: list[str], out: Path
+) -> dict:
     """One bare `hf-finetune train` in its own process: validation accuracy by epoch and of the saved model."""
     command = [
         sys.executable, "-m", "hf_finetune", "train",
@@ -154,7 +145,10 @@ def render(results: dict, title: str) -> str:
     ]
     for key in sorted({k.rsplit("/", 1)[0] for k in results["runs"]}):
         model, data = key.split("/")
-        shown = data + "".join(f" ({f.lstrip('-')} {v})" for f, v in zip(DATA_FLAGS.get(data, [])[::2], DATA_FLAGS.get(data, [])[1::2]))
+        flags = DATA_FLAGS.get(data, [])
+        shown = data + "".join(
+            f" ({f.lstrip('-')} {v})" for f, v in zip(flags[::2], flags[1::2], strict=True)
+        )
         runs = [v for k, v in results["runs"].items() if k.rsplit("/", 1)[0] == key and "by_epoch" in v]
         failed = sum(1 for k, v in results["runs"].items() if k.rsplit("/", 1)[0] == key and "failed" in v)
         if not runs:
@@ -184,7 +178,9 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], help="KEY=VALUE flags added to every run (named)")
     parser.add_argument("--no-probe", action="store_true", help="skip the logistic-regression floor")
     parser.add_argument("--name", default=None, help="results file name (default: from --set, or 'defaults')")
-    parser.add_argument("--workdir", default=None, help="where the data splits and outputs go (default: temp)")
+    parser.add_argument(
+        "--workdir", default=None, help="where the data splits and outputs go (default: temp)"
+    )
     args = parser.parse_args()
 
     epochs = dict(EPOCHS)
@@ -201,7 +197,11 @@ def main() -> int:
     title = "defaults" if not args.set else "defaults + " + ", ".join(args.set)
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / f"defaults_table-{name}.json"
-    results = json.loads(json_path.read_text()) if json_path.exists() else {"set": args.set, "runs": {}, "probe": {}}
+    results = (
+        json.loads(json_path.read_text())
+        if json_path.exists()
+        else {"set": args.set, "runs": {}, "probe": {}}
+    )
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="defaults-table-"))
     workdir.mkdir(parents=True, exist_ok=True)
     for data in args.datasets:
@@ -217,12 +217,17 @@ def main() -> int:
                     continue
                 out = workdir / "runs" / name / key.replace("/", "-")  # one folder per table and run
                 shutil.rmtree(out, ignore_errors=True)
-                run = run_finetune(model, train, val, epochs[data], seed, DATA_FLAGS.get(data, []) + flags, out)
+                run = run_finetune(
+                    model, train, val, epochs[data], seed, DATA_FLAGS.get(data, []) + flags, out
+                )
                 shutil.rmtree(out, ignore_errors=True)
                 run["epochs"] = epochs[data]
                 results["runs"][key] = run
                 json_path.write_text(json.dumps(results, indent=1))
-                shown = run.get("failed") or f"{run['by_epoch']} saved {run['saved']:.4f} ({run['seconds']:.0f} s)"
+                shown = (
+                    run.get("failed")
+                    or f"{run['by_epoch']} saved {run['saved']:.4f} ({run['seconds']:.0f} s)"
+                )
                 print(f"{model} {data} seed {seed}: {shown}", flush=True)
     table = render(results, title)
     (RESULTS / f"defaults_table-{name}.md").write_text(table)

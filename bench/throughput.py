@@ -149,7 +149,7 @@ def prepare_data(
     if name == "hotdog":
         return SHARED / "data" / "hotdog" / "train", SHARED / "data" / "hotdog" / "val"
     source = SHARED / "data" / "cifar10-test"
-    root = workdir / "cifar10"
+    root = workdir / f"cifar10-{per_class_train}-{per_class_val}"  # one folder per split size
     if not (root / "done").exists():
         rng = random.Random(0)
         for folder in sorted(p for p in source.iterdir() if p.is_dir()):

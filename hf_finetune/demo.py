@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  try: hf-finetune predict {result.output_dir} demo_output/digits/val/seven --top-k 3")
     print("=" * 72)
     if not after >= ACCURACY_FLOOR:
-        print(f"hf_finetune demo: FAILED: accuracy after training {after:.4f} is below the floor {ACCURACY_FLOOR}")
+        print(
+            f"hf_finetune demo: FAILED: accuracy after training {after:.4f} is below the floor {ACCURACY_FLOOR}"
+        )
         return 1
     return 0
 

@@ -198,7 +198,9 @@ def configure_batchnorm(model: nn.Module, mode: str = "auto", batch_size: int | 
         return changes
     if mode == "auto":
         mode = "freeze"
-        changes.append("batchnorm auto: the pretrained statistics are kept (frozen); batchnorm train trains them")
+        changes.append(
+            "batchnorm auto: the pretrained statistics are kept (frozen); batchnorm train trains them"
+        )
     if mode == "train":
         fixed: dict[float, int] = {}
         for _, module in norms:

@@ -109,3 +109,35 @@ def test_loader_cost_times_both_paths_on_the_same_crops(tiny_hf_checkpoint, tiny
     paths.normalizer = PixelNormalizer(off.mean + 0.5, off.std)  # no longer what the float path does
     with pytest.raises(SystemExit, match="different batches"):
         paths.round(1)
+
+
+def test_defaults_table_runs_the_bare_command_and_a_probe(
+    tmp_path, tiny_hf_checkpoint, tiny_image_folder, monkeypatch
+):
+    """bench/defaults_table.py: one run per seed of the bare command (accuracy by epoch, epoch 0 first, and the
+    saved model's, which is the best of them), and the logistic-regression floor on the frozen features."""
+    import defaults_table
+
+    monkeypatch.setitem(defaults_table.MODELS, "tiny", tiny_hf_checkpoint)
+    train, val = tiny_image_folder / "train", tiny_image_folder / "val"
+    run = defaults_table.run_finetune("tiny", train, val, 2, 0, ["--image_size", "32"], tmp_path / "out")
+    assert "failed" not in run, run.get("failed")
+    assert len(run["by_epoch"]) == 3  # epoch 0, then each epoch
+    assert run["saved"] == max(run["by_epoch"])
+    probe = defaults_table.linear_probe("tiny", train, val)
+    assert 0.6 <= probe <= 1.0  # the classes differ by colour: the random body's features separate them
+    results = {"runs": {"tiny/tiny-data/0": run}, "probe": {"tiny/tiny-data": probe}}
+    table = defaults_table.render(results, "defaults")
+    assert f"| tiny | tiny-data | 1 | {run['by_epoch'][0]:.3f} |" in table and f"| {probe:.3f} |" in table
+
+
+def test_docs_defaults_page_shows_the_measured_table():
+    """docs/defaults.md carries the table bench/defaults_table.py wrote, row for row."""
+    page = (ROOT / "docs" / "defaults.md").read_text()
+    for name in ("defaults_table-defaults.md", "defaults_table-defaults-8k.md", "defaults_table-before.md"):
+        rows = [
+            line
+            for line in (ROOT / "bench" / "results" / name).read_text().splitlines()
+            if line.startswith("| ")
+        ]
+        assert rows and all(row in page for row in rows), name

@@ -20,12 +20,12 @@ def _history(*accuracies: float) -> list[dict]:
     ]
 
 
-def _end(callback, model, history, **args):
+def _end(callback, model, history, out, **args):
     state = TrainerState()
     state.log_history = history
     state.best_metric, state.best_global_step = 0.5, 30
     training_args = TrainingArguments(
-        output_dir="unused", load_best_model_at_end=True, eval_strategy="epoch", save_strategy="epoch", **args
+        output_dir=str(out), load_best_model_at_end=True, eval_strategy="epoch", save_strategy="epoch", **args
     )
     callback.on_train_end(training_args, state, TrainerControl(), model=model)
     return state
@@ -41,13 +41,13 @@ def _end(callback, model, history, **args):
         (_history(0.8, 0.6, 0.85, 0.75), "loss", False),  # epoch 2's loss 0.15 is lower
     ],
 )
-def test_starting_point_restored_only_when_never_beaten(history, metric, restored):
+def test_starting_point_restored_only_when_never_beaten(history, metric, restored, tmp_path):
     model = torch.nn.Linear(3, 2)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     callback = StartingPointCallback(model)
     with torch.no_grad():
         model.weight.add_(1.0)
-    state = _end(callback, model, history, metric_for_best_model=metric)
+    state = _end(callback, model, history, tmp_path, metric_for_best_model=metric)
     assert (callback.restored is not None) == restored
     same = all(torch.equal(model.state_dict()[k], start[k]) for k in start)
     assert same == restored
@@ -64,7 +64,16 @@ def test_run_that_only_gets_worse_saves_its_starting_point(tiny_hf_checkpoint, t
     """A trained model fine-tuned again at a destructive learning rate: every epoch scores below epoch 0, so the
     saved weights are the starting weights bit for bit and the summary says so."""
     first, second = tmp_path / "first", tmp_path / "second"
-    common = ["--train_dir", tiny_image_folder, "--image_size", "32", "--seed", "7", "--per_device_train_batch_size", "8"]
+    common = [
+        "--train_dir",
+        tiny_image_folder,
+        "--image_size",
+        "32",
+        "--seed",
+        "7",
+        "--per_device_train_batch_size",
+        "8",
+    ]
     proc = run_hf_finetune(
         "train", "--model_name_or_path", tiny_hf_checkpoint, "--output_dir", first,
         "--num_train_epochs", "4", "--learning_rate", "3e-3", *common,

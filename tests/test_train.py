@@ -160,7 +160,8 @@ def test_defaults_on_real_hotdog_photos(model, tmp_path):
     result = finetune(
         ModelArguments(model_name_or_path=str(SHARED_MODELS / model)),
         DataArguments(
-            train_dir=str(SHARED_DATA / "hotdog" / "train"), validation_dir=str(SHARED_DATA / "hotdog" / "val")
+            train_dir=str(SHARED_DATA / "hotdog" / "train"),
+            validation_dir=str(SHARED_DATA / "hotdog" / "val"),
         ),
         FinetuneTrainingArguments(output_dir=str(out), num_train_epochs=3, seed=0),
     )
