@@ -71,7 +71,9 @@ class TrainResult:
             best = ", ".join(f"validation {k} {v:.4f}" for k, v in self.best_metric.items())
             lines.append(f"best epoch: {self.best_epoch:g}" + (f" ({best})" if best else ""))
         if self.kept_start:
-            lines.append("no epoch beat the starting point: the saved model is the epoch-0 state (before any step)")
+            lines.append(
+                "no epoch beat the starting point: the saved model is the epoch-0 state (before any step)"
+            )
         time_text = f"time: {self.seconds:.1f} s"
         runtime, speed = (self.train_metrics.get(k) for k in ("train_runtime", "train_samples_per_second"))
         if runtime is not None and speed is not None:
@@ -281,7 +283,9 @@ def _keep_starting_point(trainer, model, training_args) -> None:
     if not (training_args.load_best_model_at_end and training_args.eval_on_start):
         return
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        logger.info("the epoch-0 state is not a best-model candidate under FSDP or DeepSpeed (sharded weights)")
+        logger.info(
+            "the epoch-0 state is not a best-model candidate under FSDP or DeepSpeed (sharded weights)"
+        )
         return
     trainer.add_callback(StartingPointCallback(model))
 
