@@ -268,6 +268,8 @@ def _train_cmd(checkpoint: Path, images: Path, out: Path) -> list[str]:
         "8",
         "--image_size",
         "32",
+        "--bf16",  # fp32, as `eval` runs: test_eval_matches_training_eval compares the two exactly
+        "false",
         "--output_dir",
         out,
     ]
