@@ -154,6 +154,7 @@ def test_two_cpu_processes_train_evaluate_and_save_once(tmp_path, digits, tiny_h
         max_train_samples=64,
         max_eval_samples=51,  # odd: 2 ranks cannot split it evenly, the last batch is padded
         image_size=32,
+        bf16=False,  # fp32, as evaluate_model runs: the two evaluations are compared exactly
         num_train_epochs=1,
         per_device_train_batch_size=8,
         per_device_eval_batch_size=8,
