@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("HF_FINETUNE_SHARED", ROOT.parent / "shared"))
 MODELS = {
     "efficientnet_lite0": SHARED / "models" / "timm-tf_efficientnet_lite0",
     "mobilenet_v2": SHARED / "models" / "hf-mobilenet_v2_1.0_224",
