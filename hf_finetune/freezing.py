@@ -176,7 +176,7 @@ def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def configure_batchnorm(model: nn.Module, mode: str = "auto", batch_size: int | None = None) -> list[str]:
+def configure_batchnorm(model: nn.Module, mode: str = "auto") -> list[str]:
     """Apply the BatchNorm policy; returns one line per kind of change made.
 
     * ``auto``: ``freeze``, whatever the batch size. A short fine-tune that trains the statistics evaluates the
@@ -189,8 +189,6 @@ def configure_batchnorm(model: nn.Module, mode: str = "auto", batch_size: int | 
       (``running = m*running + (1-m)*batch``, m close to 1, as transformers' MobileNetV1/V2 build it with
       0.997/0.9997) is converted to PyTorch's (``1 - m``) first; as loaded, every training batch would
       replace the running statistics.
-
-    ``batch_size`` is accepted for callers that pass it; the policy does not depend on it.
     """
     changes: list[str] = []
     norms = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -174,9 +174,7 @@ def build_trainer(model_args, data_args, training_args, loaded_data=None, callba
         logger.info("label mapping (source rows that start each target class):\n%s", loaded.mapping.table())
     model = loaded.model
     lora_on = getattr(training_args, "lora_r", 0) > 0  # an adapter holds no BatchNorm statistics: frozen
-    for line in configure_batchnorm(
-        model, "freeze" if lora_on else training_args.batchnorm, training_args.per_device_train_batch_size
-    ):
+    for line in configure_batchnorm(model, "freeze" if lora_on else training_args.batchnorm):
         logger.info("%s", line)
     freeze = freeze_parameters(model, training_args.freeze_layers, training_args.freeze_patterns)
     logger.info("%s", freeze.describe())
