@@ -54,7 +54,7 @@ def prepare_data(name: str, workdir: Path) -> tuple[Path, Path]:
     if name == "hotdog":
         return SHARED / "data" / "hotdog" / "train", SHARED / "data" / "hotdog" / "val"
     if name == "digits":
-        from hf_finetune.demo_assets import export_digits
+        from hf_finetune.demo.assets import export_digits
 
         root = export_digits(workdir / "digits")
         return root / "train", root / "val"
@@ -104,11 +104,11 @@ def linear_probe(model: str, train: Path, val: Path) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from hf_finetune.configs import DataArguments
-    from hf_finetune.data import load_image_dataset
-    from hf_finetune.features import extract_features, feature_head
-    from hf_finetune.modeling import load_model_for_labels
-    from hf_finetune.transforms import build_transforms, data_config_from_processor
+    from hf_finetune.config.arguments import DataArguments
+    from hf_finetune.data.loading import load_image_dataset
+    from hf_finetune.data.transforms import build_transforms, data_config_from_processor
+    from hf_finetune.models.loading import load_model_for_labels
+    from hf_finetune.training.feature_cache import extract_features, feature_head
 
     torch.manual_seed(0)
     data = load_image_dataset(DataArguments(train_dir=str(train), validation_dir=str(val)), seed=0)

@@ -54,8 +54,8 @@ def hotdog_curves(
 ) -> list[float]:
     from transformers import AutoModelForImageClassification
 
-    from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
-    from hf_finetune.train import build_trainer
+    from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
+    from hf_finetune.run.train import build_trainer
 
     overrides = dict(overrides or {})
     model_keys = {f.name for f in dataclasses.fields(ModelArguments)}
@@ -97,16 +97,16 @@ def cifar_zero_shot(path: Path, images: int, seed: int = 0) -> dict:
     import torch
     from transformers import AutoModelForImageClassification
 
-    from hf_finetune.configs import DataArguments
-    from hf_finetune.data import load_image_dataset
-    from hf_finetune.heads import head_parameter_names
-    from hf_finetune.modeling import load_model_for_labels, load_source_config
-    from hf_finetune.transforms import (
+    from hf_finetune.config.arguments import DataArguments
+    from hf_finetune.data.loading import load_image_dataset
+    from hf_finetune.data.transforms import (
         build_transforms,
         collate_images,
         data_config_from_processor,
         make_batch_transform,
     )
+    from hf_finetune.models.heads import head_parameter_names
+    from hf_finetune.models.loading import load_model_for_labels, load_source_config
 
     fraction = min(0.99, images / 10000)
     data = load_image_dataset(
@@ -155,8 +155,8 @@ def cifar_zero_shot(path: Path, images: int, seed: int = 0) -> dict:
 
 def cifar_variants(path: Path, images: int, seed: int = 0) -> dict[str, float]:
     """Epoch-0 accuracy of the whole 10-way head through the training pipeline, per head-building variant."""
-    from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
-    from hf_finetune.train import build_trainer
+    from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
+    from hf_finetune.run.train import build_trainer
 
     out = {}
     for name, merge, from_data, fit_bias in (

@@ -40,9 +40,9 @@ def load_images(model: Path, folder: Path, count: int, image_size: int | None = 
     """The checkpoint's training transform and ``count`` images of ``folder`` as the image cache keeps them."""
     from PIL import Image
 
-    from hf_finetune.image_cache import _downscale, train_side_limit
-    from hf_finetune.modeling import load_image_processor
-    from hf_finetune.transforms import build_transforms, data_config_from_processor
+    from hf_finetune.data.image_cache import _downscale, train_side_limit
+    from hf_finetune.data.transforms import build_transforms, data_config_from_processor
+    from hf_finetune.models.loading import load_image_processor
 
     config = data_config_from_processor(load_image_processor(str(model)), image_size)
     train_transform, _ = build_transforms(config, "rrc_flip", 0.25, 0.5)
@@ -59,7 +59,7 @@ class Paths:
     """The float32 and 8-bit ways of making batches from the same images, stage by stage."""
 
     def __init__(self, train_transform, images, batch: int):
-        from hf_finetune.transforms import split_normalize
+        from hf_finetune.data.transforms import split_normalize
 
         steps = list(train_transform.transforms)
         self.augment_steps = steps[:-2]  # EnlargeTiny, random-resized-crop, flip, (no-op colour jitter)
@@ -90,7 +90,7 @@ class Paths:
         return out
 
     def batches(self, tensors):
-        from hf_finetune.transforms import collate_images
+        from hf_finetune.data.transforms import collate_images
 
         rows = [{"pixel_values": t, "labels": 0} for t in tensors]
         return [

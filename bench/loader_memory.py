@@ -88,9 +88,9 @@ def measure(folder: Path, batches: int, steps: int, batch_size: int) -> dict:
 
     import transformers
 
-    from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
-    from hf_finetune.data import load_image_dataset
-    from hf_finetune.train import build_trainer
+    from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
+    from hf_finetune.data.loading import load_image_dataset
+    from hf_finetune.run.train import build_trainer
 
     transformers.logging.set_verbosity_error()
     logging.getLogger("hf_finetune").setLevel(logging.WARNING)

@@ -81,8 +81,8 @@ def run_one(model: str, data: Path, flags: list[str], args, out: Path) -> dict:
     """One fine-tune in this process; returns its figures."""
     import logging
 
-    from hf_finetune.parser import parse_train_args
-    from hf_finetune.train import main
+    from hf_finetune.config.parser import parse_train_args
+    from hf_finetune.run.train import main
 
     logging.getLogger("hf_finetune").setLevel(logging.WARNING)
     argv = [

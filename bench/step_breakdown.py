@@ -38,8 +38,8 @@ PARTS = ("loader", "ceiling", "loader + step", "trainer")
 
 def build(model: Path, train: Path, val: Path, batch: int, steps: int, extra: list[str]):
     """The trainer `hf-finetune train` would build for ``model`` on these folders, and its step timer."""
-    from hf_finetune.parser import parse_train_args
-    from hf_finetune.train import build_trainer
+    from hf_finetune.config.parser import parse_train_args
+    from hf_finetune.run.train import build_trainer
 
     out = Path(tempfile.mkdtemp(prefix="hf-finetune-breakdown-"))
     argv = throughput._project_argv(model, train, val, out, steps, batch, 42) + extra

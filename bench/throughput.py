@@ -204,7 +204,7 @@ def run_one(
         from transformers_example import build_trainer
 
         if "--keep_freed_memory" in extra:  # the project's allocator setting, applied to the baseline
-            from hf_finetune.performance import keep_freed_memory
+            from hf_finetune.runtime.performance import keep_freed_memory
 
             keep_freed_memory()
         trainer = build_trainer(
@@ -214,8 +214,8 @@ def run_one(
         result["accuracy"] = trainer.evaluate()["eval_accuracy"]
         result["train_images"] = len(trainer.train_dataset)
     elif variant in ("project", "probe"):
-        from hf_finetune.parser import parse_train_args
-        from hf_finetune.train import main
+        from hf_finetune.config.parser import parse_train_args
+        from hf_finetune.run.train import main
 
         argv = _project_argv(model, train, val, out, steps, batch, seed) + extra
         model_args, data_args, training_args = parse_train_args(argv)
@@ -249,8 +249,8 @@ def _ceiling(
     clipping, stepping on one batch of real (augmented) images held in memory."""
     import torch
 
-    from hf_finetune.parser import parse_train_args
-    from hf_finetune.train import build_trainer
+    from hf_finetune.config.parser import parse_train_args
+    from hf_finetune.run.train import build_trainer
 
     argv = _project_argv(model, train, val, out, steps, batch, seed) + extra
     model_args, data_args, training_args = parse_train_args(argv)

@@ -65,10 +65,10 @@ __all__ = [
 ]
 
 _WHERE = {
-    "ModelArguments": "configs",
-    "DataArguments": "configs",
-    "FinetuneTrainingArguments": "configs",
-    "parse_train_args": "parser",
+    "ModelArguments": "config.arguments",
+    "DataArguments": "config.arguments",
+    "FinetuneTrainingArguments": "config.arguments",
+    "parse_train_args": "config.parser",
     "HfFinetuneError": "errors",
     "ConfigError": "errors",
     "DataError": "errors",
@@ -76,36 +76,36 @@ _WHERE = {
     "HubError": "errors",
     "CheckpointWriteError": "errors",
     "TrainingInterrupted": "errors",
-    "LoadedModel": "modeling",
-    "load_model_for_labels": "modeling",
-    "head_parameter_names": "heads",
-    "reinitialize_head": "heads",
-    "freeze_parameters": "freezing",
-    "configure_batchnorm": "freezing",
-    "LoadedData": "data",
-    "load_image_dataset": "data",
-    "build_transforms": "transforms",
-    "data_config_from_processor": "transforms",
-    "make_batch_transform": "transforms",
-    "collate_images": "transforms",
-    "split_normalize": "transforms",
-    "PixelNormalizer": "transforms",
-    "FinetuneTrainer": "trainer",
-    "parameter_groups": "trainer",
-    "build_compute_metrics": "metrics",
-    "classification_metrics": "metrics",
-    "build_trainer": "train",
-    "finetune": "train",
-    "TrainResult": "train",
-    "predict_images": "predict",
-    "evaluate_model": "evaluation",
-    "push_to_hub": "hub",
-    "render_model_card": "model_card",
+    "LoadedModel": "models.loading",
+    "load_model_for_labels": "models.loading",
+    "head_parameter_names": "models.heads",
+    "reinitialize_head": "models.heads",
+    "freeze_parameters": "models.freezing",
+    "configure_batchnorm": "models.freezing",
+    "LoadedData": "data.loading",
+    "load_image_dataset": "data.loading",
+    "build_transforms": "data.transforms",
+    "data_config_from_processor": "data.transforms",
+    "make_batch_transform": "data.transforms",
+    "collate_images": "data.transforms",
+    "split_normalize": "data.transforms",
+    "PixelNormalizer": "data.transforms",
+    "FinetuneTrainer": "training.trainer",
+    "parameter_groups": "training.trainer",
+    "build_compute_metrics": "inference.metrics",
+    "classification_metrics": "inference.metrics",
+    "build_trainer": "run.train",
+    "finetune": "run.train",
+    "TrainResult": "run.train",
+    "predict_images": "inference.predict",
+    "evaluate_model": "inference.evaluation",
+    "push_to_hub": "hub.push",
+    "render_model_card": "hub.model_card",
 }
-_RENAMED = {"finetune": "main"}  # hf_finetune.train is the module; its main() is finetune()
+_RENAMED = {"finetune": "main"}  # hf_finetune.run.train is the module; its main() is finetune()
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments  # noqa: F401
+    from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

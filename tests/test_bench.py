@@ -52,7 +52,7 @@ def test_every_technique_of_the_recipes_table_is_a_valid_recipe(
     """bench/recipes_table.py: each row's flags parse into the keys it names (a renamed key fails here)."""
     import importlib.util
 
-    from hf_finetune.parser import parse_train_args
+    from hf_finetune.config.parser import parse_train_args
 
     spec = importlib.util.spec_from_file_location("recipes_table", ROOT / "bench" / "recipes_table.py")
     table = importlib.util.module_from_spec(spec)
@@ -103,7 +103,7 @@ def test_loader_cost_times_both_paths_on_the_same_crops(tiny_hf_checkpoint, tiny
     timed = [(p, s) for p in seconds for s in STAGES if (p, s) != ("float32", "normalise the batch")]
     assert all(seconds[p][s] > 0 for p, s in timed) and paths.shape == (8, 3, 32, 32)
     assert seconds["float32"]["normalise the batch"] < seconds["8-bit"]["normalise the batch"]
-    from hf_finetune.transforms import PixelNormalizer
+    from hf_finetune.data.transforms import PixelNormalizer
 
     off = paths.normalizer
     paths.normalizer = PixelNormalizer(off.mean + 0.5, off.std)  # no longer what the float path does

@@ -389,7 +389,7 @@ def test_pipeline_predicts_the_new_labels(trained, kind, tiny_image_folder):
 
 
 def test_recipe_yaml_reparses_to_the_same_arguments(trained, kind, tiny_image_folder):
-    from hf_finetune.parser import parse_train_args
+    from hf_finetune.config.parser import parse_train_args
 
     out = _out(trained, kind)
     recorded = yaml.safe_load((out / "recipe.yaml").read_text())

@@ -1,4 +1,4 @@
-"""hf_finetune.data: every source becomes train/validation(/test) with exactly ``image`` and ``label``."""
+"""hf_finetune.data.loading: every source becomes train/validation(/test) with exactly ``image`` and ``label``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import datasets
 import pytest
 from conftest import SHARED_DATA, make_image_folder, requires_shared
 
-from hf_finetune.configs import DataArguments
-from hf_finetune.data import LoadedData, label_counts, load_image_dataset, stratified_split_indices
+from hf_finetune.config.arguments import DataArguments
+from hf_finetune.data.image_check import open_image
+from hf_finetune.data.loading import LoadedData, label_counts, load_image_dataset, stratified_split_indices
 from hf_finetune.errors import DataError
-from hf_finetune.image_check import open_image
 
 
 def _load(tmp_path: Path, seed: int = 42, **kwargs) -> LoadedData:
@@ -110,7 +110,7 @@ def test_flat_folder_gets_a_stratified_reproducible_split(tmp_path):
 
 def test_small_classes_keep_an_image_on_each_side_and_singletons_stay_in_train(tmp_path, caplog):
     root = make_image_folder(tmp_path / "flat", {"big": 10, "pair": 2, "solo": 1})
-    with caplog.at_level(logging.WARNING, logger="hf_finetune.data"):
+    with caplog.at_level(logging.WARNING, logger="hf_finetune.data.loading"):
         data = _load(tmp_path, train_dir=str(root), train_val_split=0.15)
     assert label_counts(data.dataset["train"]) == {"big": 8, "pair": 1, "solo": 1}
     assert label_counts(data.dataset["validation"]) == {"big": 2, "pair": 1, "solo": 0}

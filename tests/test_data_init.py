@@ -10,10 +10,10 @@ from conftest import SOURCE_LABELS
 from torch import nn
 
 from hf_finetune import DataArguments, FinetuneTrainingArguments, ModelArguments
-from hf_finetune.data_init import data_driven_rows
-from hf_finetune.heads import copy_source_rows
-from hf_finetune.labels import match_labels
-from hf_finetune.train import build_trainer
+from hf_finetune.labels.matching import match_labels
+from hf_finetune.models.head_init import data_driven_rows
+from hf_finetune.models.heads import copy_source_rows
+from hf_finetune.run.train import build_trainer
 
 
 def test_weighted_row_is_the_logsumexp_expansion():
@@ -69,7 +69,7 @@ def test_label_init_from_data_end_to_end(tiny_hf_checkpoint, tiny_image_folder, 
 
 # ------------------------------------------------------------------------------------ bias calibration
 def test_bias_shift_is_the_penalised_maximum_likelihood():
-    from hf_finetune.data_init import fit_bias_shift
+    from hf_finetune.models.head_init import fit_bias_shift
 
     torch.manual_seed(0)
     z = torch.randn(300, 4) * 2
@@ -91,10 +91,10 @@ def test_bias_shift_is_the_penalised_maximum_likelihood():
 
 
 def test_calibration_moves_only_the_biases(tiny_hf_checkpoint, tiny_image_folder, tmp_path):
-    from hf_finetune.data import load_image_dataset
-    from hf_finetune.data_init import calibrate_head_bias
-    from hf_finetune.modeling import load_model_for_labels
-    from hf_finetune.transforms import build_transforms, data_config_from_processor
+    from hf_finetune.data.loading import load_image_dataset
+    from hf_finetune.data.transforms import build_transforms, data_config_from_processor
+    from hf_finetune.models.head_init import calibrate_head_bias
+    from hf_finetune.models.loading import load_model_for_labels
 
     data = load_image_dataset(DataArguments(train_dir=str(tiny_image_folder), image_size=32), seed=0)
     loaded = load_model_for_labels(str(tiny_hf_checkpoint), data.labels)
@@ -142,7 +142,7 @@ def test_calibration_is_on_by_default_and_reported(tiny_hf_checkpoint, tiny_imag
     )
     assert "biases fitted on 36 training images" in on.mapping.table()
     # the JSON round trip keeps it
-    from hf_finetune.labels import LabelMappingReport
+    from hf_finetune.labels.matching import LabelMappingReport
 
     assert LabelMappingReport.from_dict(on.mapping.to_dict()).bias_calibration == report
 

@@ -1,4 +1,4 @@
-"""Tests of :mod:`hf_finetune.demo_assets`: the offline EfficientNet-Lite0 build and the digits export."""
+"""Tests of :mod:`hf_finetune.demo.assets`: the offline EfficientNet-Lite0 build and the digits export."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from conftest import SHARED_MODELS, requires_shared
 from PIL import Image
 
-from hf_finetune import demo_assets
-from hf_finetune.demo_assets import DIGIT_NAMES, build_efficientnet_lite0, export_digits
+from hf_finetune.demo import assets as demo_assets
+from hf_finetune.demo.assets import DIGIT_NAMES, build_efficientnet_lite0, export_digits
 from hf_finetune.errors import ConfigError, DataError, ModelLoadError
 
 REFERENCE = SHARED_MODELS / "timm-tf_efficientnet_lite0"

@@ -17,7 +17,7 @@ import yaml
 from conftest import ROOT, run_hf_finetune
 
 from hf_finetune.errors import ConfigError
-from hf_finetune.launch import (
+from hf_finetune.runtime.launch import (
     available_accelerate_configs,
     launch_command,
     pop_accelerate_config,
@@ -52,8 +52,8 @@ def test_fsdp_config_wraps_by_block_class(tiny_hf_checkpoint, tiny_timm_checkpoi
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 
-    from hf_finetune.freezing import body_layout
-    from hf_finetune.modeling import load_model_for_labels
+    from hf_finetune.models.freezing import body_layout
+    from hf_finetune.models.loading import load_model_for_labels
 
     raw = yaml.safe_load((CONFIGS_DIR / "fsdp.yaml").read_text())["fsdp_config"]
     assert raw["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
@@ -137,7 +137,7 @@ def _write_recipe(path: Path, **keys) -> Path:
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     """sklearn's real handwritten digits as an image folder."""
-    from hf_finetune.demo_assets import export_digits
+    from hf_finetune.demo.assets import export_digits
 
     return export_digits(tmp_path_factory.mktemp("digits") / "digits", val_fraction=0.2, seed=0)
 
@@ -174,8 +174,8 @@ def test_two_cpu_processes_train_evaluate_and_save_once(tmp_path, digits, tiny_h
 
     metrics = json.loads((out / "eval_results.json").read_text())
     assert metrics["eval_samples"] == 51
-    from hf_finetune.configs import DataArguments
-    from hf_finetune.evaluation import evaluate_model
+    from hf_finetune.config.arguments import DataArguments
+    from hf_finetune.inference.evaluation import evaluate_model
 
     single = evaluate_model(
         str(out),
@@ -269,8 +269,8 @@ def test_one_step_on_two_processes_equals_one_step_on_the_double_batch(tmp_path,
 def test_bf16_accumulation_and_auto_batch_size_from_a_recipe(tmp_path, tiny_hf_checkpoint, tiny_image_folder):
     """The Trainer's own keys work from a recipe: bf16 autocast (CPU), gradient accumulation, and
     auto_find_batch_size. 36 images, batch 6 x 2 accumulation = 12 per step: 3 optimizer steps an epoch."""
-    from hf_finetune.parser import parse_train_args
-    from hf_finetune.train import main
+    from hf_finetune.config.parser import parse_train_args
+    from hf_finetune.run.train import main
 
     recipe = _write_recipe(
         tmp_path / "r.yaml",

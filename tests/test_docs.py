@@ -7,7 +7,7 @@ import dataclasses
 from conftest import ROOT
 from transformers import TrainingArguments
 
-from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
+from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 

@@ -10,9 +10,9 @@ import torch
 from conftest import SHARED_DATA, SHARED_MODELS, requires_shared
 from torch import nn
 
-from hf_finetune.freezing import body_layout, configure_batchnorm, freeze_parameters
-from hf_finetune.heads import head_parameter_names
-from hf_finetune.modeling import load_model_for_labels
+from hf_finetune.models.freezing import body_layout, configure_batchnorm, freeze_parameters
+from hf_finetune.models.heads import head_parameter_names
+from hf_finetune.models.loading import load_model_for_labels
 
 
 @pytest.fixture(params=["tiny_hf_checkpoint", "tiny_timm_checkpoint"])
@@ -86,9 +86,9 @@ def test_mobilenet_momentum_trap_on_real_weights():
     many images; with the momentum corrected (`batchnorm: train`) both stay, and `auto` keeps them frozen."""
     from transformers import AutoModelForImageClassification
 
-    from hf_finetune.images import load_image
-    from hf_finetune.modeling import load_image_processor
-    from hf_finetune.transforms import build_transforms, data_config_from_processor
+    from hf_finetune.data.image_check import load_image
+    from hf_finetune.data.transforms import build_transforms, data_config_from_processor
+    from hf_finetune.models.loading import load_image_processor
 
     path = str(SHARED_MODELS / "hf-mobilenet_v2_1.0_224")
     _, eval_t = build_transforms(data_config_from_processor(load_image_processor(path)))

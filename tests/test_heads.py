@@ -11,8 +11,8 @@ from conftest import SOURCE_LABELS
 from safetensors.torch import load_file
 from torch import nn
 
-from hf_finetune.heads import copy_source_rows, head_parameter_names, source_head_tensors
-from hf_finetune.modeling import load_model_for_labels
+from hf_finetune.models.heads import copy_source_rows, head_parameter_names, source_head_tensors
+from hf_finetune.models.loading import load_model_for_labels
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Pushing to the Hub (``hf_finetune.hub``, ``hf-finetune push``, ``push_to_hub: true``), without the internet.
+"""Pushing to the Hub (``hf_finetune.hub.push``, ``hf-finetune push``, ``push_to_hub: true``), without the internet.
 
 * A real Hub-compatible read server: ``olah`` (PyPI), started here on a free 127.0.0.1 port as a subprocess and
   stopped by its process id (``tests/hub_server.py``), serves git repositories as Hub repos.
@@ -6,7 +6,7 @@
     with ``model_name_or_path: ORG/NAME``, ``HF_ENDPOINT`` pointing at olah) and asks for ``push_to_hub: true``.
     olah refuses uploads (405), which is the fault path of a push at the end of training: one line, exit 2,
     the finished folder intact, the push rerunnable alone.
-  - The exact folder a push uploads (:func:`hf_finetune.hub.upload_plan`) is published there, and
+  - The exact folder a push uploads (:func:`hf_finetune.hub.push.upload_plan`) is published there, and
     ``pipeline()``, ``AutoModelForImageClassification`` and ``timm.create_model("hf-hub:...")`` load it with
     the right labels (and the card's own snippets run).
 * The push itself at the ``huggingface_hub`` boundary: a *recorded client* (``RecordedHubClient``) stands in for
@@ -37,7 +37,7 @@ from hub_server import LocalHub
 
 from hf_finetune import hub as hub_module
 from hf_finetune.errors import ConfigError, HubError
-from hf_finetune.model_card import render_model_card
+from hf_finetune.hub.model_card import render_model_card
 
 SOURCE_REPO = "test-org/tiny-timm-source"
 TARGET_REPO = "test-org/tiny-timm-cats"
@@ -261,7 +261,7 @@ def published(trained, hub, tmp_path_factory):
 def test_the_pushed_folder_loads_from_the_hub_with_pipeline_and_timm(
     published, trained, hub, tiny_image_folder
 ):
-    from hf_finetune.predict import predict_images
+    from hf_finetune.inference.predict import predict_images
 
     assert sorted(p.name for p in published.folder.iterdir()) == sorted(UPLOADED)
     config = json.loads((published.folder / "config.json").read_text())

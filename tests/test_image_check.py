@@ -24,11 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from hf_finetune import image_check
-from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
-from hf_finetune.data import load_image_dataset
-from hf_finetune.errors import DataError
-from hf_finetune.image_check import (
+from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
+from hf_finetune.data import image_check
+from hf_finetune.data.image_check import (
     MAX_ASPECT_RATIO,
     REPORT_NAME,
     BadImageError,
@@ -37,7 +35,9 @@ from hf_finetune.image_check import (
     open_image,
     write_bad_image_report,
 )
-from hf_finetune.transforms import collate_images, make_batch_transform
+from hf_finetune.data.loading import load_image_dataset
+from hf_finetune.data.transforms import collate_images, make_batch_transform
+from hf_finetune.errors import DataError
 
 # --- building good and bad files ------------------------------------------------------------------------
 
@@ -180,7 +180,7 @@ def test_good_variants_pass_the_check_and_decode_right(tmp_path):
 def test_tiny_and_long_images_keep_transforms_bounded():
     """1 x 1 trains (upscaled); the longest image allowed (50:1) stays small through the eval transform,
     which resizes the short side first."""
-    from hf_finetune.transforms import build_transforms
+    from hf_finetune.data.transforms import build_transforms
 
     config = {"input_size": (3, 32, 32), "crop_pct": 0.875, "interpolation": "bilinear"}
     config.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -312,7 +312,7 @@ def test_batch_transform_skips_a_file_that_fails_to_decode(tmp_path, caplog):
     Image.new("RGB", (6, 6), (10, 20, 30)).save(good)
     cut = write_truncated_jpeg(tmp_path / "cut.jpg")
     apply = make_batch_transform(_transform)
-    with caplog.at_level(logging.WARNING, logger="hf_finetune.image_check"):
+    with caplog.at_level(logging.WARNING, logger="hf_finetune.data.image_check"):
         out = apply(
             {"image": [{"path": str(good)}, {"path": str(cut)}, {"path": str(good)}], "label": [0, 1, 2]}
         )
@@ -367,7 +367,7 @@ def _folder_with_bad_files(root: Path) -> tuple[dict[str, Path], dict[str, tuple
 def test_folder_scan_skips_counts_and_lists_bad_files(tmp_path, caplog):
     root = tmp_path / "images"
     good, bad = _folder_with_bad_files(root)
-    with caplog.at_level(logging.WARNING, logger="hf_finetune.data"):
+    with caplog.at_level(logging.WARNING, logger="hf_finetune.data.loading"):
         data = _load(tmp_path, train_dir=str(root), validation_dir=str(root))
     paths = {row["path"] for split in data.dataset.values() for row in split["image"]}
     assert len(data.dataset["train"]) == 4 + 4 + len(good)
@@ -414,7 +414,7 @@ def test_class_with_one_usable_image_stays_in_train_with_a_warning(tmp_path, cap
     root = make_image_folder(tmp_path / "images", {"ant": 4, "bee": 4})
     lone = make_image_folder(root, {"cow": 1})
     (lone / "cow" / "broken.png").write_bytes(b"")
-    with caplog.at_level(logging.WARNING, logger="hf_finetune.data"):
+    with caplog.at_level(logging.WARNING, logger="hf_finetune.data.loading"):
         data = _load(tmp_path, train_dir=str(root))
     names = data.dataset["train"].features["label"].names
     assert names == ["ant", "bee", "cow"]
@@ -537,8 +537,8 @@ def _dataset_with_a_cut_file(tmp_path: Path) -> tuple[datasets.Dataset, Path]:
 
 
 def test_image_cache_leaves_out_a_file_that_fails_to_decode(tmp_path):
-    from hf_finetune.image_cache import build_image_cache
-    from hf_finetune.transforms import build_transforms
+    from hf_finetune.data.image_cache import build_image_cache
+    from hf_finetune.data.transforms import build_transforms
 
     train, cut = _dataset_with_a_cut_file(tmp_path)
     assert len(train) == 7
@@ -556,8 +556,8 @@ def test_image_cache_leaves_out_a_file_that_fails_to_decode(tmp_path):
 def test_feature_cache_leaves_out_a_file_that_fails_to_decode(tmp_path, tiny_hf_checkpoint):
     from transformers import AutoModelForImageClassification
 
-    from hf_finetune.features import build_feature_cache, feature_head
-    from hf_finetune.transforms import build_transforms
+    from hf_finetune.data.transforms import build_transforms
+    from hf_finetune.training.feature_cache import build_feature_cache, feature_head
 
     train, cut = _dataset_with_a_cut_file(tmp_path)
     model = AutoModelForImageClassification.from_pretrained(tiny_hf_checkpoint)
@@ -577,7 +577,7 @@ def test_feature_cache_leaves_out_a_file_that_fails_to_decode(tmp_path, tiny_hf_
 def test_training_skips_bad_files_and_lists_them(tmp_path, tiny_hf_checkpoint):
     """Unicode class names, files the scan refuses and a truncated JPEG only decoding finds: training
     completes, the labels are the folder names, and OUTPUT/bad_images.json lists every bad file."""
-    from hf_finetune.train import main
+    from hf_finetune.run.train import main
 
     names = {"čaj": 6, "日本": 6, "hot dog": 6}
     root = make_image_folder(tmp_path / "images", names, size=(24, 24))
@@ -646,7 +646,7 @@ def test_cli_class_whose_files_are_all_bad_is_one_error_line(tmp_path, tiny_hf_c
 
 
 def test_strict_is_a_recipe_key_and_a_flag(tmp_path):
-    from hf_finetune.parser import parse_train_args
+    from hf_finetune.config.parser import parse_train_args
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model_name_or_path: m\ntrain_dir: d\nstrict: true\n", encoding="utf-8")

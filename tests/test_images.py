@@ -1,4 +1,4 @@
-"""Every image mode and file quirk hf_finetune.images must turn into plain 8-bit RGB."""
+"""Every image mode and file quirk hf_finetune.data.images must turn into plain 8-bit RGB."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_finetune.images import IMAGE_EXTENSIONS, is_image_file, load_image, to_rgb
+from hf_finetune.data.image_check import load_image
+from hf_finetune.data.images import IMAGE_EXTENSIONS, is_image_file, to_rgb
 
 
 def _pixel(image: Image.Image, xy: tuple[int, int]) -> tuple[int, int, int]:

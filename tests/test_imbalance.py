@@ -8,8 +8,13 @@ import torch
 from conftest import make_image_folder
 
 from hf_finetune import DataArguments, FinetuneTrainingArguments, ModelArguments, finetune
-from hf_finetune.imbalance import BalancedSampler, class_weights, decide_class_balance, sample_weights
-from hf_finetune.train import build_trainer
+from hf_finetune.run.train import build_trainer
+from hf_finetune.training.imbalance import (
+    BalancedSampler,
+    class_weights,
+    decide_class_balance,
+    sample_weights,
+)
 
 COUNTS = {"many": 40, "some": 10, "few": 5}
 

@@ -65,7 +65,7 @@ def test_yaml_alias_bomb_refused(tmp_path, capsys):
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text("\n".join(lines[3:]).replace("  ", "", 1).replace("\n  ", "\n") + "\n")
     from hf_finetune.errors import ConfigError
-    from hf_finetune.labels import parse_label_mapping
+    from hf_finetune.labels.matching import parse_label_mapping
 
     with pytest.raises(ConfigError, match="label_mapping: .*mapping.yaml: it expands to more than"):
         parse_label_mapping(str(mapping))
@@ -76,7 +76,7 @@ def test_duplicate_yaml_keys_refused(tmp_path, capsys):
     recipe.write_text("model_name_or_path: x\ntrain_dir: x\nlearning_rate: 0.1\nlearning_rate: 0.001\n")
     cli_error(capsys, "train", recipe, fragments=(str(recipe), "'learning_rate'", "twice", "line 4"))
     # a merge key (<<) may still be overridden: that is what it is for
-    from hf_finetune.safe_yaml import load_yaml
+    from hf_finetune.config.safe_yaml import load_yaml
 
     assert load_yaml("a: &a {x: 1}\nb:\n  <<: *a\n  x: 2\n", "test") == {"a": {"x": 1}, "b": {"x": 2}}
 
@@ -108,8 +108,8 @@ def test_every_numeric_key_has_a_range():
     """The one table covers every int/float key of the recipe (a new key without a range fails here)."""
     from dataclasses import fields
 
-    from hf_finetune.config_ranges import RANGES
-    from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
+    from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
+    from hf_finetune.config.ranges import RANGES
 
     numeric = {
         spec.name
@@ -210,19 +210,19 @@ def _must_not_run(*args, **kwargs):
 
 
 def test_unwritable_output_paths_checked_before_work(tmp_path, capsys, monkeypatch, tiny_hf_checkpoint):
-    import hf_finetune.data
-    import hf_finetune.evaluation
-    import hf_finetune.path_checks
-    import hf_finetune.predict
+    import hf_finetune.config.path_checks
+    import hf_finetune.data.loading
+    import hf_finetune.inference.evaluation
+    import hf_finetune.inference.predict
 
     data = make_image_folder(tmp_path / "data", {"cat": 3, "dog": 3})
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder is needed\n")
     model = str(tiny_hf_checkpoint)
     for module, name in (
-        (hf_finetune.data, "load_image_dataset"),
-        (hf_finetune.predict, "predict_images"),
-        (hf_finetune.evaluation, "evaluate_model"),
+        (hf_finetune.data.loading, "load_image_dataset"),
+        (hf_finetune.inference.predict, "predict_images"),
+        (hf_finetune.inference.evaluation, "evaluate_model"),
     ):
         monkeypatch.setattr(module, name, _must_not_run)
     train = ["train", "--model_name_or_path", model, "--train_dir", data, *QUICK]
@@ -249,7 +249,9 @@ def test_unwritable_output_paths_checked_before_work(tmp_path, capsys, monkeypat
     locked = tmp_path / "locked"
     locked.mkdir()
     monkeypatch.setattr(
-        hf_finetune.path_checks.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode)
+        hf_finetune.config.path_checks.os,
+        "access",
+        lambda p, mode: Path(p) != locked and real_access(p, mode),
     )
     cli_error(
         capsys, *train, "--output_dir", locked / "run", fragments=(f"the folder {locked} is not writable",)
@@ -310,8 +312,8 @@ def test_single_dataset_saved_to_disk(tmp_path, capsys, tiny_hf_checkpoint):
     import datasets
 
     from hf_finetune import cli
-    from hf_finetune.configs import DataArguments
-    from hf_finetune.data import load_image_dataset
+    from hf_finetune.config.arguments import DataArguments
+    from hf_finetune.data.loading import load_image_dataset
 
     images = make_image_folder(tmp_path / "images", {"cat": 6, "dog": 6})
     paths = sorted(str(p) for p in images.rglob("*.png"))
@@ -344,7 +346,7 @@ def test_recipe_that_is_not_utf8(tmp_path, capsys):
 
 def test_label_mapping_json_with_a_repeated_key(tmp_path):
     from hf_finetune.errors import ConfigError
-    from hf_finetune.labels import parse_label_mapping
+    from hf_finetune.labels.matching import parse_label_mapping
 
     with pytest.raises(ConfigError, match="label_mapping: key 'cat' is given twice"):
         parse_label_mapping('{"cat": "tabby", "cat": "tiger"}')
@@ -357,9 +359,9 @@ def test_label_mapping_json_with_a_repeated_key(tmp_path):
 def test_eval_batch_size_and_seed_out_of_range(tmp_path, capsys, monkeypatch, tiny_hf_checkpoint):
     """eval's own flags go through the same range table (a zero batch size failed in the DataLoader, a
     negative seed in numpy, after the data was read)."""
-    import hf_finetune.data
+    import hf_finetune.data.loading
 
-    monkeypatch.setattr(hf_finetune.data, "load_image_dataset", _must_not_run)
+    monkeypatch.setattr(hf_finetune.data.loading, "load_image_dataset", _must_not_run)
     data = make_image_folder(tmp_path / "data", {"cat": 3, "dog": 3})
     args = ["eval", tiny_hf_checkpoint, "--train_dir", data, "--report_dir", tmp_path / "r"]
     cli_error(capsys, *args, "--batch_size", "0", fragments=("batch_size: got 0",))
@@ -409,7 +411,7 @@ def test_dataset_config_that_does_not_exist(tmp_path, capsys, tiny_hf_checkpoint
 
 def test_unreadable_folder_inside_a_class_folder(tmp_path, capsys, monkeypatch, tiny_hf_checkpoint):
     """A subfolder the process may not list (simulated: tests run as root) is one line naming it."""
-    import hf_finetune.data
+    import hf_finetune.data.loading
 
     data = make_image_folder(tmp_path / "data", {"cat": 3, "dog": 3})
     (data / "cat" / "private").mkdir()
@@ -420,7 +422,7 @@ def test_unreadable_folder_inside_a_class_folder(tmp_path, capsys, monkeypatch, 
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(hf_finetune.data.os, "scandir", scandir)
+    monkeypatch.setattr(hf_finetune.data.loading.os, "scandir", scandir)
     args = _train_args(tiny_hf_checkpoint, data, tmp_path / "out")
     cli_error(capsys, *args, fragments=("train_dir: cannot read the folder", "private", "Permission denied"))
 

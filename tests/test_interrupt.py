@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from hf_finetune import DataArguments, FinetuneTrainingArguments, ModelArguments
 from hf_finetune.errors import TrainingInterrupted
-from hf_finetune.train import is_finished_model_dir, last_checkpoint, main
-from hf_finetune.trainer import PARTIAL_CHECKPOINTS, FinetuneTrainer
+from hf_finetune.run.train import is_finished_model_dir, last_checkpoint, main
+from hf_finetune.training.trainer import PARTIAL_CHECKPOINTS, FinetuneTrainer
 
 # 36 training images at batch 8: 5 steps an epoch (the last one of 4 images), 10 steps in 2 epochs.
 STEPS_PER_EPOCH, EPOCHS = 5, 2
@@ -155,9 +155,9 @@ WRAPPER = """
 import os, sys, time
 from pathlib import Path
 from transformers import TrainerCallback
-import hf_finetune.train as train
+import hf_finetune.run.train as train
 from hf_finetune.cli import main
-from hf_finetune.trainer import FinetuneTrainer
+from hf_finetune.training.trainer import FinetuneTrainer
 
 marker = Path(os.environ["MARKER"])
 

@@ -91,7 +91,7 @@ def test_zero_shot_hotdog_with_reused_row():
     """Before any training step, MobileNetV2 with ImageNet's hotdog row reused (and `not_hotdog` started as
     the merged complement) scores >= 0.65 on hotdog (../shared/README.md: 0.68 for the untouched 1001-way
     model picking hotdog when it ranks first)."""
-    from hf_finetune.train import build_trainer
+    from hf_finetune.run.train import build_trainer
 
     trainer, loaded, _ = build_trainer(
         ModelArguments(model_name_or_path=str(SHARED_MODELS / "hf-mobilenet_v2_1.0_224")),

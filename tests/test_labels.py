@@ -1,4 +1,4 @@
-"""Tests of hf_finetune.labels: which pretrained classifier rows start each target class."""
+"""Tests of hf_finetune.labels.matching: which pretrained classifier rows start each target class."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conftest import SHARED_MODELS
 from timm.data import ImageNetInfo
 
 from hf_finetune.errors import ConfigError
-from hf_finetune.labels import (
+from hf_finetune.labels.matching import (
     MATCH_KINDS,
     LabelMappingReport,
     LabelMatch,

@@ -13,8 +13,8 @@ from transformers import AutoModelForImageClassification, TrainerCallback
 
 from hf_finetune import DataArguments, FinetuneTrainingArguments, ModelArguments, finetune
 from hf_finetune.errors import ConfigError
-from hf_finetune.lora import ADAPTER_DIR, apply_lora, default_target_modules, load_lora_model
-from hf_finetune.modeling import load_model_for_labels
+from hf_finetune.models.loading import load_model_for_labels
+from hf_finetune.models.lora import ADAPTER_DIR, apply_lora, default_target_modules, load_lora_model
 
 LABELS = ["cat", "dog", "zebra"]
 TRAIN_KEYS = {
@@ -150,7 +150,7 @@ def _args(tmp_path, **keys):
 
 
 def test_lora_targets_respect_freezing_and_names(tiny_hf_checkpoint, tmp_path):
-    from hf_finetune.freezing import freeze_parameters
+    from hf_finetune.models.freezing import freeze_parameters
 
     model = load_model_for_labels(str(tiny_hf_checkpoint), LABELS, label_mapping="none").model
     all_targets = default_target_modules(model)

@@ -1,4 +1,4 @@
-"""Tests of hf_finetune.metrics against scikit-learn on random, imbalanced data with missing classes."""
+"""Tests of hf_finetune.inference.metrics against scikit-learn on random, imbalanced data with missing classes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sklearn.metrics import (
 )
 from transformers import EvalPrediction
 
-from hf_finetune.metrics import build_compute_metrics, classification_metrics, per_class_report
+from hf_finetune.inference.metrics import build_compute_metrics, classification_metrics, per_class_report
 
 
 def _random_case(seed: int, num_classes: int, samples: int) -> tuple[np.ndarray, np.ndarray]:

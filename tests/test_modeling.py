@@ -10,8 +10,8 @@ from conftest import SHARED_MODELS, SOURCE_LABELS, requires_shared
 from safetensors.torch import load_file
 
 from hf_finetune.errors import ModelLoadError
-from hf_finetune.heads import head_parameter_names
-from hf_finetune.modeling import load_model_for_labels
+from hf_finetune.models.heads import head_parameter_names
+from hf_finetune.models.loading import load_model_for_labels
 
 
 def _checkpoint_tensors(path, prefix=""):
@@ -186,8 +186,8 @@ def test_trust_remote_code_is_off_by_default_and_announced_when_on(
 ):
     import logging
 
-    from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
-    from hf_finetune.train import build_trainer
+    from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
+    from hf_finetune.run.train import build_trainer
 
     assert ModelArguments(model_name_or_path="x").trust_remote_code is False
     caplog.set_level(logging.WARNING, logger="hf_finetune")

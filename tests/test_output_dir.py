@@ -21,11 +21,11 @@ from conftest import ROOT, make_image_folder
 from safetensors.torch import load_file
 
 from hf_finetune.cli import main as cli_main
+from hf_finetune.config.parser import parse_train_args
 from hf_finetune.errors import TrainingInterrupted
-from hf_finetune.output_dir import CHECKPOINT_RECIPE, RECORD_NAME
-from hf_finetune.parser import parse_train_args
-from hf_finetune.run_lock import LOCK_NAME
-from hf_finetune.train import STAGING, is_finished_model_dir, last_checkpoint, main
+from hf_finetune.run.lock import LOCK_NAME
+from hf_finetune.run.output_dir import CHECKPOINT_RECIPE, RECORD_NAME
+from hf_finetune.run.train import STAGING, is_finished_model_dir, last_checkpoint, main
 
 # 36 training images at batch 8: 5 steps an epoch.
 QUICK = {  # a run of two steps that writes a finished model and no checkpoint
@@ -135,7 +135,7 @@ def test_rotation_never_deletes_its_own_newest_checkpoint(tmp_path):
     one checkpoint would keep 7 and delete 6. It is skipped instead; without a later checkpoint it rotates."""
     from types import SimpleNamespace
 
-    from hf_finetune.trainer import FinetuneTrainer
+    from hf_finetune.training.trainer import FinetuneTrainer
 
     for step in (5, 6, 7):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -155,7 +155,7 @@ def test_interrupted_resume_of_an_older_checkpoint_names_its_own(
     """Found with case 1: a run resumed from checkpoint-5 while checkpoint-7 (of the abandoned branch) is there,
     stopped after step 6: the line names its own checkpoint-6 and resumes that one, not --resume (which would
     pick checkpoint-7)."""
-    import hf_finetune.train as train
+    import hf_finetune.run.train as train
 
     out = tmp_path / "out"
     argv = _argv(tiny_hf_checkpoint, images, out)
@@ -189,7 +189,7 @@ def test_interrupted_resume_of_an_older_checkpoint_names_its_own(
 
 def test_push_while_a_run_writes_the_folder_refused(tiny_hf_checkpoint, images, tmp_path, capsys):
     """Found with case 2: `hf-finetune push` of a folder a run is writing would upload a mix of two models."""
-    from hf_finetune.run_lock import output_lock
+    from hf_finetune.run.lock import output_lock
 
     out = tmp_path / "out"
     assert cli_main(_argv(tiny_hf_checkpoint, images, out, **QUICK)) == 0
@@ -207,7 +207,7 @@ WRAPPER = """
 import os, sys, time
 from pathlib import Path
 from transformers import TrainerCallback
-import hf_finetune.train as train
+import hf_finetune.run.train as train
 from hf_finetune.cli import main
 
 ready, go = Path(os.environ["READY"]), Path(os.environ["GO"])
@@ -385,7 +385,7 @@ def test_output_dir_null_in_yaml(tiny_hf_checkpoint, images, tmp_path, monkeypat
 
 
 def test_sigterm_during_final_save_says_so(tiny_hf_checkpoint, images, tmp_path, monkeypatch, capsys):
-    import hf_finetune.reports as reports
+    import hf_finetune.inference.reports as reports
 
     out = tmp_path / "out"
     argv = _argv(tiny_hf_checkpoint, images, out)

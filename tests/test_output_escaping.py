@@ -17,10 +17,10 @@ import yaml
 from conftest import make_image_folder
 from PIL import Image
 
-from hf_finetune import reports
 from hf_finetune.escaping import FORMULA_PREFIXES, csv_cell
-from hf_finetune.model_card import render_model_card
-from hf_finetune.predict import write_predictions
+from hf_finetune.hub.model_card import render_model_card
+from hf_finetune.inference import reports
+from hf_finetune.inference.predict import write_predictions
 
 MATH_LABELS = [r"$\foo{$", "a $x^2$ b", "price in $", "cat"]
 
@@ -91,7 +91,7 @@ def test_math_text_label_in_plots(tmp_path, monkeypatch, caplog):
     ]
     report = {"confusion_matrix": [[1, 1, 0, 0], [0, 2, 0, 0], [0, 0, 1, 1], [1, 0, 0, 1]]}
     (tmp_path / "train").mkdir()
-    with caplog.at_level(logging.WARNING, logger="hf_finetune.reports"):
+    with caplog.at_level(logging.WARNING, logger="hf_finetune.inference.reports"):
         names = reports.write_training_figures(tmp_path / "train", history, report, MATH_LABELS)
     assert names == [reports.TRAINING_CURVES_NAME, reports.CONFUSION_MATRIX_NAME]
     assert not [r for r in caplog.records if "not written" in r.getMessage()]
@@ -235,7 +235,7 @@ def test_terminal_output_escapes_control_characters(tiny_hf_checkpoint, tmp_path
     import shutil
 
     from hf_finetune import cli
-    from hf_finetune.evaluation import format_report
+    from hf_finetune.inference.evaluation import format_report
 
     evil = "cat\x1b[2J\x1b[31m\rfake"
     model = tmp_path / "model"

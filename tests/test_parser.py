@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
+from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
+from hf_finetune.config.parser import known_keys, load_recipe, parse_train_args
 from hf_finetune.errors import ConfigError
-from hf_finetune.parser import known_keys, load_recipe, parse_train_args
 
 BASE = {"model_name_or_path": "some/model", "train_dir": "some/images"}
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_finetune import performance
-from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
+from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
 from hf_finetune.errors import ConfigError
+from hf_finetune.runtime import performance
 
 
 def _args(tmp_path: Path, **kwargs) -> FinetuneTrainingArguments:
@@ -46,7 +46,7 @@ def test_bf16_explicit_values_win(tmp_path, monkeypatch):
 
 
 def test_auto_is_accepted_in_recipes_and_flags(tmp_path, tiny_image_folder, tiny_hf_checkpoint, monkeypatch):
-    from hf_finetune.parser import parse_train_args
+    from hf_finetune.config.parser import parse_train_args
 
     monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: False)
     recipe = tmp_path / "recipe.yaml"
@@ -124,9 +124,9 @@ def test_channels_last_choice_and_same_logits(tiny_hf_checkpoint):
 
 
 def _pipeline(tiny_image_folder, checkpoint, augmentation="rrc_flip"):
-    from hf_finetune.data import load_image_dataset
-    from hf_finetune.modeling import load_image_processor
-    from hf_finetune.transforms import build_transforms, data_config_from_processor
+    from hf_finetune.data.loading import load_image_dataset
+    from hf_finetune.data.transforms import build_transforms, data_config_from_processor
+    from hf_finetune.models.loading import load_image_processor
 
     data = load_image_dataset(DataArguments(train_dir=str(tiny_image_folder)))
     config = data_config_from_processor(load_image_processor(str(checkpoint)))
@@ -141,8 +141,8 @@ def test_cached_images_give_the_same_tensors(
 ):
     """The cache gives the uncached tensors bit for bit; with normalize_on_device's 8-bit transforms, once its
     batches are normalised (``PixelNormalizer``)."""
-    from hf_finetune.image_cache import build_image_cache
-    from hf_finetune.transforms import make_batch_transform, split_normalize
+    from hf_finetune.data.image_cache import build_image_cache
+    from hf_finetune.data.transforms import make_batch_transform, split_normalize
 
     data, config, train_t, eval_t = _pipeline(tiny_image_folder, tiny_hf_checkpoint, augmentation)
     finish = lambda pixels: pixels  # noqa: E731
@@ -185,10 +185,10 @@ def test_cached_images_give_the_same_tensors(
 
 
 def test_large_images_are_cached_at_the_side_limit(tmp_path, tiny_hf_checkpoint):
-    from hf_finetune.data import load_image_dataset
-    from hf_finetune.image_cache import build_image_cache, train_side_limit
-    from hf_finetune.modeling import load_image_processor
-    from hf_finetune.transforms import build_transforms, data_config_from_processor
+    from hf_finetune.data.image_cache import build_image_cache, train_side_limit
+    from hf_finetune.data.loading import load_image_dataset
+    from hf_finetune.data.transforms import build_transforms, data_config_from_processor
+    from hf_finetune.models.loading import load_image_processor
 
     for name in ("a", "b"):
         (tmp_path / "imgs" / name).mkdir(parents=True)
@@ -214,8 +214,8 @@ def test_large_images_are_cached_at_the_side_limit(tmp_path, tiny_hf_checkpoint)
 
 
 def test_cached_features_equal_recomputed_ones(tmp_path, tiny_timm_checkpoint, tiny_image_folder):
-    from hf_finetune.features import HeadOnlyModel, build_feature_cache, feature_head
-    from hf_finetune.modeling import load_model_for_labels
+    from hf_finetune.models.loading import load_model_for_labels
+    from hf_finetune.training.feature_cache import HeadOnlyModel, build_feature_cache, feature_head
 
     data, _, _, eval_t = _pipeline(tiny_image_folder, tiny_timm_checkpoint)
     loaded = load_model_for_labels(str(tiny_timm_checkpoint), data.labels)
@@ -227,7 +227,7 @@ def test_cached_features_equal_recomputed_ones(tmp_path, tiny_timm_checkpoint, t
     )
     cached = torch.tensor(np.asarray(cache.datasets["validation"].with_format("numpy")["features"]))
     assert cached.shape == (len(data.dataset["validation"]), model.timm_model.num_features)
-    from hf_finetune.transforms import make_batch_transform
+    from hf_finetune.data.transforms import make_batch_transform
 
     images = data.dataset["validation"].with_transform(make_batch_transform(eval_t))
     pixel_values = torch.stack([images[i]["pixel_values"] for i in range(len(images))])
@@ -245,7 +245,7 @@ def test_cached_features_equal_recomputed_ones(tmp_path, tiny_timm_checkpoint, t
 def test_linear_probe_trains_the_head_on_cached_features(tmp_path, tiny_hf_checkpoint, tiny_image_folder):
     from safetensors.torch import load_file
 
-    from hf_finetune.train import main
+    from hf_finetune.run.train import main
 
     out = tmp_path / "probe"
     training_args = _args(
@@ -272,14 +272,14 @@ def test_linear_probe_trains_the_head_on_cached_features(tmp_path, tiny_hf_check
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     accuracies = [e["eval_accuracy"] for e in history if "eval_accuracy" in e]
     assert accuracies[-1] > accuracies[0] and accuracies[-1] >= 0.9
-    from hf_finetune.predict import predict_images
+    from hf_finetune.inference.predict import predict_images
 
     image = next((tiny_image_folder / "val" / "zebra").iterdir())
     assert predict_images(str(out), [str(image)], top_k=1)[0]["predictions"][0]["label"] == "zebra"
 
 
 def test_feature_cache_true_needs_a_frozen_body(tmp_path, tiny_hf_checkpoint, tiny_image_folder):
-    from hf_finetune.train import main
+    from hf_finetune.run.train import main
 
     with pytest.raises(ConfigError, match="feature_cache: true cannot be used: .* set freeze_layers: -1"):
         main(
@@ -291,7 +291,7 @@ def test_feature_cache_true_needs_a_frozen_body(tmp_path, tiny_hf_checkpoint, ti
 
 
 def test_training_with_cached_images_cleans_up(tmp_path, tiny_hf_checkpoint, tiny_image_folder):
-    from hf_finetune.train import main
+    from hf_finetune.run.train import main
 
     out = tmp_path / "cached"
     result = main(
@@ -312,7 +312,7 @@ def test_training_with_cached_images_cleans_up(tmp_path, tiny_hf_checkpoint, tin
 def test_frozen_parameters_get_no_gradient(tiny_hf_checkpoint):
     from transformers import AutoModelForImageClassification
 
-    from hf_finetune.freezing import freeze_parameters
+    from hf_finetune.models.freezing import freeze_parameters
 
     model = AutoModelForImageClassification.from_pretrained(tiny_hf_checkpoint)
     report = freeze_parameters(model, freeze_layers=1)
@@ -326,7 +326,7 @@ def test_frozen_parameters_get_no_gradient(tiny_hf_checkpoint):
 def test_depthwise_precision_tuning_switches_only_the_forward(tiny_timm_checkpoint):
     from transformers import AutoModelForImageClassification
 
-    from hf_finetune.modeling import load_model_for_labels
+    from hf_finetune.models.loading import load_model_for_labels
 
     model = load_model_for_labels(str(tiny_timm_checkpoint), ["a", "b"]).model.eval()
     assert isinstance(model, AutoModelForImageClassification._model_mapping[type(model.config)])
@@ -417,7 +417,7 @@ def test_keep_freed_memory_auto_is_on_for_cpu_training_under_glibc(tmp_path, mon
 _PAGE_FAULTS = """
 import resource
 import torch
-from hf_finetune import performance
+from hf_finetune.runtime import performance
 
 def faults_per_round(rounds=12):
     counts = []
@@ -576,8 +576,8 @@ def test_static_same_padding_leaves_other_layers_alone(tiny_hf_checkpoint):
 def _train_two_steps(tmp_path: Path, checkpoint, images, *flags) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    from hf_finetune.parser import parse_train_args
-    from hf_finetune.train import main
+    from hf_finetune.config.parser import parse_train_args
+    from hf_finetune.run.train import main
 
     out = tmp_path / "-".join(flags).replace("--", "")
     argv = [
@@ -612,7 +612,7 @@ def test_inplace_activations_are_found_by_origin():
 
 
 def test_tune_inplace_activations_switches_only_the_mode(tiny_timm_checkpoint):
-    from hf_finetune.modeling import load_model_for_labels
+    from hf_finetune.models.loading import load_model_for_labels
 
     model = load_model_for_labels(str(tiny_timm_checkpoint), ["a", "b"]).model.eval()
     activations = performance._inplace_activations(model)
@@ -698,8 +698,8 @@ def test_exact_speed_defaults_train_the_same_weights(
 def test_normalize_on_device_evaluates_and_predicts_the_same(tmp_path, tiny_hf_checkpoint, tiny_image_folder):
     """Evaluation and prediction through the Trainer see the same normalised input with the setting on (8-bit
     batches from the loader) and off: the same loss and logits bit for bit."""
-    from hf_finetune.parser import parse_train_args
-    from hf_finetune.train import build_trainer
+    from hf_finetune.config.parser import parse_train_args
+    from hf_finetune.run.train import build_trainer
 
     def trainer(on: bool):
         argv = [
@@ -737,7 +737,7 @@ def test_depthwise_timings_are_kept_per_machine(tmp_path, tiny_timm_checkpoint, 
     """The first call times each depthwise shape and writes the file; a later call (a new run: a freshly loaded
     model) reads the same timings instead of timing again, so it makes the same choices; another machine key,
     or a file that is not JSON, is timed afresh."""
-    from hf_finetune.modeling import load_model_for_labels
+    from hf_finetune.models.loading import load_model_for_labels
 
     def fresh():
         return load_model_for_labels(str(tiny_timm_checkpoint), ["a", "b"]).model.eval()
@@ -770,7 +770,7 @@ def test_depthwise_timings_that_cannot_be_saved_leave_the_run_alone(
 ):
     import logging
 
-    from hf_finetune.modeling import load_model_for_labels
+    from hf_finetune.models.loading import load_model_for_labels
 
     caplog.set_level(logging.WARNING, logger="hf_finetune")
 

@@ -1,4 +1,4 @@
-"""Tests of hf_finetune.predict: parity with transformers' image-classification pipeline, batching,
+"""Tests of hf_finetune.inference.predict: parity with transformers' image-classification pipeline, batching,
 unreadable files, missing paths and the CSV/JSONL writers."""
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ import pytest
 from conftest import SHARED_DATA, SHARED_MODELS, SOURCE_LABELS, make_image_folder, requires_shared
 
 from hf_finetune.errors import DataError
-from hf_finetune.predict import iter_image_files, load_for_inference, predict_images, write_predictions
+from hf_finetune.inference.predict import (
+    iter_image_files,
+    load_for_inference,
+    predict_images,
+    write_predictions,
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +93,7 @@ def test_progress_bar_counts_images_on_stderr(tiny_hf_checkpoint, nested_images,
 def test_progress_default_needs_a_terminal_and_more_than_100_images():
     import io
 
-    from hf_finetune.predict import PROGRESS_MIN_IMAGES, _show_progress
+    from hf_finetune.inference.predict import PROGRESS_MIN_IMAGES, _show_progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -110,10 +115,10 @@ def test_unreadable_file_is_skipped_and_logged(tiny_hf_checkpoint, tmp_path, cap
     root = make_image_folder(tmp_path / "imgs", {"cat": 3}, seed=5)
     bad = root / "cat" / "bad.jpg"
     bad.write_text("this is not a JPEG")
-    with caplog.at_level(logging.WARNING, logger="hf_finetune.predict"):
+    with caplog.at_level(logging.WARNING, logger="hf_finetune.inference.predict"):
         records = predict_images(tiny_hf_checkpoint, [root], top_k=2, batch_size=2, progress=False)
     assert [Path(r["path"]).name for r in records] == ["cat_000.png", "cat_001.png", "cat_002.png"]
-    messages = [r.getMessage() for r in caplog.records if r.name == "hf_finetune.predict"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "hf_finetune.inference.predict"]
     assert any("bad.jpg" in m and "not an image" in m for m in messages), messages
     assert any("skipped 1 unusable of 4 image files (1 not an image)" in m for m in messages), messages
 
@@ -126,8 +131,8 @@ def test_predict_eval_refuse_huge_thin_png(tiny_hf_checkpoint, tmp_path, caplog,
     from PIL import Image, ImageFile
 
     from hf_finetune import cli
-    from hf_finetune.configs import DataArguments
-    from hf_finetune.evaluation import evaluate_model
+    from hf_finetune.config.arguments import DataArguments
+    from hf_finetune.inference.evaluation import evaluate_model
 
     root = make_image_folder(tmp_path / "data", {"cat": 3, "dog": 3}, size=(40, 32), seed=6)
     thin = {root / "cat" / "thin.png": (1, 30000), root / "dog" / "thinner.png": (60000, 1)}
@@ -175,7 +180,7 @@ def test_predict_eval_refuse_huge_thin_png(tiny_hf_checkpoint, tmp_path, caplog,
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad file was refused")
 
-    monkeypatch.setattr("hf_finetune.predict.load_for_inference", no_model)
+    monkeypatch.setattr("hf_finetune.inference.predict.load_for_inference", no_model)
     capsys.readouterr()  # the weight-loading progress bars of the runs above
     assert cli.main(["predict", str(tiny_hf_checkpoint), str(root), "--strict"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

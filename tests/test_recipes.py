@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import ROOT, requires_shared
 
-from hf_finetune.parser import parse_train_args
+from hf_finetune.config.parser import parse_train_args
 
 RECIPES_DIR = ROOT / "recipes"
 RECIPES = sorted(

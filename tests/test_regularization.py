@@ -9,18 +9,18 @@ import torch
 from safetensors.torch import load_file
 
 from hf_finetune import DataArguments, FinetuneTrainingArguments, ModelArguments, finetune
-from hf_finetune.ema import EMA_WEIGHTS_NAME, WeightEma
 from hf_finetune.errors import ConfigError
-from hf_finetune.modeling import load_model_for_labels
-from hf_finetune.regularization import (
+from hf_finetune.models.drop_path import drop_path_modules
+from hf_finetune.models.loading import load_model_for_labels
+from hf_finetune.run.train import build_trainer
+from hf_finetune.training.ema import EMA_WEIGHTS_NAME, WeightEma
+from hf_finetune.training.regularization import (
     build_mixup,
-    drop_path_modules,
     mix_batch,
     mixing_on,
     soft_target_cross_entropy,
 )
-from hf_finetune.train import build_trainer
-from hf_finetune.trainer import FinetuneTrainer
+from hf_finetune.training.trainer import FinetuneTrainer
 
 LABELS = ["a", "b", "c", "d"]
 

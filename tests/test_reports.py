@@ -1,4 +1,4 @@
-"""Tests of hf_finetune.reports: the numbers behind the confusion matrix, most_confused.csv and top losses
+"""Tests of hf_finetune.inference.reports: the numbers behind the confusion matrix, most_confused.csv and top losses
 equal a recount; the PNGs open, have the expected size and are not blank; a real tiny training run writes
 training_curves.png and confusion_matrix.png and its card links them; ``hf-finetune eval`` writes all four
 report files; TensorBoard event files appear offline when tensorboard is installed."""
@@ -16,8 +16,8 @@ import pytest
 from conftest import make_image_folder, run_hf_finetune
 from PIL import Image
 
-from hf_finetune import reports
-from hf_finetune.metrics import confusion_matrix
+from hf_finetune.inference import reports
+from hf_finetune.inference.metrics import confusion_matrix
 
 
 def _predictions(num_classes: int, num_images: int, seed: int = 0):
@@ -205,7 +205,7 @@ def test_training_writes_curves_and_confusion_matrix(trained_run):
 
 
 def test_the_card_links_the_figures_and_push_uploads_them(trained_run):
-    from hf_finetune.hub import upload_plan
+    from hf_finetune.hub.push import upload_plan
 
     out, _ = trained_run
     card = (out / "README.md").read_text(encoding="utf-8")

@@ -8,13 +8,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from hf_finetune.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
+from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
 from hf_finetune.errors import ConfigError
-from hf_finetune.features import decide_feature_cache
-from hf_finetune.freezing import body_layout
-from hf_finetune.heads import head_parameter_names
-from hf_finetune.modeling import load_model_for_labels
-from hf_finetune.trainer import FinetuneTrainer
+from hf_finetune.models.freezing import body_layout
+from hf_finetune.models.heads import head_parameter_names
+from hf_finetune.models.loading import load_model_for_labels
+from hf_finetune.training.feature_cache import decide_feature_cache
+from hf_finetune.training.trainer import FinetuneTrainer
 
 FAST = {
     "per_device_train_batch_size": 8,
@@ -64,7 +64,7 @@ def _strip(name: str) -> str:
 def test_probe_then_finetune(request, fixture, tiny_image_folder, tmp_path):
     """Epoch 1 (probe): the body (weights and BatchNorm buffers) is bit-for-bit unchanged while the head
     learns; epochs 2-3: the body trains; the stem and block 0 (freeze_layers: 1) never change."""
-    from hf_finetune.train import main
+    from hf_finetune.run.train import main
 
     checkpoint = request.getfixturevalue(fixture)
     recorder = Recorder()
@@ -128,7 +128,7 @@ def test_frozen_body_parameters_in_adamw_are_untouched():
 def test_gradual_unfreezing_goes_top_down(
     request, fixture, probe_epochs, epochs, tiny_image_folder, tmp_path
 ):
-    from hf_finetune.train import build_trainer
+    from hf_finetune.run.train import build_trainer
 
     checkpoint = request.getfixturevalue(fixture)
     recorder = Recorder()
@@ -262,7 +262,7 @@ def test_body_warmup_ramps_the_body_only(request, fixture, tiny_image_folder, tm
     cosine; the head's is 10 lr x cosine(s) from step 0; after step 1 the body is bit for bit the pretrained one."""
     import math
 
-    from hf_finetune.train import build_trainer
+    from hf_finetune.run.train import build_trainer
 
     checkpoint = request.getfixturevalue(fixture)
     recorder = StepRecorder()
@@ -316,7 +316,7 @@ def test_body_warmup_unset_follows_the_reused_rows(
     tiny_hf_checkpoint, tiny_image_folder, tmp_path, mapping, given, expected
 ):
     """Unset: one epoch when rows are reused (cat, dog), none for a fresh head; a value given is kept."""
-    from hf_finetune.train import build_trainer
+    from hf_finetune.run.train import build_trainer
 
     trainer, _, _ = build_trainer(
         ModelArguments(model_name_or_path=str(tiny_hf_checkpoint), label_mapping=mapping),

@@ -10,7 +10,7 @@ from conftest import run_hf_finetune
 from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from hf_finetune.start_point import StartingPointCallback, start_evaluation
+from hf_finetune.training.start_point import StartingPointCallback, start_evaluation
 
 
 def _history(*accuracies: float) -> list[dict]:

@@ -11,7 +11,7 @@ from conftest import SHARED_DATA, SHARED_MODELS, requires_shared, run_hf_finetun
 from safetensors.torch import load_file
 
 from hf_finetune import DataArguments, FinetuneTrainingArguments, ModelArguments, finetune
-from hf_finetune.train import is_finished_model_dir
+from hf_finetune.run.train import is_finished_model_dir
 
 SETTINGS = {
     "num_train_epochs": 4,
@@ -77,8 +77,8 @@ def test_python_api_equals_cli(tiny_hf_checkpoint, tiny_image_folder, tmp_path):
 
 @pytest.mark.parametrize("fixture,prefix", [("tiny_hf_checkpoint", ""), ("tiny_timm_checkpoint", "")])
 def test_frozen_layers_do_not_change(request, fixture, prefix, tiny_image_folder, tmp_path):
-    from hf_finetune.freezing import body_layout
-    from hf_finetune.modeling import load_model_for_labels
+    from hf_finetune.models.freezing import body_layout
+    from hf_finetune.models.loading import load_model_for_labels
 
     checkpoint = request.getfixturevalue(fixture)
     out = tmp_path / "out"
@@ -110,7 +110,7 @@ def test_frozen_layers_do_not_change(request, fixture, prefix, tiny_image_folder
 def test_failed_run_leaves_no_finished_model(tiny_hf_checkpoint, tiny_image_folder, tmp_path):
     from transformers import TrainerCallback
 
-    from hf_finetune.train import main
+    from hf_finetune.run.train import main
 
     class Boom(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

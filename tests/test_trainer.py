@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from hf_finetune.configs import FinetuneTrainingArguments
-from hf_finetune.freezing import freeze_parameters
-from hf_finetune.heads import head_parameter_names
-from hf_finetune.modeling import load_model_for_labels
-from hf_finetune.trainer import FinetuneTrainer, parameter_groups
+from hf_finetune.config.arguments import FinetuneTrainingArguments
+from hf_finetune.models.freezing import freeze_parameters
+from hf_finetune.models.heads import head_parameter_names
+from hf_finetune.models.loading import load_model_for_labels
+from hf_finetune.training.trainer import FinetuneTrainer, parameter_groups
 
 
 @pytest.fixture(params=["tiny_hf_checkpoint", "tiny_timm_checkpoint"])

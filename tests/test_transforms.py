@@ -9,7 +9,7 @@ from conftest import SHARED_MODELS, requires_shared
 from PIL import Image
 from transformers import ConvNextImageProcessor, MobileNetV2ImageProcessor, ViTImageProcessor
 
-from hf_finetune.transforms import apply_image_size, build_transforms, data_config_from_processor
+from hf_finetune.data.transforms import apply_image_size, build_transforms, data_config_from_processor
 
 
 def test_shortest_edge_and_crop():
@@ -75,7 +75,7 @@ def test_apply_image_size_updates_saved_preprocessing():
 
 @requires_shared
 def test_timm_data_config_is_used():
-    from hf_finetune.modeling import load_image_processor
+    from hf_finetune.models.loading import load_image_processor
 
     processor = load_image_processor(str(SHARED_MODELS / "timm-tf_efficientnet_lite0"))
     config = data_config_from_processor(processor)
@@ -105,7 +105,7 @@ def test_uint8_batches_normalised_on_the_device_equal_per_image_normalisation(au
     training (the same random crops and flips: same seeds) and evaluation, in either memory format."""
     import random
 
-    from hf_finetune.transforms import PixelNormalizer, ToUint8Tensor, collate_images, split_normalize
+    from hf_finetune.data.transforms import PixelNormalizer, ToUint8Tensor, collate_images, split_normalize
 
     config = {
         "input_size": (3, 96, 96),
@@ -137,7 +137,7 @@ def test_split_normalize_leaves_other_transforms_alone():
     """Only a transform ending in ToTensor + Normalize is split; anything else keeps normalising per image."""
     import torchvision.transforms as T
 
-    from hf_finetune.transforms import PixelNormalizer, ToUint8Tensor, split_normalize
+    from hf_finetune.data.transforms import PixelNormalizer, ToUint8Tensor, split_normalize
 
     normalize = T.Normalize((0.5,) * 3, (0.5,) * 3)
     assert split_normalize(T.Compose([T.Resize(8), T.ToTensor()])) is None

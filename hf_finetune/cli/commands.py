@@ -1,0 +1,394 @@
+"""``hf-finetune``: the command line, a thin layer over the Python API.
+
+    hf-finetune train [RECIPE.yaml] [--key value ...]
+    hf-finetune predict MODEL IMAGE_OR_FOLDER... [--top-k 5] [--output preds.csv] [--batch-size 32]
+    hf-finetune eval MODEL (--train_dir DIR | --dataset_name ID | --train_file F) [--split validation]
+    hf-finetune map-labels --model_name_or_path M (--train_dir DIR | --dataset_name ID) [--label_mapping ...]
+    hf-finetune push OUTPUT_DIR --repo-id ORG/NAME [--private] [--revision BRANCH] [--commit-message MSG]
+
+Errors a user can fix print one line (``hf-finetune: error: ...``) and exit with status 2, no traceback.
+Heavy libraries are imported inside the commands, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from hf_finetune.escaping import (  # light: no heavy import before a command runs
+    TerminalFormatter,
+    terminal_text,
+)
+
+__all__ = ["main", "build_parser"]
+
+COMMANDS = {
+    "train": "fine-tune a pretrained classifier from a recipe YAML and/or --key value flags",
+    "predict": "top-k predictions of a model for image files or folders",
+    "eval": "metrics of a saved model on a split of a dataset",
+    "map-labels": "show which pretrained classifier rows would start each target label, without training",
+    "push": "push a finished output folder to the Hugging Face Hub with its model card",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-finetune",
+        description="Fine-tune timm and transformers image classifiers on the Hugging Face stack.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _setup_logging(verbose: bool = True) -> None:
+    root = logging.getLogger("hf_finetune")
+    ours = [h for h in root.handlers if getattr(h, "_hf_finetune_cli", False)]
+    if ours:  # called again in the same process (tests, notebooks): follow the current sys.stdout, without
+        ours[0].stream = sys.stdout  # flushing the old one, which may be closed (setStream would flush it)
+    elif not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(TerminalFormatter("%(message)s"))  # labels' control characters shown escaped
+        handler._hf_finetune_cli = True
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.propagate = False
+    # Library progress bars (datasets' split generation, transformers' weight loading) would interleave
+    # with our one-line errors on stderr; the Trainer's own progress bar stays.
+    import os
+
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _train(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        from hf_finetune.config.parser import RecipeParser
+
+        RecipeParser().print_help()
+        print(
+            "\nhardware:\n  --accelerate_config NAME_OR_PATH\n"
+            "                        run under `accelerate launch` with this config: a file, or the name of one\n"
+            "                        in recipes/accelerate_configs (cpu, cpu_ddp, single_gpu, multi_gpu, ...)\n"
+            "\ninterruptions:\n  --resume              continue from the newest complete checkpoint in output_dir\n"
+            "                        (the same as --resume_from_checkpoint last). SIGINT (Ctrl-C) or SIGTERM\n"
+            "                        finishes the current step, writes a checkpoint and exits with 130 or 143."
+        )
+        return 0
+    from hf_finetune.runtime.launch import (
+        launch,
+        pop_accelerate_config,
+        resolve_accelerate_config,
+        use_cpu_when_no_gpu,
+    )
+
+    accelerate_config, argv = pop_accelerate_config(argv)
+    if accelerate_config is not None:
+        from hf_finetune.config.parser import parse_train_args
+        from hf_finetune.run.output_dir import run_folder
+
+        config = resolve_accelerate_config(accelerate_config)
+        parsed = parse_train_args(argv)  # a bad recipe fails here, in one line, before any process starts
+        with run_folder(*parsed, explicit=parsed.explicit, delegate=True):  # checked and locked for the ranks
+            return launch(config, argv, accelerate_config)
+    use_cpu_when_no_gpu()
+    from hf_finetune.config.parser import parse_train_args
+    from hf_finetune.run.train import main as train_main
+
+    parsed = parse_train_args(argv)
+    model_args, data_args, training_args = parsed
+    try:
+        train_main(model_args, data_args, training_args, explicit=parsed.explicit)
+    except BaseException:
+        _end_process_group(wait=False)  # a failed rank must not wait for ranks that may never arrive
+        raise
+    _end_process_group(wait=True)
+    return 0
+
+
+def _end_process_group(wait: bool) -> None:
+    """Under several processes, shut the process group down before the interpreter exits (after all ranks
+    finished, when ``wait``): a rank that exits with its gloo/NCCL threads still running aborts ("terminate
+    called without an active exception") while the main rank is still saving."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            if wait:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def _predict(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from hf_finetune.config.parser import CommandParser
+    from hf_finetune.errors import ConfigError
+
+    parser = CommandParser(prog="hf-finetune predict", description=COMMANDS["predict"])
+    parser.add_argument("model", help="output folder of a fine-tune, or a Hub id")
+    parser.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    parser.add_argument("--top-k", "--top_k", type=int, default=5, dest="top_k", help="predictions per image")
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=32, dest="batch_size")
+    parser.add_argument("--output", help="write predictions to a .csv or .jsonl file")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: for more than 100 images when stderr is a terminal)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a bad image file (not an image, zero bytes, a decompression bomb, an aspect ratio beyond "
+        "50:1, or one that fails to decode) instead of skipping it with a warning",
+    )
+    args = parser.parse_args(argv)
+    from hf_finetune.inference.predict import PREDICTION_FORMATS, predict_images, write_predictions
+
+    if args.output:  # checked before any prediction is computed
+        from hf_finetune.config.path_checks import check_writable_file
+
+        check_writable_file(args.output, "output")
+        if Path(args.output).suffix.lower() not in PREDICTION_FORMATS:
+            raise ConfigError(
+                f"output: {args.output} has extension {Path(args.output).suffix or 'none'!r}; expected one of "
+                f"{', '.join(PREDICTION_FORMATS)}"
+            )
+
+    records = predict_images(
+        args.model,
+        args.paths,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=args.progress,
+        strict=args.strict,
+    )
+    if args.output:
+        write_predictions(records, args.output)
+    else:
+        for record in records:
+            preds = "  ".join(f"{p['label']} {p['score']:.4f}" for p in record["predictions"])
+            print(terminal_text(f"{record['path']}: {preds}"))  # a label's ESC or CR is shown, not run
+    return 0
+
+
+def _eval(argv: list[str]) -> int:
+    from hf_finetune.config.arguments import DataArguments
+    from hf_finetune.config.parser import RecipeParser
+    from hf_finetune.inference.evaluation import evaluate_model, format_report
+
+    parser = RecipeParser(DataArguments, prog="hf-finetune eval", description=COMMANDS["eval"])
+    parser.add_argument("model", help="output folder of a fine-tune, or a Hub id")
+    parser.add_argument("--split", default="validation", help="train, validation or test")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--seed", type=int, default=42, help="seed of the train/validation split (as in training)"
+    )
+    parser.add_argument(
+        "--report_dir",
+        "--report-dir",
+        default=None,
+        help="where metrics.json, confusion_matrix.png, most_confused.csv and top_losses.png are written "
+        "(default: MODEL/eval_<split> for a local model)",
+    )
+    data_args, extra = parser.parse_command(argv)
+    from pathlib import Path
+
+    from hf_finetune.config.ranges import check_value
+
+    check_value("batch_size", extra.batch_size, "per_device_eval_batch_size")
+    check_value("seed", extra.seed)
+
+    report_dir = extra.report_dir
+    if report_dir is None and Path(extra.model).is_dir():
+        report_dir = str(Path(extra.model) / f"eval_{extra.split}")
+    if report_dir is not None:
+        from hf_finetune.config.path_checks import check_writable_dir
+
+        check_writable_dir(report_dir, "report_dir")  # before the model runs
+    report = evaluate_model(
+        extra.model,
+        data_args,
+        split=extra.split,
+        batch_size=extra.batch_size,
+        seed=extra.seed,
+        output_dir=report_dir,
+    )
+    print(format_report(report))
+    if report_dir:
+        from hf_finetune.inference.reports import CONFUSION_MATRIX_NAME, MOST_CONFUSED_NAME, TOP_LOSSES_NAME
+
+        names = ("metrics.json", CONFUSION_MATRIX_NAME, MOST_CONFUSED_NAME, TOP_LOSSES_NAME)
+        written = [n for n in names if (Path(report_dir) / n).is_file()]
+        print(f"report written to {report_dir}: {', '.join(written)}")
+    return 0
+
+
+def _map_labels(argv: list[str]) -> int:
+    import json
+
+    from hf_finetune.config.arguments import DataArguments, ModelArguments
+    from hf_finetune.config.parser import RecipeParser
+
+    parser = RecipeParser(
+        (ModelArguments, DataArguments), prog="hf-finetune map-labels", description=COMMANDS["map-labels"]
+    )
+    parser.add_argument("--output", default=None, help="also write the report as JSON to this file")
+    model_args, data_args, extra = parser.parse_command(argv)
+    if extra.output is not None:
+        from hf_finetune.config.path_checks import check_writable_file
+
+        check_writable_file(extra.output, "output")  # before any work
+    from hf_finetune.data.loading import load_image_dataset
+    from hf_finetune.labels.matching import match_labels, parse_label_mapping
+    from hf_finetune.models.loading import load_source_config, source_label_names
+
+    data = load_image_dataset(data_args)
+    config = load_source_config(
+        model_args.model_name_or_path,
+        model_args.model_revision,
+        model_args.cache_dir,
+        model_args.trust_remote_code,
+    )
+    source_labels = source_label_names(config)
+    auto, explicit = parse_label_mapping(model_args.label_mapping)
+    report = match_labels(list(data.labels), source_labels, explicit, auto)
+    print(terminal_text(report.table(), keep_newlines=True))
+    print(
+        f"{len(report.reused)} of {len(data.labels)} target labels start from source rows "
+        f"({len(source_labels)} source labels in {model_args.model_name_or_path})"
+    )
+    if extra.output:
+        from pathlib import Path
+
+        Path(extra.output).parent.mkdir(parents=True, exist_ok=True)
+        with open(extra.output, "w", encoding="utf-8") as handle:
+            json.dump(report.to_dict(), handle, indent=2)
+        print(f"report written to {extra.output}")
+    return 0
+
+
+class _LightParser(argparse.ArgumentParser):
+    """``parser.CommandParser``'s one-line errors without importing transformers (``push --help`` is instant)."""
+
+    def error(self, message: str):
+        import re
+
+        from hf_finetune.errors import ConfigError
+
+        raise ConfigError(re.sub(r"(--[\w-]+)/--[\w-]+", r"\1", message) + f"; see {self.prog} --help")
+
+
+def _push(argv: list[str]) -> int:
+    parser = _LightParser(
+        prog="hf-finetune push",
+        description=COMMANDS["push"] + ". The token comes from HF_TOKEN or `hf auth login`; it is never "
+        "written anywhere. Uploaded: the model (safetensors), its processor, the run's record (recipe.yaml, "
+        "labels, results) and a model card (README.md); never checkpoint-* folders or training_args.bin.",
+    )
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="the output folder of a finished run")
+    parser.add_argument(
+        "--repo-id", "--repo_id", dest="repo_id", required=True, metavar="ORG/NAME", help="the model repo"
+    )
+    parser.add_argument(
+        "--private",
+        action="store_true",
+        help="create the repo private (an existing repo keeps its visibility)",
+    )
+    parser.add_argument(
+        "--revision", default=None, metavar="BRANCH", help="branch to push to (default: main)"
+    )
+    parser.add_argument(
+        "--commit-message", "--commit_message", dest="commit_message", default=None, help="the commit message"
+    )
+    args = parser.parse_args(argv)
+    from hf_finetune.hub.push import push_to_hub
+    from hf_finetune.run.lock import check_unlocked
+
+    check_unlocked(args.output_dir, "OUTPUT_DIR")  # a run writing there: the upload would mix two models
+    result = push_to_hub(
+        args.output_dir,
+        args.repo_id,
+        private=True if args.private else None,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
+    print(f"pushed {len(result.files)} files to {result.repo_id}@{result.revision}: {result.commit_url}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        from hf_finetune.errors import suggest
+
+        print(
+            f"hf-finetune: error: unknown command {command!r}{suggest(command, COMMANDS)}; "
+            f"expected one of {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        return 2
+    _setup_logging()
+    if not any(a in ("-h", "--help") for a in rest):  # --help answers without loading transformers
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_warning()
+        hf_logging.disable_progress_bar()
+    from hf_finetune.errors import HfFinetuneError, TrainingInterrupted
+
+    try:
+        handlers = {
+            "train": _train,
+            "predict": _predict,
+            "eval": _eval,
+            "map-labels": _map_labels,
+            "push": _push,
+        }
+        return handlers[command](rest)
+    except HfFinetuneError as err:
+        print(f"hf-finetune: error: {terminal_text(_one_line(err))}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as err:
+        import os
+        import shlex
+
+        from hf_finetune.run.output_dir import resume_hint
+        from hf_finetune.runtime.launch import COMMAND_ENV
+
+        if os.environ.get("RANK", "0") == "0":
+            command = os.environ.get(COMMAND_ENV) or shlex.join(["hf-finetune", command, *rest])
+            resume = resume_hint(err.checkpoint, command)  # --resume, or this run's checkpoint by name
+            print(f"hf-finetune: {err}; resume with: {command}{resume}", file=sys.stderr)
+        return 128 + err.signum
+    except KeyboardInterrupt:
+        print("hf-finetune: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(err: Exception) -> str:
+    """The message of ``err``; for an error raised in a DataLoader worker, which torch re-raises with the
+    worker's traceback in its text, the original message alone."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if last.startswith("hf_finetune.errors.") else last
+    return text
+
+
+def console_main() -> None:  # pragma: no cover - the console-script wrapper
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: sources (image folders, CSV/JSONL files, datasets), splits, reading and checking image files, transforms and the decoded-image cache."""

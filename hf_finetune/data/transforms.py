@@ -1,0 +1,344 @@
+"""Image preprocessing taken from the checkpoint, and training augmentation.
+
+The checkpoint decides the preprocessing: timm checkpoints through their data config
+(``TimmWrapperImageProcessor.data_config``: input size, crop_pct, interpolation, mean/std), transformers
+checkpoints through their image processor (size / crop_size / crop_pct, resample, image_mean/std), which is
+translated into the same data-config form. Both are then built by timm's ``create_transform``, so the
+evaluation transform is: resize the short side to ``size / crop_pct``, centre-crop ``size``, normalise.
+
+Images are decoded by the batch transform (:func:`make_batch_transform`), through
+:func:`hf_finetune.data.image_check.open_image`; a file that fails there is skipped, not fatal (see
+:func:`make_batch_transform` and :func:`collate_images`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from timm.data import create_transform
+
+from hf_finetune.data.image_check import BadImageError, open_image, record_decode_failure
+
+__all__ = [
+    "data_config_from_processor",
+    "build_transforms",
+    "make_batch_transform",
+    "as_rgb",
+    "collate_images",
+    "apply_image_size",
+    "EnlargeTiny",
+    "ToUint8Tensor",
+    "PixelNormalizer",
+    "split_normalize",
+]
+
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _size_value(size: Any, *keys: str) -> int | None:
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return size
+    if isinstance(size, dict):
+        for key in keys:
+            if size.get(key):
+                return int(size[key])
+    for key in keys:
+        value = getattr(size, key, None)
+        if value:
+            return int(value)
+    return None
+
+
+def data_config_from_processor(processor: Any, image_size: int | None = None) -> dict[str, Any]:
+    """A timm-style data config (``input_size``, ``crop_pct``, ``interpolation``, ``mean``, ``std``)."""
+    if hasattr(processor, "data_config") and isinstance(processor.data_config, dict):
+        config = dict(processor.data_config)
+        config["input_size"] = tuple(config.get("input_size", (3, 224, 224)))
+    else:
+        size = getattr(processor, "size", None)
+        crop = getattr(processor, "crop_size", None)
+        do_crop = bool(getattr(processor, "do_center_crop", False)) and crop is not None
+        shortest = _size_value(size, "shortest_edge")
+        height = _size_value(size, "height")
+        crop_h = _size_value(crop, "height") if do_crop else None
+        if crop_h and shortest:  # resize short side, then centre crop (MobileNet, ResNet-style processors)
+            side, crop_pct = crop_h, crop_h / shortest
+        elif crop_h and height:
+            side, crop_pct = crop_h, crop_h / height
+        elif shortest:  # ConvNeXt-style: shortest_edge is the output size, crop_pct below 384
+            side = shortest
+            crop_pct = float(getattr(processor, "crop_pct", None) or 1.0) if shortest < 384 else 1.0
+        elif height:  # ViT-style: resize straight to height x width
+            side, crop_pct = height, 1.0
+        else:
+            side, crop_pct = 224, 0.875
+        resample = getattr(processor, "resample", 2)
+        resample = int(resample) if resample is not None else 2
+        if getattr(processor, "do_normalize", True):
+            mean = tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN)
+            std = tuple(getattr(processor, "image_std", None) or IMAGENET_STD)
+        else:
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        config = {
+            "input_size": (3, side, side),
+            "crop_pct": crop_pct,
+            "crop_mode": "center",
+            "interpolation": _PIL_RESAMPLE.get(resample, "bilinear"),
+            "mean": mean,
+            "std": std,
+        }
+    if image_size is not None:
+        config["input_size"] = (3, int(image_size), int(image_size))
+    return config
+
+
+def build_transforms(
+    data_config: dict[str, Any],
+    augmentation: str = "rrc_flip",
+    crop_scale_min: float = 0.6,
+    hflip_prob: float = 0.5,
+) -> tuple[Callable, Callable]:
+    """(train transform, eval transform) for PIL images, both ending in a normalised CHW float tensor."""
+
+    common = {
+        "input_size": data_config["input_size"],
+        "interpolation": data_config.get("interpolation", "bilinear"),
+        "mean": tuple(data_config["mean"]),
+        "std": tuple(data_config["std"]),
+    }
+    eval_transform = create_transform(
+        **common,
+        is_training=False,
+        crop_pct=data_config.get("crop_pct"),
+        crop_mode=data_config.get("crop_mode"),
+    )
+    if augmentation == "none":
+        train_transform = eval_transform
+    elif augmentation == "flip":
+        import torchvision.transforms as T
+
+        train_transform = T.Compose([T.RandomHorizontalFlip(hflip_prob), eval_transform])
+    else:
+        import torchvision.transforms as T
+
+        train_transform = create_transform(
+            **common,
+            is_training=True,
+            scale=(crop_scale_min, 1.0),
+            hflip=hflip_prob,
+            color_jitter=0.0,
+        )
+        train_transform = T.Compose([EnlargeTiny.for_crop_scale(crop_scale_min), *train_transform.transforms])
+    return train_transform, eval_transform
+
+
+class EnlargeTiny:
+    """Enlarge an image of fewer than ``min_area`` pixels by a whole factor (nearest neighbour: each pixel
+    becomes a block), leaving others as they are.
+
+    Random-resized-crop rounds its crop's sides, so on an image of a few pixels (1 x 1, 2 x 2) its smallest
+    crops are 0 pixels wide, and the resize of that empty crop is black. Enlarged to
+    :meth:`for_crop_scale`'s area, every crop it can draw is at least 1 x 1."""
+
+    def __init__(self, min_area: int):
+        self.min_area = int(min_area)
+
+    @classmethod
+    def for_crop_scale(cls, crop_scale_min: float, min_ratio: float = 3 / 4) -> EnlargeTiny:
+        """The area at which random-resized-crop's smallest crop (``crop_scale_min`` of the area, aspect
+        ``min_ratio`` to ``1 / min_ratio``) still has sides of at least 1 pixel."""
+
+        return cls(math.ceil(1.0 / (crop_scale_min * min_ratio)))
+
+    def __call__(self, image):
+
+        width, height = image.size
+        if width * height >= self.min_area:
+            return image
+        factor = math.ceil(math.sqrt(self.min_area / max(1, width * height)))
+        return image.resize((width * factor, height * factor), Image.Resampling.NEAREST)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(min_area={self.min_area})"
+
+
+class ToUint8Tensor:
+    """An 8-bit PIL image (``RGB`` or ``L``) as a ``uint8`` CHW tensor: ``ToTensor`` without the conversion to
+    float, a quarter of the bytes to stack, hand between processes, pin and copy to the device."""
+
+    def __call__(self, image):
+
+        if image.mode not in ("RGB", "L"):
+            raise ValueError(f"ToUint8Tensor: got a {image.mode!r} image; expected an 8-bit RGB or L image")
+        tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
+        if tensor.ndim == 2:
+            tensor = tensor.unsqueeze(-1)
+        return tensor.permute(2, 0, 1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class PixelNormalizer:
+    """``uint8`` batches (N, C, H, W) to the float32 tensors ``ToTensor`` + ``Normalize`` make of each image,
+    bit for bit: the same operations in the same order (to float32, divide by 255, subtract the mean, divide
+    by the std), on a whole batch on the device it trains on. The memory format of the batch is kept
+    (channels_last stays channels_last). Tensors that are not ``uint8`` pass through unchanged."""
+
+    def __init__(self, mean, std):
+
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).flatten().clone()
+        self.std = torch.as_tensor(std, dtype=torch.float32).flatten().clone()
+        if bool((self.std == 0).any()):
+            raise ValueError(f"PixelNormalizer: std {self.std.tolist()} has a zero; it divides by it")
+        self._on: dict[Any, tuple[Any, Any]] = {}
+
+    def __call__(self, pixels):
+
+        if pixels.dtype != torch.uint8:
+            return pixels
+        if pixels.device not in self._on:
+            self._on[pixels.device] = (
+                self.mean.to(pixels.device).view(1, -1, 1, 1),
+                self.std.to(pixels.device).view(1, -1, 1, 1),
+            )
+        mean, std = self._on[pixels.device]
+        return pixels.to(torch.float32).div_(255).sub_(mean).div_(std)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={self.mean.tolist()}, std={self.std.tolist()})"
+
+
+def _flat_steps(transform) -> list:
+    steps = getattr(transform, "transforms", None)
+    if steps is None or not isinstance(steps, (list, tuple)):
+        return [transform]
+    return [step for inner in steps for step in _flat_steps(inner)]
+
+
+def split_normalize(transform) -> tuple[Callable, PixelNormalizer] | None:
+    """``(uint8 transform, normalizer)`` for a PIL transform ending in ``ToTensor`` + ``Normalize`` (what
+    :func:`build_transforms` makes): the steps before ``ToTensor``, then :class:`ToUint8Tensor`; and the
+    :class:`PixelNormalizer` that finishes its batches where they train. ``None`` for any other transform
+    (it keeps normalising per image)."""
+
+    steps = _flat_steps(transform)
+    if len(steps) < 2:
+        return None
+    to_tensor, normalize = steps[-2], steps[-1]
+    if not (isinstance(to_tensor, T.ToTensor) and type(normalize) is T.Normalize):
+        return None
+    if any(isinstance(step, (T.ToTensor, T.PILToTensor, ToUint8Tensor)) for step in steps[:-2]):
+        return None
+    return T.Compose([*steps[:-2], ToUint8Tensor()]), PixelNormalizer(normalize.mean, normalize.std)
+
+
+def as_rgb(image: Any):
+    """An RGB PIL image from what an ``image`` column holds: a path, a PIL image or an undecoded
+    ``datasets.Image`` value (``{"path": ..., "bytes": ...}``). A file that cannot be used raises
+    :class:`hf_finetune.data.image_check.BadImageError` (a ``DataError``) naming it."""
+
+    return open_image(image)
+
+
+def make_batch_transform(
+    transform: Callable, image_column: str = "image", label_column: str = "label"
+) -> Callable:
+    """A ``Dataset.with_transform`` function: images (paths or PIL) -> ``pixel_values``, labels -> ``labels``.
+
+    An image that fails to decode is skipped: it is logged and reported
+    (:func:`hf_finetune.data.image_check.record_decode_failure`; under ``strict: true`` that raises instead),
+    and its ``pixel_values`` are taken from the last good image this transform made (with that image's
+    label) when the whole batch failed, else ``None``, which :func:`collate_images` drops."""
+
+    last_good: list[tuple[Any, Any]] = []  # (pixel values, label) of the last image decoded
+
+    def apply(batch: dict[str, list]) -> dict[str, list]:
+        images = batch[image_column]
+        labels = list(batch[label_column]) if label_column in batch else None
+        pixel_values: list[Any] = []
+        for image in images:
+            try:
+                rgb = as_rgb(image)
+            except BadImageError as err:
+                record_decode_failure(err)
+                pixel_values.append(None)
+                continue
+            pixel_values.append(transform(rgb))
+        good = [i for i, value in enumerate(pixel_values) if value is not None]
+        if good:
+            last = good[-1]
+            last_good[:] = [(pixel_values[last], labels[last] if labels is not None else None)]
+        elif last_good and pixel_values:  # nothing left to train on in this batch: repeat a good image
+            value, label = last_good[0]
+            pixel_values = [value] * len(pixel_values)
+            if labels is not None:
+                labels = [label] * len(labels)
+        out = {"pixel_values": pixel_values}
+        if labels is not None:
+            out["labels"] = labels
+        return out
+
+    return apply
+
+
+def collate_images(examples: list[dict], channels_last: bool = False) -> dict[str, Any]:
+    """Stack ``pixel_values`` and ``labels`` into a batch for the model (NHWC in memory if ``channels_last``).
+
+    Examples whose image failed to decode (``pixel_values`` ``None``, see :func:`make_batch_transform`) are
+    left out; a batch of nothing but such examples is a ``DataError`` naming the cause."""
+
+    kept = [e for e in examples if e.get("pixel_values") is not None]
+    if not kept:
+        from hf_finetune.errors import DataError
+
+        raise DataError(
+            f"every image of a batch of {len(examples)} failed to decode and no good image was seen before "
+            "it to stand in; see the skipped images logged above"
+        )
+    examples = kept
+    pixel_values = torch.stack([e["pixel_values"] for e in examples])
+    if channels_last and pixel_values.ndim == 4:
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+    batch = {"pixel_values": pixel_values}
+    if "labels" in examples[0]:
+        batch["labels"] = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long)
+    return batch
+
+
+def apply_image_size(processor: Any, model_config: Any, image_size: int | None) -> None:
+    """Record a training size that differs from the checkpoint's in the processor and config that are saved,
+    so ``pipeline()`` and ``timm.create_model`` preprocess the fine-tuned model as it was trained."""
+    if image_size is None:
+        return
+    side = int(image_size)
+    if hasattr(processor, "data_config") and isinstance(processor.data_config, dict):
+        processor.data_config["input_size"] = (3, side, side)
+    else:
+        size = getattr(processor, "size", None)
+        crop = getattr(processor, "crop_size", None)
+        crop_pct = data_config_from_processor(processor)["crop_pct"]
+        shortest = _size_value(size, "shortest_edge")
+        if crop is not None and getattr(processor, "do_center_crop", False):
+            processor.crop_size = {"height": side, "width": side}
+            if shortest:
+                processor.size = {"shortest_edge": int(round(side / crop_pct))}
+            else:
+                processor.size = {"height": int(round(side / crop_pct)), "width": int(round(side / crop_pct))}
+        elif shortest:
+            processor.size = {"shortest_edge": side}
+        else:
+            processor.size = {"height": side, "width": side}
+    pretrained_cfg = getattr(model_config, "pretrained_cfg", None)
+    if isinstance(pretrained_cfg, dict):
+        pretrained_cfg["input_size"] = [3, side, side]
