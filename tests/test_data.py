@@ -12,7 +12,8 @@ from conftest import SHARED_DATA, make_image_folder, requires_shared
 
 from hf_finetune.config.arguments import DataArguments
 from hf_finetune.data.image_check import open_image
-from hf_finetune.data.loading import LoadedData, label_counts, load_image_dataset, stratified_split_indices
+from hf_finetune.data.loading import LoadedData, load_image_dataset
+from hf_finetune.data.splits import label_counts, stratified_split_indices
 from hf_finetune.errors import DataError
 
 

@@ -142,7 +142,7 @@ def test_calibration_is_on_by_default_and_reported(tiny_hf_checkpoint, tiny_imag
     )
     assert "biases fitted on 36 training images" in on.mapping.table()
     # the JSON round trip keeps it
-    from hf_finetune.labels.matching import LabelMappingReport
+    from hf_finetune.labels.report import LabelMappingReport
 
     assert LabelMappingReport.from_dict(on.mapping.to_dict()).bias_calibration == report
 

@@ -65,7 +65,7 @@ def test_yaml_alias_bomb_refused(tmp_path, capsys):
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text("\n".join(lines[3:]).replace("  ", "", 1).replace("\n  ", "\n") + "\n")
     from hf_finetune.errors import ConfigError
-    from hf_finetune.labels.matching import parse_label_mapping
+    from hf_finetune.labels.mapping_file import parse_label_mapping
 
     with pytest.raises(ConfigError, match="label_mapping: .*mapping.yaml: it expands to more than"):
         parse_label_mapping(str(mapping))
@@ -346,7 +346,7 @@ def test_recipe_that_is_not_utf8(tmp_path, capsys):
 
 def test_label_mapping_json_with_a_repeated_key(tmp_path):
     from hf_finetune.errors import ConfigError
-    from hf_finetune.labels.matching import parse_label_mapping
+    from hf_finetune.labels.mapping_file import parse_label_mapping
 
     with pytest.raises(ConfigError, match="label_mapping: key 'cat' is given twice"):
         parse_label_mapping('{"cat": "tabby", "cat": "tiger"}')
@@ -411,7 +411,7 @@ def test_dataset_config_that_does_not_exist(tmp_path, capsys, tiny_hf_checkpoint
 
 def test_unreadable_folder_inside_a_class_folder(tmp_path, capsys, monkeypatch, tiny_hf_checkpoint):
     """A subfolder the process may not list (simulated: tests run as root) is one line naming it."""
-    import hf_finetune.data.loading
+    import hf_finetune.data.folders
 
     data = make_image_folder(tmp_path / "data", {"cat": 3, "dog": 3})
     (data / "cat" / "private").mkdir()
@@ -422,7 +422,7 @@ def test_unreadable_folder_inside_a_class_folder(tmp_path, capsys, monkeypatch, 
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(hf_finetune.data.loading.os, "scandir", scandir)
+    monkeypatch.setattr(hf_finetune.data.folders.os, "scandir", scandir)
     args = _train_args(tiny_hf_checkpoint, data, tmp_path / "out")
     cli_error(capsys, *args, fragments=("train_dir: cannot read the folder", "private", "Permission denied"))
 

@@ -10,16 +10,12 @@ from conftest import SHARED_MODELS
 from timm.data import ImageNetInfo
 
 from hf_finetune.errors import ConfigError
-from hf_finetune.labels.matching import (
-    MATCH_KINDS,
-    LabelMappingReport,
-    LabelMatch,
-    definition_genus,
-    imagenet_offset,
-    match_labels,
-    normalize_label,
-    parse_label_mapping,
-)
+from hf_finetune.labels.genus import definition_genus
+from hf_finetune.labels.imagenet import imagenet_offset
+from hf_finetune.labels.mapping_file import parse_label_mapping
+from hf_finetune.labels.matching import match_labels
+from hf_finetune.labels.names import normalize_label
+from hf_finetune.labels.report import MATCH_KINDS, LabelMappingReport, LabelMatch
 
 INFO = ImageNetInfo()
 TIMM_NAMES = [INFO.index_to_description(i) for i in range(1000)]

@@ -246,7 +246,8 @@ def _map_labels(argv: list[str]) -> int:
 
         check_writable_file(extra.output, "output")  # before any work
     from hf_finetune.data.loading import load_image_dataset
-    from hf_finetune.labels.matching import match_labels, parse_label_mapping
+    from hf_finetune.labels.mapping_file import parse_label_mapping
+    from hf_finetune.labels.matching import match_labels
     from hf_finetune.models.loading import load_source_config, source_label_names
 
     data = load_image_dataset(data_args)

@@ -68,6 +68,7 @@ __all__ = [
     "image_name",
     "set_strict",
     "is_strict",
+    "strict_refusal",
     "record_decode_failure",
     "decode_failures",
     "reset_decode_failures",
@@ -315,6 +316,15 @@ def set_strict(strict: bool) -> None:
 def is_strict() -> bool:
     """Whether a bad file is an error in this process (:func:`set_strict`)."""
     return _RECORD.strict
+
+
+def strict_refusal(key: str, where: str, path: str, reason: str) -> DataError:
+    """The error for a file the up-front check refuses under ``strict: true`` (``key``: the recipe key that named
+    the source; ``where``: what precedes the path, such as a CSV row)."""
+    return DataError(
+        f"{key}: {where}{path}: {reason} (strict: true refuses bad image files; without it they are "
+        "skipped and listed)"
+    )
 
 
 def reset_decode_failures(strict: bool | None = None) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from hf_finetune.errors import ConfigError, DataError, ModelLoadError
-from hf_finetune.labels.matching import match_labels, parse_label_mapping
+from hf_finetune.labels.mapping_file import parse_label_mapping
+from hf_finetune.labels.matching import match_labels
 from hf_finetune.models.drop_path import drop_path_modules, set_drop_path_rate
 from hf_finetune.models.freezing import set_wrap_classes
 from hf_finetune.models.heads import (

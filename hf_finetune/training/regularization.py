@@ -31,7 +31,7 @@ from transformers import EarlyStoppingCallback
 from transformers.modeling_utils import unwrap_model
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hf_finetune.data.loading import label_column
+from hf_finetune.data.splits import label_column
 from hf_finetune.errors import ConfigError
 from hf_finetune.training.ema import EmaCallback, WeightEma
 from hf_finetune.training.imbalance import (
