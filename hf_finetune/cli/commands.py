@@ -20,6 +20,7 @@ from hf_finetune.escaping import (  # light: no heavy import before a command ru
     TerminalFormatter,
     terminal_text,
 )
+from hf_finetune.runtime.log_filters import quiet_known_noise  # light: logging filters only
 
 __all__ = ["main", "build_parser"]
 
@@ -341,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     _setup_logging()
+    quiet_known_noise()
     if not any(a in ("-h", "--help") for a in rest):  # --help answers without loading transformers
         from transformers.utils import logging as hf_logging
 
