@@ -209,3 +209,28 @@ def test_no_page_narrates_earlier_work():
             if _NARRATION.search(line):
                 found.append(f"{page.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not found, found
+
+
+def test_changelog_new_import_paths_exist():
+    """Point 7 of issue 21: where an old import path went, the CHANGELOG says, and the new path is there."""
+    rows = _rows(_between((ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), "MOVED_MODULES"))
+    new_paths = [row[1].strip("`") for row in rows if row[1].startswith("`hf_finetune.")]
+    assert len(new_paths) >= 40
+    missing = [path for path in new_paths if _module_text(path) is None]
+    assert not missing, f"CHANGELOG.md names import paths that do not exist: {missing}"
+
+
+_MEASURED = re.compile(
+    r"bench/|measured|\b\d+(\.\d+)?(-\d+(\.\d+)?)?x (faster|slower)\b|\btook\b|images/s", re.I
+)
+
+
+def test_help_strings_state_the_rule_not_measured_figures():
+    base = {f.name: f.metadata.get("help") for f in dataclasses.fields(TrainingArguments)}
+    found = [
+        f"{f.name}: {f.metadata['help']}"
+        for cls in (ModelArguments, DataArguments, FinetuneTrainingArguments)
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("help") != base.get(f.name) and _MEASURED.search(f.metadata.get("help", ""))
+    ]
+    assert not found, found
