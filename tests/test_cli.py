@@ -498,7 +498,7 @@ def test_an_error_raised_in_a_loader_worker_is_still_one_line(monkeypatch, capsy
     """torch re-raises a worker's DataError with the worker's traceback in its message."""
     from torch._utils import ExceptionWrapper
 
-    from hf_finetune import cli
+    from hf_finetune.cli import commands as cli
     from hf_finetune.errors import DataError
 
     def train(argv):

@@ -16,6 +16,15 @@ import argparse
 import logging
 import sys
 
+from hf_finetune.cli.arguments import (
+    COMMANDS,
+    PUSH_DESCRIPTION,
+    add_eval_arguments,
+    add_map_labels_arguments,
+    add_predict_arguments,
+    add_push_arguments,
+)
+from hf_finetune.cli.help import command_help, wants_help
 from hf_finetune.escaping import (  # light: no heavy import before a command runs
     TerminalFormatter,
     terminal_text,
@@ -23,14 +32,6 @@ from hf_finetune.escaping import (  # light: no heavy import before a command ru
 from hf_finetune.runtime.log_filters import quiet_known_noise  # light: logging filters only
 
 __all__ = ["main", "build_parser"]
-
-COMMANDS = {
-    "train": "fine-tune a pretrained classifier from a recipe YAML and/or --key value flags",
-    "predict": "top-k predictions of a model for image files or folders",
-    "eval": "metrics of a saved model on a split of a dataset",
-    "map-labels": "show which pretrained classifier rows would start each target label, without training",
-    "push": "push a finished output folder to the Hugging Face Hub with its model card",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,19 +66,6 @@ def _setup_logging(verbose: bool = True) -> None:
 
 
 def _train(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        from hf_finetune.config.parser import RecipeParser
-
-        RecipeParser().print_help()
-        print(
-            "\nhardware:\n  --accelerate_config NAME_OR_PATH\n"
-            "                        run under `accelerate launch` with this config: a file, or the name of one\n"
-            "                        in recipes/accelerate_configs (cpu, cpu_ddp, single_gpu, multi_gpu, ...)\n"
-            "\ninterruptions:\n  --resume              continue from the newest complete checkpoint in output_dir\n"
-            "                        (the same as --resume_from_checkpoint last). SIGINT (Ctrl-C) or SIGTERM\n"
-            "                        finishes the current step, writes a checkpoint and exits with 130 or 143."
-        )
-        return 0
     from hf_finetune.runtime.launch import (
         launch,
         pop_accelerate_config,
@@ -130,24 +118,7 @@ def _predict(argv: list[str]) -> int:
     from hf_finetune.errors import ConfigError
 
     parser = CommandParser(prog="hf-finetune predict", description=COMMANDS["predict"])
-    parser.add_argument("model", help="output folder of a fine-tune, or a Hub id")
-    parser.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    parser.add_argument("--top-k", "--top_k", type=int, default=5, dest="top_k", help="predictions per image")
-    parser.add_argument("--batch-size", "--batch_size", type=int, default=32, dest="batch_size")
-    parser.add_argument("--output", help="write predictions to a .csv or .jsonl file")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a progress bar on stderr (default: for more than 100 images when stderr is a terminal)",
-    )
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="refuse a bad image file (not an image, zero bytes, a decompression bomb, an aspect ratio beyond "
-        "50:1, or one that fails to decode) instead of skipping it with a warning",
-    )
+    add_predict_arguments(parser)
     args = parser.parse_args(argv)
     from hf_finetune.inference.predict import PREDICTION_FORMATS, predict_images, write_predictions
 
@@ -185,19 +156,7 @@ def _eval(argv: list[str]) -> int:
     from hf_finetune.inference.evaluation import evaluate_model, format_report
 
     parser = RecipeParser(DataArguments, prog="hf-finetune eval", description=COMMANDS["eval"])
-    parser.add_argument("model", help="output folder of a fine-tune, or a Hub id")
-    parser.add_argument("--split", default="validation", help="train, validation or test")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=64)
-    parser.add_argument(
-        "--seed", type=int, default=42, help="seed of the train/validation split (as in training)"
-    )
-    parser.add_argument(
-        "--report_dir",
-        "--report-dir",
-        default=None,
-        help="where metrics.json, confusion_matrix.png, most_confused.csv and top_losses.png are written "
-        "(default: MODEL/eval_<split> for a local model)",
-    )
+    add_eval_arguments(parser)
     data_args, extra = parser.parse_command(argv)
     from pathlib import Path
 
@@ -240,7 +199,7 @@ def _map_labels(argv: list[str]) -> int:
     parser = RecipeParser(
         (ModelArguments, DataArguments), prog="hf-finetune map-labels", description=COMMANDS["map-labels"]
     )
-    parser.add_argument("--output", default=None, help="also write the report as JSON to this file")
+    add_map_labels_arguments(parser)
     model_args, data_args, extra = parser.parse_command(argv)
     if extra.output is not None:
         from hf_finetune.config.path_checks import check_writable_file
@@ -290,25 +249,9 @@ class _LightParser(argparse.ArgumentParser):
 def _push(argv: list[str]) -> int:
     parser = _LightParser(
         prog="hf-finetune push",
-        description=COMMANDS["push"] + ". The token comes from HF_TOKEN or `hf auth login`; it is never "
-        "written anywhere. Uploaded: the model (safetensors), its processor, the run's record (recipe.yaml, "
-        "labels, results) and a model card (README.md); never checkpoint-* folders or training_args.bin.",
+        description=PUSH_DESCRIPTION,
     )
-    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="the output folder of a finished run")
-    parser.add_argument(
-        "--repo-id", "--repo_id", dest="repo_id", required=True, metavar="ORG/NAME", help="the model repo"
-    )
-    parser.add_argument(
-        "--private",
-        action="store_true",
-        help="create the repo private (an existing repo keeps its visibility)",
-    )
-    parser.add_argument(
-        "--revision", default=None, metavar="BRANCH", help="branch to push to (default: main)"
-    )
-    parser.add_argument(
-        "--commit-message", "--commit_message", dest="commit_message", default=None, help="the commit message"
-    )
+    add_push_arguments(parser)
     args = parser.parse_args(argv)
     from hf_finetune.hub.push import push_to_hub
     from hf_finetune.run.lock import check_unlocked
@@ -341,9 +284,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if command != "push" and wants_help(rest):  # from light tables: no transformers, no torch
+        return command_help(command, rest)
     _setup_logging()
     quiet_known_noise()
-    if not any(a in ("-h", "--help") for a in rest):  # --help answers without loading transformers
+    if not wants_help(rest):  # push --help answers from its own light parser, without transformers
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_warning()

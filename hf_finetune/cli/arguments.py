@@ -1,0 +1,108 @@
+"""The commands' own arguments (beyond the config dataclasses), defined once: the parser a command runs with and
+the one its ``--help`` prints (:mod:`hf_finetune.cli.help`) both add them from here. Nothing heavy is imported."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = [
+    "COMMANDS",
+    "add_predict_arguments",
+    "add_eval_arguments",
+    "add_map_labels_arguments",
+    "add_push_arguments",
+    "add_train_launch_arguments",
+    "PUSH_DESCRIPTION",
+]
+
+COMMANDS = {
+    "train": "fine-tune a pretrained classifier from a recipe YAML and/or --key value flags",
+    "predict": "top-k predictions of a model for image files or folders",
+    "eval": "metrics of a saved model on a split of a dataset",
+    "map-labels": "show which pretrained classifier rows would start each target label, without training",
+    "push": "push a finished output folder to the Hugging Face Hub with its model card",
+}
+
+PUSH_DESCRIPTION = (
+    COMMANDS["push"] + ". The token comes from HF_TOKEN or `hf auth login`; it is never "
+    "written anywhere. Uploaded: the model (safetensors), its processor, the run's record (recipe.yaml, "
+    "labels, results) and a model card (README.md); never checkpoint-* folders or training_args.bin."
+)
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="output folder of a fine-tune, or a Hub id")
+    parser.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    parser.add_argument("--top-k", "--top_k", type=int, default=5, dest="top_k", help="predictions per image")
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=32, dest="batch_size")
+    parser.add_argument("--output", help="write predictions to a .csv or .jsonl file")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: for more than 100 images when stderr is a terminal)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a bad image file (not an image, zero bytes, a decompression bomb, an aspect ratio beyond "
+        "50:1, or one that fails to decode) instead of skipping it with a warning",
+    )
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="output folder of a fine-tune, or a Hub id")
+    parser.add_argument("--split", default="validation", help="train, validation or test")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--seed", type=int, default=42, help="seed of the train/validation split (as in training)"
+    )
+    parser.add_argument(
+        "--report_dir",
+        "--report-dir",
+        default=None,
+        help="where metrics.json, confusion_matrix.png, most_confused.csv and top_losses.png are written "
+        "(default: MODEL/eval_<split> for a local model)",
+    )
+
+
+def add_map_labels_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", default=None, help="also write the report as JSON to this file")
+
+
+def add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="the output folder of a finished run")
+    parser.add_argument(
+        "--repo-id", "--repo_id", dest="repo_id", required=True, metavar="ORG/NAME", help="the model repo"
+    )
+    parser.add_argument(
+        "--private",
+        action="store_true",
+        help="create the repo private (an existing repo keeps its visibility)",
+    )
+    parser.add_argument(
+        "--revision", default=None, metavar="BRANCH", help="branch to push to (default: main)"
+    )
+    parser.add_argument(
+        "--commit-message", "--commit_message", dest="commit_message", default=None, help="the commit message"
+    )
+
+
+def add_train_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    """``train``'s flags that are not recipe keys (read before the recipe is parsed); for its help only."""
+    hardware = parser.add_argument_group("hardware")
+    hardware.add_argument(
+        "--accelerate_config",
+        metavar="NAME_OR_PATH",
+        help="run under `accelerate launch` with this config: a file, or the name of one in "
+        "recipes/accelerate_configs (cpu, cpu_ddp, single_gpu, multi_gpu, ...)",
+    )
+    interruptions = parser.add_argument_group("interruptions")
+    interruptions.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in output_dir (the same as "
+        "--resume_from_checkpoint last). SIGINT (Ctrl-C) or SIGTERM finishes the current step, writes a "
+        "checkpoint and exits with 130 or 143.",
+    )
