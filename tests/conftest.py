@@ -139,7 +139,7 @@ def tiny_image_folder(tmp_path_factory) -> Path:
 def _own_tuning_cache(tmp_path_factory, monkeypatch):
     """Each test times the layers it tunes (tune_depthwise_precision) afresh, into its own file: nothing is read
     from or written to the user's Hugging Face cache."""
-    from hf_finetune.runtime.performance import TUNING_CACHE_ENV
+    from hf_finetune.runtime.tuning import TUNING_CACHE_ENV
 
     monkeypatch.setenv(TUNING_CACHE_ENV, str(tmp_path_factory.mktemp("tuning") / "cpu_tuning.json"))
 

@@ -14,12 +14,21 @@ from PIL import Image
 
 from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
 from hf_finetune.errors import ConfigError
-from hf_finetune.runtime import performance
+from hf_finetune.runtime import performance, same_padding, tuning
+from hf_finetune.runtime.plan import RunPlan
+from hf_finetune.runtime.speed_plan import resolve_speed
 
 
 def _args(tmp_path: Path, **kwargs) -> FinetuneTrainingArguments:
     base = dict(output_dir=str(tmp_path / "out"), report_to=[], disable_tqdm=True)
     return FinetuneTrainingArguments(**{**base, **kwargs})
+
+
+def _resolved(tmp_path: Path, **kwargs) -> tuple[FinetuneTrainingArguments, RunPlan]:
+    """The arguments as the run uses them (speed ``auto`` values chosen for the machine), and the plan that
+    records each choice (``plan.describe(key)``: ``on (why)``)."""
+    plan = RunPlan()
+    return resolve_speed(_args(tmp_path, **kwargs), plan), plan
 
 
 # --- choices from the machine ----------------------------------------------------------------------------
@@ -29,9 +38,9 @@ def _args(tmp_path: Path, **kwargs) -> FinetuneTrainingArguments:
 def test_bf16_auto_follows_the_cpu(tmp_path, monkeypatch, supported):
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
     monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: supported)
-    args = _args(tmp_path)
+    args, plan = _resolved(tmp_path)
     assert args.bf16 is supported
-    assert args.auto_choices["bf16"].startswith("on" if supported else "off")
+    assert plan.describe("bf16").startswith("on" if supported else "off")
     if supported:
         assert args.use_cpu is True  # what transformers needs to accept bf16 without a GPU
         assert args.mixed_precision == "bf16"
@@ -40,9 +49,9 @@ def test_bf16_auto_follows_the_cpu(tmp_path, monkeypatch, supported):
 def test_bf16_explicit_values_win(tmp_path, monkeypatch):
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
     monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: True)
-    assert _args(tmp_path, bf16=False).bf16 is False
-    assert "bf16" not in _args(tmp_path, bf16=False).auto_choices
-    assert _args(tmp_path, bf16="auto").bf16 is True
+    assert _resolved(tmp_path, bf16=False)[0].bf16 is False
+    assert "bf16" not in _resolved(tmp_path, bf16=False)[1]
+    assert _resolved(tmp_path, bf16="auto")[0].bf16 is True
 
 
 def test_auto_is_accepted_in_recipes_and_flags(tmp_path, tiny_image_folder, tiny_hf_checkpoint, monkeypatch):
@@ -54,7 +63,8 @@ def test_auto_is_accepted_in_recipes_and_flags(tmp_path, tiny_image_folder, tiny
         f"model_name_or_path: {tiny_hf_checkpoint}\ntrain_dir: {tiny_image_folder}\n"
         f"output_dir: {tmp_path / 'out'}\nbf16: auto\nchannels_last: auto\ndataloader_num_workers: auto\n"
     )
-    _, _, training_args = parse_train_args([str(recipe), "--cache_images", "auto", "--feature_cache=auto"])
+    _, _, parsed = parse_train_args([str(recipe), "--cache_images", "auto", "--feature_cache=auto"])
+    training_args = resolve_speed(parsed, RunPlan())
     assert training_args.bf16 is False and training_args.channels_last is None
     assert training_args.cache_images is False and training_args.feature_cache is None
     assert isinstance(training_args.dataloader_num_workers, int)
@@ -76,10 +86,10 @@ def test_loader_settings_from_the_machine():
 
 def test_pin_memory_only_with_a_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
-    assert _args(tmp_path).dataloader_pin_memory is False
+    assert _resolved(tmp_path)[0].dataloader_pin_memory is False
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cuda")
     monkeypatch.setattr(performance, "bf16_supported", lambda kind: (False, "test"))
-    args = _args(tmp_path)
+    args, _ = _resolved(tmp_path)
     assert (
         args.dataloader_pin_memory is True and args.cache_images is True and args.dataloader_num_workers >= 1
     )
@@ -88,11 +98,11 @@ def test_pin_memory_only_with_a_gpu(tmp_path, monkeypatch):
 def test_channels_last_auto_is_off_on_a_gpu_and_chosen_from_the_model_on_a_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(performance, "bf16_supported", lambda kind: (False, "test"))
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cuda")
-    gpu = _args(tmp_path)
-    assert gpu.channels_last is False and gpu.auto_choices["channels_last"].startswith("off")
-    assert _args(tmp_path, channels_last=True).channels_last is True  # an explicit value wins
+    gpu, plan = _resolved(tmp_path)
+    assert gpu.channels_last is False and plan.describe("channels_last").startswith("off")
+    assert _resolved(tmp_path, channels_last=True)[0].channels_last is True  # an explicit value wins
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
-    assert _args(tmp_path).channels_last is None  # left to train.py, which looks at the model
+    assert _resolved(tmp_path)[0].channels_last is None  # left to train.py, which looks at the model
 
 
 def test_channels_last_choice_and_same_logits(tiny_hf_checkpoint):
@@ -330,14 +340,14 @@ def test_depthwise_precision_tuning_switches_only_the_forward(tiny_timm_checkpoi
 
     model = load_model_for_labels(str(tiny_timm_checkpoint), ["a", "b"]).model.eval()
     assert isinstance(model, AutoModelForImageClassification._model_mapping[type(model.config)])
-    depthwise = performance._depthwise_convs(model)
+    depthwise = tuning._depthwise_convs(model)
     assert depthwise
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         fp32 = model(pixel_values=x).logits
-    assert performance.tune_depthwise_precision(model, (2, 3, 32, 32), margin=0.0) == []  # never faster
-    switched = performance.tune_depthwise_precision(model, (2, 3, 32, 32), reps=1, margin=1e9)
+    assert tuning.tune_depthwise_precision(model, (2, 3, 32, 32), margin=0.0) == []  # never faster
+    switched = tuning.tune_depthwise_precision(model, (2, 3, 32, 32), reps=1, margin=1e9)
     assert sorted(name for name, _, _ in switched) == sorted(name for name, _ in depthwise)
     assert all(bf16_s > 0 and fp32_s > 0 for _, bf16_s, fp32_s in switched)
     module = dict(model.named_modules())[switched[0][0]]
@@ -376,8 +386,8 @@ def test_tune_depthwise_precision_handles_same_padding_at_small_inputs():
         fp32 = model(x)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = model(x).float()
-    switched = performance.tune_depthwise_precision(model, (2, 3, 64, 64), reps=1, margin=1e9)  # all of them
-    assert len(performance._depthwise_convs(model)) == 16 and len(switched) == 16
+    switched = tuning.tune_depthwise_precision(model, (2, 3, 64, 64), reps=1, margin=1e9)  # all of them
+    assert len(tuning._depthwise_convs(model)) == 16 and len(switched) == 16
     with (
         torch.no_grad(),
         torch.autocast("cpu", dtype=torch.bfloat16),
@@ -396,22 +406,22 @@ def test_keep_freed_memory_auto_is_on_for_cpu_training_under_glibc(tmp_path, mon
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
     monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: False)
     monkeypatch.setattr(performance, "glibc_malloc_available", lambda: True)
-    args = _args(tmp_path)
-    assert args.keep_freed_memory is True and args.auto_choices["keep_freed_memory"].startswith("on")
-    assert _args(tmp_path, keep_freed_memory=False).keep_freed_memory is False
-    assert "keep_freed_memory" not in _args(tmp_path, keep_freed_memory="false").auto_choices
+    args, plan = _resolved(tmp_path)
+    assert args.keep_freed_memory is True and plan.describe("keep_freed_memory").startswith("on")
+    assert _resolved(tmp_path, keep_freed_memory=False)[0].keep_freed_memory is False
+    assert "keep_freed_memory" not in _resolved(tmp_path, keep_freed_memory="false")[1]
     monkeypatch.setattr(performance, "glibc_malloc_available", lambda: False)
-    off = _args(tmp_path)
-    assert off.keep_freed_memory is False and "not glibc" in off.auto_choices["keep_freed_memory"]
+    off, plan = _resolved(tmp_path)
+    assert off.keep_freed_memory is False and "not glibc" in plan.describe("keep_freed_memory")
     with pytest.raises(
         ConfigError, match=r"^keep_freed_memory: got True; expected false or auto: .*not glibc"
     ):
-        _args(tmp_path, keep_freed_memory=True)  # asked for, but nothing here could honour it
+        _resolved(tmp_path, keep_freed_memory=True)  # asked for, but nothing here could honour it
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cuda")
     monkeypatch.setattr(performance, "glibc_malloc_available", lambda: True)
     monkeypatch.setattr(performance, "bf16_supported", lambda kind: (False, "test"))
-    gpu = _args(tmp_path)
-    assert gpu.keep_freed_memory is False and "not training on a CPU" in gpu.auto_choices["keep_freed_memory"]
+    gpu, plan = _resolved(tmp_path)
+    assert gpu.keep_freed_memory is False and "not training on a CPU" in plan.describe("keep_freed_memory")
 
 
 _PAGE_FAULTS = """
@@ -514,10 +524,10 @@ def test_static_same_padding_gives_the_same_outputs_and_gradients(version):
 
     model = _tiny_mobilenet(version)
     padded = copy.deepcopy(model)
-    layers = performance._tf_padded_conv_layers(model)
+    layers = same_padding._tf_padded_conv_layers(model)
     stride_one = [n for n, m in layers if tuple(m.convolution.stride) == (1, 1)]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    changed = performance.static_same_padding(model)
+    changed = same_padding.static_same_padding(model)
     assert changed == stride_one and 0 < len(changed) < len(layers)  # strided layers keep F.pad
     modules = dict(model.named_modules())
     assert all(modules[n].config.tf_padding is False for n in changed)
@@ -567,10 +577,10 @@ def test_static_same_padding_leaves_other_layers_alone(tiny_hf_checkpoint):
             return self.convolution(x)
 
     layer = NotPadding()
-    assert performance.static_same_padding(layer) == []
+    assert same_padding.static_same_padding(layer) == []
     assert layer.convolution.padding == (0, 0) and layer.config.tf_padding is True
     model = AutoModelForImageClassification.from_pretrained(tiny_hf_checkpoint)
-    assert performance.static_same_padding(model) == []
+    assert same_padding.static_same_padding(model) == []
 
 
 def _train_two_steps(tmp_path: Path, checkpoint, images, *flags) -> dict[str, torch.Tensor]:
@@ -608,16 +618,16 @@ def test_inplace_activations_are_found_by_origin():
     from torch import nn
 
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU6(inplace=True), nn.Dropout(inplace=True), nn.ReLU())
-    assert [name for name, _ in performance._inplace_activations(model)] == ["1"]  # not Dropout, not ReLU()
+    assert [name for name, _ in tuning._inplace_activations(model)] == ["1"]  # not Dropout, not ReLU()
 
 
 def test_tune_inplace_activations_switches_only_the_mode(tiny_timm_checkpoint):
     from hf_finetune.models.loading import load_model_for_labels
 
     model = load_model_for_labels(str(tiny_timm_checkpoint), ["a", "b"]).model.eval()
-    activations = performance._inplace_activations(model)
+    activations = tuning._inplace_activations(model)
     assert activations
-    assert performance.tune_inplace_activations(model, (2, 3, 32, 32), reps=1, margin=0.0) == []
+    assert tuning.tune_inplace_activations(model, (2, 3, 32, 32), reps=1, margin=0.0) == []
     assert all(module.inplace for _, module in activations)  # timing left the modules as they were
     x, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
 
@@ -630,7 +640,7 @@ def test_tune_inplace_activations_switches_only_the_mode(tiny_timm_checkpoint):
 
     model.train()
     loss, grads = outputs()
-    switched = performance.tune_inplace_activations(model, (2, 3, 32, 32), reps=1, margin=1e9)
+    switched = tuning.tune_inplace_activations(model, (2, 3, 32, 32), reps=1, margin=1e9)
     assert sorted(name for name, _, _ in switched) == sorted(name for name, _ in activations)
     assert all(inplace_s > 0 and out_s > 0 for _, inplace_s, out_s in switched)
     assert not any(module.inplace for _, module in activations)
@@ -655,7 +665,7 @@ def test_tune_inplace_activations_keeps_activations_used_for_their_side_effect()
             return x
 
     model = SideEffect()
-    assert performance.tune_inplace_activations(model, (2, 3, 16, 16), reps=1, margin=1e9) == []
+    assert tuning.tune_inplace_activations(model, (2, 3, 16, 16), reps=1, margin=1e9) == []
     assert model.act.inplace is True
 
 
@@ -684,8 +694,8 @@ def test_exact_speed_defaults_train_the_same_weights(
 
     checkpoint = request.getfixturevalue(checkpoint)
     monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: True)
-    forced = functools.partial(performance.tune_inplace_activations, margin=1e9)
-    monkeypatch.setattr(performance, "tune_inplace_activations", forced)
+    forced = functools.partial(tuning.tune_inplace_activations, margin=1e9)
+    monkeypatch.setattr(tuning, "tune_inplace_activations", forced)
     caplog.set_level(logging.INFO, logger="hf_finetune")
     on = _train_two_steps(tmp_path, checkpoint, tiny_image_folder, "--bf16", "true")
     assert f"{key}: {logged}" in caplog.text
@@ -743,25 +753,25 @@ def test_depthwise_timings_are_kept_per_machine(tmp_path, tiny_timm_checkpoint, 
         return load_model_for_labels(str(tiny_timm_checkpoint), ["a", "b"]).model.eval()
 
     cache = tmp_path / "cpu_tuning.json"
-    monkeypatch.setenv(performance.TUNING_CACHE_ENV, str(cache))
-    assert performance.tuning_cache_path() == cache
-    first = performance.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
+    monkeypatch.setenv(tuning.TUNING_CACHE_ENV, str(cache))
+    assert tuning.tuning_cache_path() == cache
+    first = tuning.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
     assert first and cache.is_file()
     (machine,) = json.loads(cache.read_text())  # one machine key, naming the CPU, torch and the threads
     assert f"torch {torch.__version__}" in machine and f"{torch.get_num_threads()} threads" in machine
-    again = performance.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
+    again = tuning.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
     assert again == first  # the same seconds, read back (timing twice never gives equal floats)
-    assert performance.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=0.0) == []
+    assert tuning.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=0.0) == []
     assert (
-        performance.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, cache=False, margin=1e9)
+        tuning.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, cache=False, margin=1e9)
         != first
     )
-    monkeypatch.setattr(performance, "_machine_key", lambda: "another CPU | torch 0 | 1 threads")
-    other = performance.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
+    monkeypatch.setattr(tuning, "_machine_key", lambda: "another CPU | torch 0 | 1 threads")
+    other = tuning.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
     assert [n for n, _, _ in other] == [n for n, _, _ in first] and other != first
     assert len(json.loads(cache.read_text())) == 2
     cache.write_text("not json")
-    timed = performance.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
+    timed = tuning.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
     assert timed != first and json.loads(cache.read_text())  # rewritten
 
 
@@ -776,8 +786,8 @@ def test_depthwise_timings_that_cannot_be_saved_leave_the_run_alone(
 
     blocked = tmp_path / "a-file"
     blocked.write_text("")
-    monkeypatch.setenv(performance.TUNING_CACHE_ENV, str(blocked / "cpu_tuning.json"))  # its folder is a file
+    monkeypatch.setenv(tuning.TUNING_CACHE_ENV, str(blocked / "cpu_tuning.json"))  # its folder is a file
     model = load_model_for_labels(str(tiny_timm_checkpoint), ["a", "b"]).model.eval()
-    assert performance.tune_depthwise_precision(model, (2, 3, 32, 32), reps=1, margin=1e9)
+    assert tuning.tune_depthwise_precision(model, (2, 3, 32, 32), reps=1, margin=1e9)
     assert blocked.read_text() == ""
     assert "the layer timings could not be saved" in caplog.text

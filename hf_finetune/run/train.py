@@ -60,12 +60,10 @@ from hf_finetune.runtime.performance import (
     conv_weight_fraction,
     device_kind,
     keep_freed_memory,
-    static_same_padding,
-    tune_depthwise_precision,
-    tune_inplace_activations,
-    tuning_cache_path,
     wants_channels_last,
 )
+from hf_finetune.runtime.same_padding import static_same_padding
+from hf_finetune.runtime.tuning import tune_depthwise_precision, tune_inplace_activations, tuning_cache_path
 from hf_finetune.training.checkpoints import (
     FINAL_WEIGHTS,
     is_finished_model_dir,
