@@ -234,116 +234,44 @@ def load_model_for_labels(
     (:func:`hf_finetune.models.heads.copy_source_rows`); the report is ``LoadedModel.mapping``.
     """
 
-    if not labels:
-        raise ModelLoadError("labels: got an empty label set; expected at least one class name")
-    if len(labels) == 1:  # transformers would make one output a regression (MSE loss, raw scores)
-        raise DataError(
-            f"labels: the data has a single class {labels[0]!r}; a classifier needs at least two: add a "
-            "folder (or rows) of images for each other class"
-        )
-    if len(set(labels)) != len(labels):
-        raise ModelLoadError(f"labels: duplicate class names in {labels}")
-    token = token or os.environ.get("HF_TOKEN") or None
-    config = load_source_config(model_name_or_path, revision, cache_dir, trust_remote_code, token)
+    _check_labels(labels)
+    source = _Source(
+        model_name_or_path,
+        revision,
+        cache_dir,
+        trust_remote_code,
+        token or os.environ.get("HF_TOKEN") or None,
+    )
+    # The checkpoint's config and labels; the weights' format is checked before any weight is read
+    config = load_source_config(model_name_or_path, revision, cache_dir, trust_remote_code, source.token)
     _check_weight_format(model_name_or_path, allow_pickle_weights)
-    use_safetensors = None if allow_pickle_weights else True
+    source.use_safetensors = None if allow_pickle_weights else True
     source_labels = source_label_names(config)
     is_timm = is_timm_config(config)
     same_labels = list(labels) == source_labels
     source_config = copy.deepcopy(config)
-    auto, explicit = parse_label_mapping(label_mapping)
-    mapping = None
-    if not same_labels and (auto or explicit):
-        mapping = match_labels(list(labels), source_labels, explicit, auto)
-
+    # Which target labels start from which source rows
+    mapping = _match_to_source(labels, source_labels, label_mapping, same_labels)
+    # The model, with a head for the target labels
     if not same_labels:
-        config.num_labels = len(labels)
-        config.id2label = dict(enumerate(labels))
-        config.label2id = {name: i for i, name in enumerate(labels)}
-        if is_timm:  # TimmWrapperConfig saves label_names (not id2label): keep them in step
-            config.label_names = list(labels)
-
+        _set_target_labels(config, labels, is_timm)
     drop_path_set = set_drop_path_rate(config, drop_path_rate, is_timm, model_name_or_path)
-    try:
-        model, info = AutoModelForImageClassification.from_pretrained(
-            model_name_or_path,
-            config=config,
-            revision=revision,
-            cache_dir=cache_dir,
-            trust_remote_code=trust_remote_code,
-            token=token,
-            ignore_mismatched_sizes=not same_labels,
-            output_loading_info=True,
-            use_safetensors=use_safetensors,
-        )
-    except pickle.UnpicklingError as err:  # allow_pickle_weights, and the pickle holds more than tensors
-        refused = next((line for line in str(err).splitlines() if "Unsupported global" in line), "")
-        raise ModelLoadError(
-            f"model_name_or_path: cannot load the weights of {model_name_or_path!r}: its pickle holds objects "
-            f"other than tensors, refused by torch.load(weights_only=True) ({refused.strip()})"
-        ) from None
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if use_safetensors and "safetensors" in first.lower():
-            raise ModelLoadError(_pickle_refusal(model_name_or_path)) from None
-        raise ModelLoadError(
-            f"model_name_or_path: cannot load the weights of {model_name_or_path!r} ({first})"
-        ) from None
-
+    model, info = _from_pretrained(source, config, ignore_mismatched_sizes=not same_labels)
     if drop_path_set is not None:
-        rates = drop_path_modules(model)
-        if drop_path_rate > 0 and not any(r > 0 for r in rates.values()):
-            raise ConfigError(
-                f"drop_path_rate: got {drop_path_rate}; {model_name_or_path} built no drop-path module with it "
-                f"({drop_path_set}): this model has no stochastic depth; leave drop_path_rate unset"
-            )
-        logger.info(
-            "drop_path_rate %s (%s): %d drop-path modules, drop probability %.3f to %.3f",
-            drop_path_rate,
-            drop_path_set,
-            len(rates),
-            min(rates.values(), default=0.0),
-            max(rates.values(), default=0.0),
-        )
-    reinitialized: list[str] = []
-    if not same_labels:
-        mismatched = sorted(str(item[0]) for item in info.get("mismatched_keys", []))
-        missing = sorted(str(k) for k in info.get("missing_keys", []))
-        heads = head_parameter_names(model, len(labels))
-        if mismatched:
-            reinitialized = mismatched
-        else:
-            # Same number of classes, other names: the shapes matched, so the old head was loaded. It
-            # belongs to other classes: re-initialise it explicitly.
-            reinitialized = reinitialize_head(model, len(labels))
-        extra_missing = [k for k in missing if k not in heads and k not in reinitialized]
-        if extra_missing:
-            logger.warning(
-                "weights missing from the checkpoint, freshly initialised: %s", ", ".join(extra_missing)
-            )
+        _check_drop_path(model, model_name_or_path, drop_path_rate, drop_path_set)
+    reinitialized = [] if same_labels else _reinitialized_head(model, info, len(labels))
+    # The source head's rows copied into the new head for the matched labels
     source_head = None
     if (mapping is not None and mapping.reused) or (keep_source_head and not same_labels):
-        # The source head: load the checkpoint as it is, keep its head tensors, drop the rest.
-        source_model = AutoModelForImageClassification.from_pretrained(
-            model_name_or_path,
-            config=source_config,
-            revision=revision,
-            cache_dir=cache_dir,
-            trust_remote_code=trust_remote_code,
-            token=token,
-            use_safetensors=use_safetensors,
-        )
-        source_head = source_head_tensors(source_model, len(source_labels))
-        del source_model
-        matches = mapping.matches if mapping is not None else []
-        rows = [(t, list(m.source_indices)) for t, m in enumerate(matches) if m.source_indices]
-        if rows:
-            copy_source_rows(model, source_head, rows, merge=label_merge)
+        source_head = _source_head(source, source_config, len(source_labels))
+        _copy_matched_rows(model, source_head, mapping, label_merge)
     set_wrap_classes(model)  # FSDP auto-wrap by block class (recipes/accelerate_configs/fsdp.yaml)
     state = dict(model.named_parameters())
     shapes = {name: tuple(state[name].shape) for name in reinitialized if name in state}
-    processor = load_image_processor(model_name_or_path, revision=revision, cache_dir=cache_dir, token=token)
-    loaded = LoadedModel(
+    processor = load_image_processor(
+        model_name_or_path, revision=revision, cache_dir=cache_dir, token=source.token
+    )
+    return LoadedModel(
         model=model,
         processor=processor,
         source_labels=source_labels,
@@ -355,4 +283,127 @@ def load_model_for_labels(
         mapping=mapping,
         source_head=source_head if keep_source_head else None,
     )
-    return loaded
+
+
+@dataclass
+class _Source:
+    """Where the checkpoint's weights come from, as ``from_pretrained`` is told."""
+
+    name_or_path: str
+    revision: str
+    cache_dir: str | None
+    trust_remote_code: bool
+    token: str | None
+    use_safetensors: bool | None = True
+
+    def from_pretrained(self, config, **kwargs):
+        return AutoModelForImageClassification.from_pretrained(
+            self.name_or_path,
+            config=config,
+            revision=self.revision,
+            cache_dir=self.cache_dir,
+            trust_remote_code=self.trust_remote_code,
+            token=self.token,
+            **kwargs,
+            use_safetensors=self.use_safetensors,
+        )
+
+
+def _check_labels(labels: list[str]) -> None:
+    if not labels:
+        raise ModelLoadError("labels: got an empty label set; expected at least one class name")
+    if len(labels) == 1:  # transformers would make one output a regression (MSE loss, raw scores)
+        raise DataError(
+            f"labels: the data has a single class {labels[0]!r}; a classifier needs at least two: add a "
+            "folder (or rows) of images for each other class"
+        )
+    if len(set(labels)) != len(labels):
+        raise ModelLoadError(f"labels: duplicate class names in {labels}")
+
+
+def _match_to_source(labels, source_labels: list[str], label_mapping: Any, same_labels: bool):
+    """The label mapping report (:func:`hf_finetune.labels.matching.match_labels`), or None when it does not run."""
+    auto, explicit = parse_label_mapping(label_mapping)
+    if same_labels or not (auto or explicit):
+        return None
+    return match_labels(list(labels), source_labels, explicit, auto)
+
+
+def _set_target_labels(config, labels: list[str], is_timm: bool) -> None:
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {name: i for i, name in enumerate(labels)}
+    if is_timm:  # TimmWrapperConfig saves label_names (not id2label): keep them in step
+        config.label_names = list(labels)
+
+
+def _from_pretrained(source: _Source, config, ignore_mismatched_sizes: bool):
+    """The model and transformers' loading info; a failure is one :class:`~hf_finetune.errors.ModelLoadError`."""
+    name = source.name_or_path
+    try:
+        return source.from_pretrained(
+            config, ignore_mismatched_sizes=ignore_mismatched_sizes, output_loading_info=True
+        )
+    except pickle.UnpicklingError as err:  # allow_pickle_weights, and the pickle holds more than tensors
+        refused = next((line for line in str(err).splitlines() if "Unsupported global" in line), "")
+        raise ModelLoadError(
+            f"model_name_or_path: cannot load the weights of {name!r}: its pickle holds objects "
+            f"other than tensors, refused by torch.load(weights_only=True) ({refused.strip()})"
+        ) from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if source.use_safetensors and "safetensors" in first.lower():
+            raise ModelLoadError(_pickle_refusal(name)) from None
+        raise ModelLoadError(f"model_name_or_path: cannot load the weights of {name!r} ({first})") from None
+
+
+def _check_drop_path(model, model_name_or_path: str, drop_path_rate: float, drop_path_set: str) -> None:
+    """``drop_path_rate`` built drop-path modules with the rate (else a model without stochastic depth)."""
+    rates = drop_path_modules(model)
+    if drop_path_rate > 0 and not any(r > 0 for r in rates.values()):
+        raise ConfigError(
+            f"drop_path_rate: got {drop_path_rate}; {model_name_or_path} built no drop-path module with it "
+            f"({drop_path_set}): this model has no stochastic depth; leave drop_path_rate unset"
+        )
+    logger.info(
+        "drop_path_rate %s (%s): %d drop-path modules, drop probability %.3f to %.3f",
+        drop_path_rate,
+        drop_path_set,
+        len(rates),
+        min(rates.values(), default=0.0),
+        max(rates.values(), default=0.0),
+    )
+
+
+def _reinitialized_head(model, info: dict[str, Any], num_labels: int) -> list[str]:
+    """The names of the head tensors re-initialised for other labels (warns of other weights missing)."""
+    mismatched = sorted(str(item[0]) for item in info.get("mismatched_keys", []))
+    missing = sorted(str(k) for k in info.get("missing_keys", []))
+    heads = head_parameter_names(model, num_labels)
+    if mismatched:
+        reinitialized = mismatched
+    else:
+        # Same number of classes, other names: the shapes matched, so the old head was loaded. It
+        # belongs to other classes: re-initialise it explicitly.
+        reinitialized = reinitialize_head(model, num_labels)
+    extra_missing = [k for k in missing if k not in heads and k not in reinitialized]
+    if extra_missing:
+        logger.warning(
+            "weights missing from the checkpoint, freshly initialised: %s", ", ".join(extra_missing)
+        )
+    return reinitialized
+
+
+def _source_head(source: _Source, source_config, num_source_labels: int) -> dict[str, Any]:
+    """The source head: load the checkpoint as it is, keep its head tensors, drop the rest."""
+    source_model = source.from_pretrained(source_config)
+    head = source_head_tensors(source_model, num_source_labels)
+    del source_model
+    return head
+
+
+def _copy_matched_rows(model, source_head: dict[str, Any], mapping, label_merge: str) -> None:
+    matches = mapping.matches if mapping is not None else []
+    rows = [(t, list(m.source_indices)) for t, m in enumerate(matches) if m.source_indices]
+    if rows:
+        copy_source_rows(model, source_head, rows, merge=label_merge)
