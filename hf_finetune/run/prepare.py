@@ -19,7 +19,7 @@ __all__ = ["lora_on", "prepare_model", "preprocessing", "head_from_data"]
 
 logger = logging.getLogger("hf_finetune")
 
-# The speed helpers are called through their module (``performance.x``), so that a test patching one is heard.
+# The speed helpers are called through their modules (``tuning.x``), so that a test patching one is heard.
 
 
 def lora_on(training_args) -> bool:
