@@ -15,11 +15,20 @@ from PIL import Image
 from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
 from hf_finetune.errors import ConfigError
 from hf_finetune.runtime import performance, same_padding, tuning
+from hf_finetune.runtime.plan import RunPlan
+from hf_finetune.runtime.speed_plan import resolve_speed
 
 
 def _args(tmp_path: Path, **kwargs) -> FinetuneTrainingArguments:
     base = dict(output_dir=str(tmp_path / "out"), report_to=[], disable_tqdm=True)
     return FinetuneTrainingArguments(**{**base, **kwargs})
+
+
+def _resolved(tmp_path: Path, **kwargs) -> tuple[FinetuneTrainingArguments, RunPlan]:
+    """The arguments as the run uses them (speed ``auto`` values chosen for the machine), and the plan that
+    records each choice (``plan.describe(key)``: ``on (why)``)."""
+    plan = RunPlan()
+    return resolve_speed(_args(tmp_path, **kwargs), plan), plan
 
 
 # --- choices from the machine ----------------------------------------------------------------------------
@@ -29,9 +38,9 @@ def _args(tmp_path: Path, **kwargs) -> FinetuneTrainingArguments:
 def test_bf16_auto_follows_the_cpu(tmp_path, monkeypatch, supported):
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
     monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: supported)
-    args = _args(tmp_path)
+    args, plan = _resolved(tmp_path)
     assert args.bf16 is supported
-    assert args.auto_choices["bf16"].startswith("on" if supported else "off")
+    assert plan.describe("bf16").startswith("on" if supported else "off")
     if supported:
         assert args.use_cpu is True  # what transformers needs to accept bf16 without a GPU
         assert args.mixed_precision == "bf16"
@@ -40,9 +49,9 @@ def test_bf16_auto_follows_the_cpu(tmp_path, monkeypatch, supported):
 def test_bf16_explicit_values_win(tmp_path, monkeypatch):
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
     monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: True)
-    assert _args(tmp_path, bf16=False).bf16 is False
-    assert "bf16" not in _args(tmp_path, bf16=False).auto_choices
-    assert _args(tmp_path, bf16="auto").bf16 is True
+    assert _resolved(tmp_path, bf16=False)[0].bf16 is False
+    assert "bf16" not in _resolved(tmp_path, bf16=False)[1]
+    assert _resolved(tmp_path, bf16="auto")[0].bf16 is True
 
 
 def test_auto_is_accepted_in_recipes_and_flags(tmp_path, tiny_image_folder, tiny_hf_checkpoint, monkeypatch):
@@ -54,7 +63,8 @@ def test_auto_is_accepted_in_recipes_and_flags(tmp_path, tiny_image_folder, tiny
         f"model_name_or_path: {tiny_hf_checkpoint}\ntrain_dir: {tiny_image_folder}\n"
         f"output_dir: {tmp_path / 'out'}\nbf16: auto\nchannels_last: auto\ndataloader_num_workers: auto\n"
     )
-    _, _, training_args = parse_train_args([str(recipe), "--cache_images", "auto", "--feature_cache=auto"])
+    _, _, parsed = parse_train_args([str(recipe), "--cache_images", "auto", "--feature_cache=auto"])
+    training_args = resolve_speed(parsed, RunPlan())
     assert training_args.bf16 is False and training_args.channels_last is None
     assert training_args.cache_images is False and training_args.feature_cache is None
     assert isinstance(training_args.dataloader_num_workers, int)
@@ -76,10 +86,10 @@ def test_loader_settings_from_the_machine():
 
 def test_pin_memory_only_with_a_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
-    assert _args(tmp_path).dataloader_pin_memory is False
+    assert _resolved(tmp_path)[0].dataloader_pin_memory is False
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cuda")
     monkeypatch.setattr(performance, "bf16_supported", lambda kind: (False, "test"))
-    args = _args(tmp_path)
+    args, _ = _resolved(tmp_path)
     assert (
         args.dataloader_pin_memory is True and args.cache_images is True and args.dataloader_num_workers >= 1
     )
@@ -88,11 +98,11 @@ def test_pin_memory_only_with_a_gpu(tmp_path, monkeypatch):
 def test_channels_last_auto_is_off_on_a_gpu_and_chosen_from_the_model_on_a_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(performance, "bf16_supported", lambda kind: (False, "test"))
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cuda")
-    gpu = _args(tmp_path)
-    assert gpu.channels_last is False and gpu.auto_choices["channels_last"].startswith("off")
-    assert _args(tmp_path, channels_last=True).channels_last is True  # an explicit value wins
+    gpu, plan = _resolved(tmp_path)
+    assert gpu.channels_last is False and plan.describe("channels_last").startswith("off")
+    assert _resolved(tmp_path, channels_last=True)[0].channels_last is True  # an explicit value wins
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
-    assert _args(tmp_path).channels_last is None  # left to train.py, which looks at the model
+    assert _resolved(tmp_path)[0].channels_last is None  # left to train.py, which looks at the model
 
 
 def test_channels_last_choice_and_same_logits(tiny_hf_checkpoint):
@@ -396,22 +406,22 @@ def test_keep_freed_memory_auto_is_on_for_cpu_training_under_glibc(tmp_path, mon
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cpu")
     monkeypatch.setattr(performance, "cpu_supports_bf16", lambda: False)
     monkeypatch.setattr(performance, "glibc_malloc_available", lambda: True)
-    args = _args(tmp_path)
-    assert args.keep_freed_memory is True and args.auto_choices["keep_freed_memory"].startswith("on")
-    assert _args(tmp_path, keep_freed_memory=False).keep_freed_memory is False
-    assert "keep_freed_memory" not in _args(tmp_path, keep_freed_memory="false").auto_choices
+    args, plan = _resolved(tmp_path)
+    assert args.keep_freed_memory is True and plan.describe("keep_freed_memory").startswith("on")
+    assert _resolved(tmp_path, keep_freed_memory=False)[0].keep_freed_memory is False
+    assert "keep_freed_memory" not in _resolved(tmp_path, keep_freed_memory="false")[1]
     monkeypatch.setattr(performance, "glibc_malloc_available", lambda: False)
-    off = _args(tmp_path)
-    assert off.keep_freed_memory is False and "not glibc" in off.auto_choices["keep_freed_memory"]
+    off, plan = _resolved(tmp_path)
+    assert off.keep_freed_memory is False and "not glibc" in plan.describe("keep_freed_memory")
     with pytest.raises(
         ConfigError, match=r"^keep_freed_memory: got True; expected false or auto: .*not glibc"
     ):
-        _args(tmp_path, keep_freed_memory=True)  # asked for, but nothing here could honour it
+        _resolved(tmp_path, keep_freed_memory=True)  # asked for, but nothing here could honour it
     monkeypatch.setattr(performance, "device_kind", lambda use_cpu=False: "cuda")
     monkeypatch.setattr(performance, "glibc_malloc_available", lambda: True)
     monkeypatch.setattr(performance, "bf16_supported", lambda kind: (False, "test"))
-    gpu = _args(tmp_path)
-    assert gpu.keep_freed_memory is False and "not training on a CPU" in gpu.auto_choices["keep_freed_memory"]
+    gpu, plan = _resolved(tmp_path)
+    assert gpu.keep_freed_memory is False and "not training on a CPU" in plan.describe("keep_freed_memory")
 
 
 _PAGE_FAULTS = """

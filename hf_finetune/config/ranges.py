@@ -5,8 +5,9 @@
 set) to its bounds. :func:`check_recipe_values` runs first in their ``__post_init__``: a value of the wrong
 type, not finite (``.inf``, ``.nan``), or out of range is a :class:`~hf_finetune.errors.ConfigError` naming
 the key, the value and the range; so is a list key holding something other than strings
-(``freeze_patterns: [[a]]``). ``None`` (unset) always passes. The checks of combinations of keys stay in
-the dataclasses.
+(``freeze_patterns: [[a]]``). ``None`` (unset) always passes. :func:`require` is the one-line error every other
+check raises: each feature group checks its own keys with it, and the checks across groups are in
+:mod:`hf_finetune.config.checks`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from hf_finetune.errors import ConfigError
 
-__all__ = ["Range", "RANGES", "check_recipe_values", "check_value"]
+__all__ = ["Range", "RANGES", "check_recipe_values", "check_value", "require"]
 
 _BIG = 10**12  # "no practical limit", still finite
 
@@ -114,6 +115,12 @@ RANGES: dict[str, Range] = {
     "early_stopping_patience": _count(1, 1_000_000, "a count of evaluations >= 1, or unset (off)"),
     "early_stopping_threshold": Range(0.0, _BIG, "a number >= 0"),
 }
+
+
+def require(condition: bool, key: str, value: Any, expected: str) -> None:
+    """Unless ``condition``: a :class:`ConfigError` ``KEY: got VALUE; expected EXPECTED``."""
+    if not condition:
+        raise ConfigError(f"{key}: got {value!r}; expected {expected}")
 
 
 def _check_number(key: str, value: Any, rule: Range) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 
 from torch import nn
 
+from hf_finetune.config.checks import check_lora_keys  # the key checks live with the config
 from hf_finetune.errors import ConfigError, ModelLoadError, suggest
 from hf_finetune.models.heads import head_module_names
 from hf_finetune.models.loading import load_model_for_labels
@@ -52,47 +53,6 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"  # inside the output folder
 _ADAPTABLE = (nn.Linear, nn.Conv2d)
-
-
-def check_lora_keys(args) -> None:
-    """The ``__post_init__`` checks of the LoRA keys of :class:`~hf_finetune.config.arguments.FinetuneTrainingArguments`."""
-    r = args.lora_r
-    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-        raise ConfigError(f"lora_r: got {r!r}; expected 0 (LoRA off) or a positive integer rank")
-    alpha = args.lora_alpha
-    if alpha is not None and not (isinstance(alpha, (int, float)) and alpha > 0):
-        raise ConfigError(f"lora_alpha: got {alpha!r}; expected a positive number (unset: 2 x lora_r)")
-    dropout = args.lora_dropout
-    if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-        raise ConfigError(f"lora_dropout: got {dropout!r}; expected a probability in [0, 1)")
-    if isinstance(args.lora_target_modules, str):
-        args.lora_target_modules = [args.lora_target_modules]
-    for name in args.lora_target_modules:
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"lora_target_modules: got {name!r}; expected module names such as 'query'")
-    if r == 0:
-        for key in ("lora_alpha", "lora_target_modules"):
-            if getattr(args, key):
-                raise ConfigError(
-                    f"{key}: got {getattr(args, key)!r} but lora_r is 0 (LoRA off); expected lora_r > 0 "
-                    f"to use it, or no {key}"
-                )
-        return
-    if args.freeze_layers == -1:
-        raise ConfigError(
-            f"lora_r: got {r} with freeze_layers -1 (the whole body frozen): no layer is left for an adapter; "
-            "expected freeze_layers >= 0 with LoRA, or lora_r 0 for a linear probe"
-        )
-    if args.batchnorm == "train":
-        raise ConfigError(
-            f"batchnorm: got 'train' with lora_r {r}; expected auto or freeze: the adapter does not hold "
-            "BatchNorm statistics, so with LoRA they stay as pretrained"
-        )
-    if args.feature_cache is True:
-        raise ConfigError(
-            f"feature_cache: got True with lora_r {r}; expected false or auto: the adapters train the body, "
-            "so its features change every step"
-        )
 
 
 def _adaptable(module: nn.Module) -> bool:

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
+from hf_finetune.config.arguments import check_allowed_changes  # the key checks live with the config
 from hf_finetune.config.parser import RESUME_FLAG
-from hf_finetune.errors import ConfigError, suggest
+from hf_finetune.config.resume import ALWAYS_ALLOWED, CORE_KEYS, NEVER_ALLOWED  # noqa: F401
+from hf_finetune.errors import ConfigError
 from hf_finetune.run.lock import LOCK_ENV, LOCK_NAME, lock_delegated, output_lock
 from hf_finetune.training.checkpoints import (
     CHECKPOINT_RECIPE,
@@ -65,7 +66,7 @@ RUN_NAMES = frozenset(
         "label_mapping.json", "eval_per_class.json", "training_curves.png", "confusion_matrix.png",
         "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json", "training_args.bin",
         "bad_images.json", "adapter", "runs", ".final-partial", ".partial-checkpoints", ".feature-cache",
-        ".image-cache",
+        ".image-cache", "run_plan.json",
     }
 )  # fmt: skip
 RUN_PATTERNS = (
@@ -76,28 +77,6 @@ RUN_PATTERNS = (
     "*.bin",
 )
 RUN_PATTERNS += ("eval_*",)  # `hf-finetune eval MODEL` writes its report into MODEL/eval_<split>
-
-# Compared on --resume whether given or not (with every key either run gave explicitly).
-CORE_KEYS = (
-    "model_name_or_path", "model_revision", "label_mapping", "label_merge", "dataset_name",
-    "dataset_config_name", "train_dir", "validation_dir", "train_file", "validation_file", "train_split",
-    "validation_split", "train_val_split", "max_train_samples", "image_size", "augmentation", "learning_rate",
-    "head_lr_multiplier", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps", "seed", "freeze_layers",
-    "freeze_patterns", "layer_decay", "lora_r",
-)  # fmt: skip
-# Keys that may change on --resume: where the run writes and reports, and how fast it computes the same steps.
-ALWAYS_ALLOWED = frozenset(
-    {
-        "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "resume_allow_changes", "logging_steps",
-        "logging_strategy", "logging_first_step", "logging_dir", "disable_tqdm", "report_to", "run_name",
-        "per_device_eval_batch_size", "save_total_limit", "push_to_hub", "hub_model_id", "hub_private_repo",
-        "hub_revision", "hub_strategy", "cache_dir", "bf16", "channels_last", "tune_depthwise_precision",
-        "tune_inplace_activations", "static_same_padding", "keep_freed_memory", "dataloader_num_workers",
-        "dataloader_persistent_workers", "dataloader_pin_memory", "cache_images", "normalize_on_device",
-    }
-)  # fmt: skip
-NEVER_ALLOWED = {"model_name_or_path", "model_revision"}  # a checkpoint holds that model's weights
 
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
@@ -115,27 +94,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         value = value.value
     return json.loads(json.dumps(value, default=lambda v: getattr(v, "value", str(v))))
-
-
-def check_allowed_changes(keys: Any) -> list[str]:
-    """``resume_allow_changes`` as a list of known recipe keys (FinetuneTrainingArguments' ``__post_init__``)."""
-
-    keys = [keys] if isinstance(keys, str) else list(keys or [])
-    known = {
-        f.name for cls in (ModelArguments, DataArguments, FinetuneTrainingArguments) for f in fields(cls)
-    }
-    for key in keys:
-        if key in NEVER_ALLOWED:
-            raise ConfigError(
-                f"resume_allow_changes: got {key!r}; a checkpoint holds that model's weights, so it cannot "
-                "change on --resume: train the other model into a new folder with --output_dir NEW"
-            )
-        if key not in known:
-            raise ConfigError(
-                f"resume_allow_changes: unknown key {key!r}{suggest(str(key), known)}; expected recipe keys "
-                "such as num_train_epochs"
-            )
-    return keys
 
 
 def check_output_location(training_args, data_args) -> Path:

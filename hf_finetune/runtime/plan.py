@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,19 @@ class RunPlan:
     def __contains__(self, key: str) -> bool:
         return key in self.choices
 
-    def lines(self) -> list[str]:
-        """One ``key: value (why)`` line per choice."""
-        return [f"{c.key}: {c.value} ({c.why})" for c in self.choices.values()]
+    def describe(self, key: str) -> str:
+        """``value (why)`` for ``key``, a boolean shown as on or off (``on (the CPU has AVX512-BF16/AMX)``)."""
+        choice = self.choices[key]
+        return f"{_shown(choice.value)} ({choice.why})"
 
-    def log(self) -> None:
-        for line in self.lines():
+    def lines(self, keys: Iterable[str] | None = None) -> list[str]:
+        """One ``key: value (why)`` line per choice (of ``keys``, when given)."""
+        keys = list(self.choices) if keys is None else [k for k in keys if k in self.choices]
+        return [f"{key}: {self.describe(key)}" for key in keys]
+
+    def log(self, keys: Iterable[str] | None = None) -> None:
+        """Log each choice (of ``keys``, when given) in one line."""
+        for line in self.lines(keys):
             logger.info("auto %s", line)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -61,10 +69,17 @@ class RunPlan:
     def save(self, output_dir: str | Path) -> Path:
         """Write ``run_plan.json`` into ``output_dir`` (through a temporary name, so it is whole or absent)."""
         path = Path(output_dir) / PLAN_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         partial.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
         partial.replace(path)
         return path
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,146 @@
+"""Data keys: where the images come from and how they become tensors.
+
+* the source, exactly one of ``dataset_name`` (a Hub dataset), ``train_dir`` (an image folder) or
+  ``train_file`` (a CSV/JSONL file), with its validation split, columns and sample limits;
+* the preprocessing: ``image_size``, ``augmentation``, ``crop_scale_min``, ``hflip_prob``;
+* ``strict``: whether a bad image file is an error or skipped and listed.
+
+Read by :mod:`hf_finetune.data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hf_finetune.config.ranges import check_recipe_values, require
+
+__all__ = ["DataArguments", "AUGMENTATIONS"]
+
+AUGMENTATIONS = ("rrc_flip", "flip", "none")
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from and how they become tensors."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A dataset on the Hub (or a local dataset folder) loaded by datasets."},
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The configuration of dataset_name, if it has several."}
+    )
+    train_split: str = field(
+        default="train", metadata={"help": "Name of the training split of dataset_name."}
+    )
+    validation_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of the validation split; by default the first of validation, val, valid, test that "
+            "exists, else a stratified split of train (see train_val_split)."
+        },
+    )
+    train_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "An image folder: CLASS/*.jpg, or with train/ and val/ (or validation/, test/) subfolders "
+            "each holding CLASS/*.jpg."
+        },
+    )
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "An image folder CLASS/*.jpg used as the validation split."}
+    )
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A CSV or JSONL file of (image path, label) rows; relative paths are read from its folder."
+        },
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "A CSV or JSONL file of (image path, label) rows for validation."}
+    )
+    image_column_name: str | None = field(
+        default=None,
+        metadata={"help": "The image column; found automatically (image, img, path, ...) if unset."},
+    )
+    label_column_name: str | None = field(
+        default=None,
+        metadata={"help": "The label column; found automatically (label, labels, target, ...) if unset."},
+    )
+    train_val_split: float = field(
+        default=0.15,
+        metadata={
+            "help": "Fraction of train held out (stratified, seeded) when there is no validation split."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Keep only this many training images (seeded shuffle); for quick runs."},
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only this many validation images (seeded shuffle)."}
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train and evaluate at this square size instead of the checkpoint's own input size."
+        },
+    )
+    augmentation: str = field(
+        default="rrc_flip",
+        metadata={
+            "help": "Training augmentation: rrc_flip (random-resized-crop + horizontal flip), flip (resize, "
+            "center crop, flip) or none (the evaluation transform).",
+            "choices": list(AUGMENTATIONS),
+        },
+    )
+    crop_scale_min: float = field(
+        default=0.6,
+        metadata={
+            "help": "Smallest area fraction of random-resized-crop (ImageNet training from scratch uses 0.08; a "
+            "short fine-tune keeps most of each image)."
+        },
+    )
+    hflip_prob: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip in training."})
+    strict: bool = field(
+        default=False,
+        metadata={
+            "help": "Make any bad image file (no image extension, zero bytes, not an image, a decompression "
+            "bomb, an aspect ratio beyond 50:1, or one that fails to decode) an error naming it; by default "
+            "bad files are skipped and listed in OUTPUT/bad_images.json."
+        },
+    )
+
+    def __post_init__(self):
+        check_recipe_values(self)  # types and ranges of every numeric key (config.ranges.RANGES)
+        self.check_data()
+
+    def check_data(self) -> None:
+        sources = {
+            "dataset_name": self.dataset_name,
+            "train_dir": self.train_dir,
+            "train_file": self.train_file,
+        }
+        given = {k: v for k, v in sources.items() if v is not None}
+        require(
+            len(given) == 1,
+            "dataset_name/train_dir/train_file",
+            given or None,
+            "exactly one of dataset_name (Hub id), train_dir (image folder) or train_file (CSV/JSONL)",
+        )
+        require(
+            0.0 < self.train_val_split < 1.0, "train_val_split", self.train_val_split, "a fraction in (0, 1)"
+        )
+        for key in ("max_train_samples", "max_eval_samples", "image_size"):
+            value = getattr(self, key)
+            require(value is None or (isinstance(value, int) and value > 0), key, value, "a positive integer")
+        require(
+            self.augmentation in AUGMENTATIONS,
+            "augmentation",
+            self.augmentation,
+            f"one of {list(AUGMENTATIONS)}",
+        )
+        require(
+            0.0 < self.crop_scale_min <= 1.0, "crop_scale_min", self.crop_scale_min, "a fraction in (0, 1]"
+        )
+        require(0.0 <= self.hflip_prob <= 1.0, "hflip_prob", self.hflip_prob, "a probability in [0, 1]")
