@@ -7,7 +7,8 @@
     hf-finetune push OUTPUT_DIR --repo-id ORG/NAME [--private] [--revision BRANCH] [--commit-message MSG]
 
 Errors a user can fix print one line (``hf-finetune: error: ...``) and exit with status 2, no traceback.
-Heavy libraries are imported inside the commands, so ``--help`` answers at once.
+Heavy libraries are imported inside the commands; ``--help`` comes from light tables (:mod:`hf_finetune.cli.help`),
+so it answers at once.
 """
 
 from __future__ import annotations

@@ -65,7 +65,8 @@ def _add_groups(parser: argparse.ArgumentParser, class_names: tuple[str, ...], f
                 for key in group["keys"]:
                     _add_key(container, key)
             else:
-                names = [key["flags"][0].removeprefix("--") for key in group["keys"]]
+                flags = [key["flags"][0].removeprefix("--") for key in group["keys"]]
+                names = [f for f in flags if f.removeprefix("no_") == f or f.removeprefix("no_") not in flags]
                 parser.add_argument_group(
                     f"{len(names)} more keys of transformers' {group['title'].rsplit('(', 1)[-1].rstrip(')')}",
                     description="with transformers' meaning and default; `hf-finetune train --help-all` "
