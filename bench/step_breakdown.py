@@ -76,7 +76,7 @@ class Parts:
 
     def to_device(self, batch):
         """The batch on the device as the Trainer prepares it (normalize_on_device: normalised there)."""
-        return self.trainer._prepare_inputs(batch)
+        return self.trainer.prepare_batch(batch)
 
     def sync(self):
         if self.cuda:

@@ -263,7 +263,7 @@ def _ceiling(
     if device_type == "cuda":
         net.to("cuda")
     # Moved to the device and (normalize_on_device) normalised there once, as the Trainer prepares a batch.
-    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    inputs = trainer.prepare_batch(next(iter(trainer.get_train_dataloader())))
     from torch.utils.flop_counter import FlopCounterMode
 
     # The arithmetic of a step: 3 x the forward's FLOPs (the backward is about twice the forward). Counting the

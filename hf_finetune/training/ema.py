@@ -5,7 +5,9 @@
 * evaluation uses the EMA weights when ``ema_eval`` (they are copied into the model for the evaluation and the
   live weights copied back after: :meth:`WeightEma.swapped_in`), and the best checkpoint is chosen by them;
 * each checkpoint holds the EMA's state in ``ema.safetensors``; ``--resume`` and the best-model restore at the
-  end load it (a checkpoint without it restarts the average from the checkpoint's live weights, with a warning);
+  end load it (a checkpoint without it restarts the average from the checkpoint's live weights, with a warning):
+  the restore is :meth:`EmaCallback.on_train_end`, the resume the Trainer's ``_load_from_checkpoint``
+  (:mod:`hf_finetune.training.private_hooks` says why);
 * ``ema_save``: the final model is the EMA weights (:meth:`WeightEma.copy_into` before the save).
 
 Parameters and floating-point buffers (BatchNorm running statistics) are averaged; integer buffers are copied.
@@ -19,10 +21,11 @@ import os
 from collections.abc import Iterator
 
 import torch
-from safetensors.torch import save_model
+from safetensors.torch import load_model, save_model
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 from transformers import TrainerCallback
+from transformers.modeling_utils import unwrap_model
 
 __all__ = ["WeightEma", "EmaCallback", "EMA_WEIGHTS_NAME"]
 
@@ -78,8 +81,6 @@ class WeightEma:
         """Load the EMA saved in checkpoint ``folder``; without one, restart it from ``model``'s weights."""
         path = os.path.join(folder, EMA_WEIGHTS_NAME)
         if os.path.isfile(path):
-            from safetensors.torch import load_model
-
             load_model(self.ema.module, path, device=str(next(self.ema.module.parameters()).device))
             logger.info("ema: loaded the weight average from %s", path)
             return True
@@ -93,11 +94,26 @@ class WeightEma:
 
 
 class EmaCallback(TrainerCallback):
-    """Update ``ema`` from the model after every optimizer step."""
+    """Update ``ema`` from the model after every optimizer step; at the end of training, when the Trainer
+    restored the best checkpoint's weights (``load_best_model_at_end``), load that checkpoint's EMA too."""
 
     def __init__(self, ema: WeightEma):
         self.ema = ema
+        self.best_checkpoint: str | None = None  # the Trainer's best checkpoint as training left it
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.best_checkpoint = state.best_model_checkpoint  # a resumed run's, from its trainer_state.json
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if model is not None:
             self.ema.update(getattr(model, "module", model), step=state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        # Recorded here, not read at on_train_end: a callback before this one may change it there
+        # (StartingPointCallback clears it when the starting point is kept).
+        self.best_checkpoint = state.best_model_checkpoint
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        # The Trainer loaded the best checkpoint's weights just before on_train_end, on the same condition.
+        if args.load_best_model_at_end and self.best_checkpoint and model is not None:
+            self.ema.load_or_reset(self.best_checkpoint, unwrap_model(model))

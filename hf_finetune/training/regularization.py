@@ -11,16 +11,15 @@
 * **Drop path** (``drop_path_rate``) is set when the model loads: :mod:`hf_finetune.models.drop_path`.
 * **Early stopping**: transformers' ``EarlyStoppingCallback`` (:func:`early_stopping_callback`).
 
-:class:`RegularizationMixin` carries the Trainer hooks (loss, sampler, EMA evaluation and checkpoints); the
-:class:`~hf_finetune.training.trainer.FinetuneTrainer` inherits it. Every hook does exactly what ``Trainer`` does
-when its feature is off.
+:class:`RegularizationMixin` carries the Trainer hooks (loss, sampler, EMA evaluation, the EMA's part of a
+checkpoint and of a resume); the :class:`~hf_finetune.training.trainer.FinetuneTrainer` inherits it. Every hook
+does exactly what ``Trainer`` does when its feature is off.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,6 @@ from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from transformers import EarlyStoppingCallback
 from transformers.modeling_utils import unwrap_model
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_finetune.data.splits import label_column
 from hf_finetune.errors import ConfigError
@@ -184,6 +182,7 @@ class RegularizationMixin:
 
     # --- sampler ---
     def _get_train_sampler(self, train_dataset=None):
+        # private: the sampler has no public hook short of rebuilding the whole loader (private_hooks.py)
         if self.sampler_weights is None:
             return super()._get_train_sampler(train_dataset)
 
@@ -211,26 +210,18 @@ class RegularizationMixin:
             metrics.update(other)
         return metrics
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.ema is None or not self.args.should_save:
-            return
-
-        folder = os.path.join(
-            self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        )
-        if os.path.isdir(folder):
+    def save_checkpoint_extras(self, folder: str) -> None:
+        """Add to the checkpoint being written in ``folder`` what these hooks keep: the EMA's state. Called by
+        :class:`~hf_finetune.training.trainer.FinetuneTrainer` on the process that saves, before the checkpoint
+        is renamed into place. (The best-model restore at the end loads it back: :class:`EmaCallback`.)"""
+        if self.ema is not None:
             self.ema.save(folder)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # private: the only hook given the path of the checkpoint being resumed (private_hooks.py)
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self.ema is not None:
             self.ema.load_or_reset(resume_from_checkpoint, unwrap_model(self.model))
-
-    def _load_best_model(self):
-        super()._load_best_model()
-        if self.ema is not None and self.state.best_model_checkpoint:
-            self.ema.load_or_reset(self.state.best_model_checkpoint, unwrap_model(self.model))
 
 
 def feature_cache_wanted(args: Any) -> bool | None:

@@ -14,6 +14,10 @@
 * Mixup/CutMix, class weights, the balanced sampler and EMA: the hooks of
   :class:`~hf_finetune.training.regularization.RegularizationMixin`.
 
+The Trainer is customised through its public extension points (``create_optimizer``, ``create_scheduler``,
+``compute_loss``, ``training_step``, ``prediction_step``, ``evaluate``, callbacks); the private methods still
+overridden, and why, are listed in :mod:`hf_finetune.training.private_hooks`.
+
 Everything else (devices, mixed precision, DDP/FSDP/DeepSpeed through accelerate, resuming, best-model
 selection, checkpoint rotation) is the Trainer's own.
 """
@@ -34,8 +38,11 @@ from transformers import Trainer
 
 from hf_finetune.errors import CheckpointWriteError
 from hf_finetune.models.heads import head_parameter_names
-from hf_finetune.training.checkpoints import later_checkpoints
+from hf_finetune.training.checkpoints import later_checkpoints, write_checkpoint_recipe
+from hf_finetune.training.layer_decay import layer_ids
+from hf_finetune.training.progress import use_run_progress
 from hf_finetune.training.regularization import RegularizationMixin
+from hf_finetune.training.schedules import FreezeSchedule, apply_body_warmup
 
 __all__ = ["FinetuneTrainer", "parameter_groups", "PARTIAL_CHECKPOINTS"]
 
@@ -69,8 +76,6 @@ def parameter_groups(
     include = set(include or ())
     layers = None
     if layer_decay is not None:
-        from hf_finetune.training.layer_decay import layer_ids
-
         layers = layer_ids(_unwrap(model), sorted(head))
     groups: dict[str, dict[str, Any]] = {}
     for name, param in model.named_parameters():
@@ -108,6 +113,13 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
     by default they are found from the model (:func:`hf_finetune.models.heads.head_parameter_names`).
     ``pixel_normalizer`` (a :class:`~hf_finetune.data.transforms.PixelNormalizer`) turns ``uint8`` ``pixel_values``
     into the model's normalised float input on the device, in training and evaluation alike.
+    ``optimizer_names``: parameters to put in the optimizer even while frozen, because something unfreezes them
+    later; by default those of the :class:`~hf_finetune.training.schedules.FreezeSchedule` among the callbacks
+    (:meth:`parameters_unfrozen_later`). ``checkpoint_recipe``: written into each checkpoint
+    (:func:`~hf_finetune.training.checkpoints.write_checkpoint_recipe`). ``feature_cache`` /
+    ``image_cache``: the caches this trainer's datasets are read from
+    (:class:`~hf_finetune.training.feature_cache.FeatureCache`, :class:`~hf_finetune.data.image_cache.ImageCache`),
+    kept for the run to remove when it is done.
     """
 
     def __init__(
@@ -116,26 +128,59 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
         head_names: list[str] | None = None,
         optimizer_names: list[str] | None = None,
         pixel_normalizer=None,
+        checkpoint_recipe: dict[str, Any] | None = None,
+        feature_cache=None,
+        image_cache=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        use_run_progress(self)  # one training bar, evaluations as lines (training/progress.py)
         # uint8 pixel_values from the loader -> normalised float on the device (normalize_on_device)
         self.pixel_normalizer = pixel_normalizer
         self.head_names = (
             list(head_names) if head_names is not None else head_parameter_names(_unwrap(self.model))
         )
-        # Parameters a freezing schedule (hf_finetune.training.schedules) unfreezes later: in the optimizer from the start.
         self.optimizer_names = list(optimizer_names) if optimizer_names is not None else None
-        self.checkpoint_recipe: dict[str, Any] | None = None  # written into each checkpoint when set
+        self.checkpoint_recipe = checkpoint_recipe
+        self.feature_cache = feature_cache
+        self.image_cache = image_cache
         self.last_saved_checkpoint: str | None = None  # the checkpoint-N folder this run wrote last
 
-    def _prepare_inputs(self, inputs):
-        inputs = super()._prepare_inputs(inputs)
+    def parameters_unfrozen_later(self) -> list[str] | None:
+        """``optimizer_names`` when given, else every parameter the freezing schedules among the callbacks train
+        at some point (in the optimizer from the start); None without either."""
+        if self.optimizer_names is not None:
+            return self.optimizer_names
+        schedules = [cb for cb in self.callback_handler.callbacks if isinstance(cb, FreezeSchedule)]
+        if not schedules:
+            return None
+        return list(dict.fromkeys(name for schedule in schedules for name in schedule.optimizer_names))
+
+    # --- batches: uint8 pixels normalised on the device ---------------------------------------------------
+
+    def normalize_pixels(self, inputs):
+        """``inputs`` with ``uint8`` ``pixel_values`` moved to the device and normalised there (a new dict);
+        unchanged without a ``pixel_normalizer`` or with float pixels. The Trainer's own device and dtype step
+        (``_prepare_inputs``) then treats the float tensor as any other."""
         pixels = inputs.get("pixel_values") if self.pixel_normalizer is not None else None
-        if pixels is not None and pixels.dtype == torch.uint8:
-            inputs = dict(inputs)  # the float tensor then goes through the Trainer's own device/dtype step
-            inputs["pixel_values"] = self._prepare_input(self.pixel_normalizer(pixels))
+        if pixels is None or pixels.dtype != torch.uint8:
+            return inputs
+        inputs = dict(inputs)
+        inputs["pixel_values"] = self.pixel_normalizer(pixels.to(self.args.device))
         return inputs
+
+    def prepare_batch(self, inputs):
+        """A batch from the loader as the model sees it in ``training_step`` and ``prediction_step``: on the
+        device, pixels normalised (for measurements outside ``train()``, as bench/ does)."""
+        return self._prepare_inputs(self.normalize_pixels(inputs))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        return super().training_step(model, self.normalize_pixels(inputs), num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        return super().prediction_step(
+            model, self.normalize_pixels(inputs), prediction_loss_only, ignore_keys
+        )
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         opt_model = self.model if model is None else model
@@ -149,11 +194,9 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
                 multiplier,
                 self.head_names,
                 layer_decay=layer_decay,
-                include=self.optimizer_names,
+                include=self.parameters_unfrozen_later(),
             )
             if layer_decay is not None:
-                from hf_finetune.training.layer_decay import layer_ids
-
                 layers = layer_ids(_unwrap(opt_model), self.head_names)
                 logger.info(
                     "layer_decay %g: %d body layers (from %s), lr = learning_rate x %g ** (%d - layer); "
@@ -191,8 +234,6 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         epochs = float(getattr(self.args, "body_warmup_epochs", 0) or 0)
         if created and epochs > 0:
-            from hf_finetune.training.schedules import apply_body_warmup
-
             per_epoch = getattr(self, "_update_steps_per_epoch", None) or math.ceil(
                 num_training_steps / max(self.args.num_train_epochs, 1)
             )
@@ -224,6 +265,8 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
         self._checkpoint_staging = staging_root
         try:
             super()._save_checkpoint(model, trial)
+            if self.args.should_save and os.path.isdir(staging):
+                self.save_checkpoint_extras(staging)  # the EMA's state (RegularizationMixin)
         except Exception as err:
             if self.args.should_save:
                 shutil.rmtree(staging, ignore_errors=True)  # give the space back; earlier ones untouched
@@ -243,8 +286,6 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
             self.state.best_model_checkpoint = final
             self.state.save_to_json(os.path.join(staging, "trainer_state.json"))
         if self.checkpoint_recipe is not None:  # compared with the run that resumes it (output_dir.py)
-            from hf_finetune.training.checkpoints import write_checkpoint_recipe
-
             write_checkpoint_recipe(staging, self.checkpoint_recipe)
         if os.path.exists(final):  # the same step saved again (end of an epoch after a stop at that step)
             shutil.rmtree(final)
