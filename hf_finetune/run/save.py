@@ -25,6 +25,7 @@ from hf_finetune.hub.push import normalize_timm_config
 from hf_finetune.inference import reports
 from hf_finetune.inference.metrics import per_class_report
 from hf_finetune.inference.reports import TRAINING_FIGURES
+from hf_finetune.models.lora import save_lora
 from hf_finetune.training.checkpoints import FINAL_WEIGHTS
 
 __all__ = ["STAGING", "final_model_in_place", "save_run", "save_final"]
@@ -152,8 +153,6 @@ def _save_weights(trainer, loaded, training_args, staging: Path) -> None:
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     if getattr(training_args, "lora_r", 0) > 0:  # adapter/ (with the head) and the merged model
-        from hf_finetune.models.lora import save_lora
-
         save_lora(trainer.model, staging, loaded.name_or_path)
     else:
         trainer.save_model(str(staging))
