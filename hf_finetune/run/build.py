@@ -37,7 +37,14 @@ DERIVED_KEYS = ("body_warmup_epochs", "data_seed")
 
 
 def build_trainer(
-    model_args, data_args, training_args, loaded_data=None, callbacks=None, plan=None, loaded_model=None
+    model_args,
+    data_args,
+    training_args,
+    loaded_data=None,
+    callbacks=None,
+    plan=None,
+    loaded_model=None,
+    checkpoint_recipe=None,
 ):
     """Load data and model and return ``(trainer, loaded_model, loaded_data)``; nothing is written yet.
 
@@ -45,7 +52,8 @@ def build_trainer(
     ``loaded_data``), after :func:`set_up_process`, as :func:`hf_finetune.run.train.main` does in steps of its own.
     ``plan``: the run's :class:`~hf_finetune.runtime.plan.RunPlan` (a new one when None); the settings derived here
     are recorded in it, and the Trainer's arguments carry them (:func:`trainer_arguments`), with the speed keys'
-    ``auto`` values chosen for this machine (:func:`hf_finetune.runtime.speed_plan.resolve_speed`)."""
+    ``auto`` values chosen for this machine (:func:`hf_finetune.runtime.speed_plan.resolve_speed`).
+    ``checkpoint_recipe``: what each checkpoint records (``RunFolder.checkpoint_recipe``, run/output_dir.py)."""
 
     plan = RunPlan() if plan is None else plan
     training_args = resolve_speed(training_args, plan)  # a copy, when an auto value is left to choose
@@ -84,9 +92,9 @@ def build_trainer(
     # data_seed under several processes, into the plan
     _plan_data_seed(training_args, plan)
     # The Trainer, with the arguments and the plan's values
-    trainer = _new_trainer(inputs, loaded, data, trainer_arguments(training_args, plan), callbacks)
-    trainer.feature_cache = inputs.feature_cache
-    trainer.image_cache = inputs.image_cache
+    trainer = _new_trainer(
+        inputs, loaded, data, trainer_arguments(training_args, plan), callbacks, checkpoint_recipe
+    )
     # Callbacks: the starting point as a best-model candidate, regularization, the freezing schedule
     _add_callbacks(trainer, inputs, freeze, len(data.labels))
     # Processes: say how many, and give each rank its own augmentation seed
@@ -208,6 +216,9 @@ def _new_trainer(inputs: TrainingInputs, loaded, data, args, callbacks) -> Finet
         callbacks=callbacks,
         head_names=inputs.head_names,
         pixel_normalizer=inputs.pixel_normalizer,
+        checkpoint_recipe=checkpoint_recipe,
+        feature_cache=inputs.feature_cache,
+        image_cache=inputs.image_cache,
     )
 
 
@@ -219,8 +230,7 @@ def _add_callbacks(trainer, inputs: TrainingInputs, freeze, num_labels: int) -> 
     _keep_starting_point(trainer, inputs.model, args)
     configure_regularization(trainer, args, num_labels)  # mixup, class balance, EMA, stopping
     schedule = build_freeze_schedule(inputs.model, args, freeze.trainable, inputs.head_names)
-    if schedule is not None:  # the parameters it unfreezes later are in the optimizer from the start
-        trainer.optimizer_names = schedule.optimizer_names
+    if schedule is not None:  # the trainer puts what it unfreezes later in the optimizer from the start
         trainer.add_callback(schedule)
 
 

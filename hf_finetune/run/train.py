@@ -87,6 +87,7 @@ def main(
                     callbacks=[*(callbacks or []), stopper],
                     plan=plan,
                     loaded_model=loaded,
+                    checkpoint_recipe=folder.checkpoint_recipe(data.labels),
                 )
                 # Check the output folder against the data (--resume's labels); list the images skipped; the plan
                 _prepare_output(folder, trainer, data, out, plan)
@@ -144,11 +145,10 @@ def _nothing_left_on_failure(out: Path) -> Iterator[None]:
 
 
 def _prepare_output(folder, trainer, data, out: Path, plan: RunPlan) -> None:
-    """``--resume``: the labels the checkpoint was trained on; the recipe each checkpoint records;
+    """``--resume``: the labels the checkpoint was trained on;
     ``OUT/bad_images.json``, the files skipped by the scan or the decoder; and ``OUT/run_plan.json``, what the run
     chose for this machine and model, and why."""
     folder.check_labels(data.labels)
-    trainer.checkpoint_recipe = folder.checkpoint_recipe(data.labels)
     write_bad_image_report(out, data)
     if trainer.is_world_process_zero():
         plan.save(out)
