@@ -17,6 +17,7 @@ from transformers import set_seed
 from hf_finetune.data import loading
 from hf_finetune.inference.metrics import build_compute_metrics
 from hf_finetune.models.loading import load_model_for_labels
+from hf_finetune.models.lora import apply_lora
 from hf_finetune.run.inputs import TrainingInputs, training_inputs
 from hf_finetune.run.prepare import head_from_data, lora_on, prepare_model, preprocessing
 from hf_finetune.runtime import performance
@@ -197,14 +198,12 @@ def _plan_data_seed(training_args, plan: RunPlan) -> None:
 
 
 def _wrap_lora(inputs: TrainingInputs, training_args, freeze) -> None:
-    from hf_finetune.models.lora import apply_lora
-
     lora = apply_lora(inputs.model, training_args, frozen=freeze.frozen)
     logger.info("%s", lora.describe())
     inputs.model, inputs.head_names = lora.model, lora.head_names
 
 
-def _new_trainer(inputs: TrainingInputs, loaded, data, args, callbacks) -> FinetuneTrainer:
+def _new_trainer(inputs: TrainingInputs, loaded, data, args, callbacks, checkpoint_recipe) -> FinetuneTrainer:
     return FinetuneTrainer(
         model=inputs.model,
         args=args,
