@@ -97,18 +97,10 @@ def main(
             newest = functools.partial(_newest_checkpoint, trainer, out)
             with interrupting_final_save(trainer.state.max_steps, newest):
                 # Evaluate
-                eval_metrics, prediction = _evaluate(trainer, data)
+                evaluation = _evaluate(trainer, data)
                 # Save the final model (the weights last) with its metrics, figures and model card
                 result = _save(
-                    trainer,
-                    loaded,
-                    data,
-                    training_args,
-                    data_args,
-                    explicit,
-                    train_metrics,
-                    eval_metrics,
-                    prediction,
+                    trainer, loaded, data, training_args, data_args, explicit, train_metrics, evaluation
                 )
         # Summarize: the best epoch, the files saved, one summary in the log
         _summarize(result, trainer, training_args, start)
@@ -191,8 +183,10 @@ def _evaluate(trainer, data) -> tuple[dict[str, Any], Any]:
     return eval_metrics, captured.get("prediction")
 
 
-def _save(trainer, loaded, data, training_args, data_args, explicit, train_metrics, eval_metrics, prediction):
-    """The run's :class:`TrainResult`, once the final model is saved (:mod:`hf_finetune.run.save`)."""
+def _save(trainer, loaded, data, training_args, data_args, explicit, train_metrics, evaluation):
+    """The run's :class:`TrainResult`, once the final model is saved (:mod:`hf_finetune.run.save`);
+    ``evaluation``: ``(metrics, prediction)`` of the final evaluation (:func:`_evaluate`)."""
+    eval_metrics, prediction = evaluation
     result = new_result(trainer, loaded, data, Path(training_args.output_dir), train_metrics, eval_metrics)
     final_model_in_place(trainer, loaded, training_args, result)
     metrics = {"train": train_metrics, "eval": eval_metrics}
