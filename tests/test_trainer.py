@@ -46,3 +46,32 @@ def test_frozen_parameters_are_not_in_the_optimizer(model, tmp_path):
     assert frozen and not any(id(p) in in_optimizer for p in frozen)
     lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
     assert lrs["head"] == pytest.approx(6e-4) and lrs["body"] == pytest.approx(2e-4)
+
+
+def test_a_trainer_built_by_hand_from_fresh_arguments_trains(model, tmp_path):
+    """The Python API: FinetuneTrainer(args=FinetuneTrainingArguments(...)) chooses the speed ``auto`` values
+    itself (the parsed arguments keep them unset), and trains."""
+    import torch
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return {"pixel_values": torch.rand(3, 32, 32), "labels": i % 3}
+
+    args = FinetuneTrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=1,
+        per_device_train_batch_size=3,
+        save_strategy="no",
+        eval_strategy="no",
+        load_best_model_at_end=False,
+        eval_on_start=False,
+        report_to=[],
+    )
+    assert args.dataloader_num_workers is None  # auto: chosen when the run (here: the trainer) is built
+    trainer = FinetuneTrainer(model=model, args=args, train_dataset=Images())
+    assert isinstance(trainer.args.dataloader_num_workers, int) and isinstance(trainer.args.bf16, bool)
+    assert args.dataloader_num_workers is None  # the parsed arguments are not changed
+    assert trainer.train().global_step == 2

@@ -38,6 +38,8 @@ from transformers import Trainer
 
 from hf_finetune.errors import CheckpointWriteError
 from hf_finetune.models.heads import head_parameter_names
+from hf_finetune.runtime.plan import RunPlan
+from hf_finetune.runtime.speed_plan import resolve_speed
 from hf_finetune.training.checkpoints import later_checkpoints, write_checkpoint_recipe
 from hf_finetune.training.layer_decay import layer_ids
 from hf_finetune.training.progress import use_run_progress
@@ -105,6 +107,18 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+def _speed_resolved(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The Trainer's positional and keyword arguments with the training arguments' speed ``auto`` values
+    chosen (:func:`~hf_finetune.runtime.speed_plan.resolve_speed`): a trainer built by hand from a fresh
+    :class:`~hf_finetune.config.arguments.FinetuneTrainingArguments` trains as ``build_trainer``'s does. Arguments
+    already resolved (the run pipeline's) pass through unchanged."""
+    if "args" in kwargs and kwargs["args"] is not None:
+        return args, {**kwargs, "args": resolve_speed(kwargs["args"], RunPlan())}
+    if len(args) > 1 and args[1] is not None:
+        return (args[0], resolve_speed(args[1], RunPlan()), *args[2:]), kwargs
+    return args, kwargs
+
+
 class FinetuneTrainer(RegularizationMixin, Trainer):
     """A ``transformers.Trainer`` for fine-tuning a pretrained classifier.
 
@@ -133,6 +147,7 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
         image_cache=None,
         **kwargs,
     ):
+        args, kwargs = _speed_resolved(args, kwargs)
         super().__init__(*args, **kwargs)
         use_run_progress(self)  # one training bar, evaluations as lines (training/progress.py)
         # uint8 pixel_values from the loader -> normalised float on the device (normalize_on_device)
