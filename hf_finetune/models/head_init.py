@@ -261,7 +261,7 @@ def calibrate_head_bias(
     """Add to the new head's biases the shift that fits up to ``per_class`` training images per class
     (at most ``max_images`` in all). None, and nothing changed, when the head has no bias or there is no image.
     ``autocast_dtype``: the training run's mixed precision (its layers may expect autocast, e.g. after
-    :func:`hf_finetune.runtime.performance.tune_depthwise_precision`).
+    :func:`hf_finetune.runtime.tuning.tune_depthwise_precision`).
 
     With two heads (e.g. DeiT's distilled one, whose logits are the mean of both) the same shift goes to both.
     """

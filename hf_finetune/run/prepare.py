@@ -39,8 +39,6 @@ def prepare_model(model, training_args, plan: RunPlan):
     logger.info("%s", freeze.describe())
     _static_same_padding(model, training_args)
     channels_last = _apply_channels_last(model, training_args)
-    for key, choice in getattr(training_args, "auto_choices", {}).items():
-        logger.info("%s: %s", key, choice)
     return freeze, channels_last
 
 
