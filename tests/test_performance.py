@@ -762,10 +762,7 @@ def test_depthwise_timings_are_kept_per_machine(tmp_path, tiny_timm_checkpoint, 
     again = tuning.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
     assert again == first  # the same seconds, read back (timing twice never gives equal floats)
     assert tuning.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=0.0) == []
-    assert (
-        tuning.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, cache=False, margin=1e9)
-        != first
-    )
+    assert tuning.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, cache=False, margin=1e9) != first
     monkeypatch.setattr(tuning, "_machine_key", lambda: "another CPU | torch 0 | 1 threads")
     other = tuning.tune_depthwise_precision(fresh(), (2, 3, 32, 32), reps=1, margin=1e9)
     assert [n for n, _, _ in other] == [n for n, _, _ in first] and other != first
