@@ -7,6 +7,7 @@ Messages name the file, key or label at fault, the bad value, and what was expec
 from __future__ import annotations
 
 import difflib
+import signal
 from collections.abc import Iterable
 
 __all__ = [
@@ -53,7 +54,6 @@ class TrainingInterrupted(Exception):
     Not an :class:`HfFinetuneError`: the CLI exits with 128 + the signal's number (130, 143)."""
 
     def __init__(self, signum: int, step: int, max_steps: int, checkpoint: str | None):
-        import signal
 
         self.signum, self.step, self.max_steps, self.checkpoint = signum, step, max_steps, checkpoint
         name = signal.Signals(signum).name
@@ -66,7 +66,6 @@ class FinalSaveInterrupted(TrainingInterrupted):
     was abandoned (the output folder does not pass for a finished model) and the checkpoints are intact."""
 
     def __init__(self, signum: int, max_steps: int, checkpoint: str | None):
-        import signal
 
         super().__init__(signum, max_steps, max_steps, checkpoint)
         where = (

@@ -119,3 +119,12 @@ def test_module_and_function_sizes(path):
     ]
     if long:
         pytest.fail(f"{path}: " + ", ".join(long) + f" (at most {MAX_FUNCTION_LINES})")
+
+
+def test_every_module_imports():
+    """A broken import anywhere (a module no test reaches, such as the demo's) fails here."""
+    import importlib
+
+    for module in _modules():
+        if not module.endswith("__main__"):
+            importlib.import_module(module)

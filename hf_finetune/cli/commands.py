@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: bool = True) -> None:
+def setup_logging(verbose: bool = True) -> None:
     root = logging.getLogger("hf_finetune")
     ours = [h for h in root.handlers if getattr(h, "_hf_finetune_cli", False)]
     if ours:  # called again in the same process (tests, notebooks): follow the current sys.stdout, without
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if command != "push" and wants_help(rest):  # from light tables: no transformers, no torch
         return command_help(command, rest)
-    _setup_logging()
+    setup_logging()
     quiet_known_noise()
     if not wants_help(rest):  # push --help answers from its own light parser, without transformers
         from transformers.utils import logging as hf_logging

@@ -9,6 +9,9 @@
 from __future__ import annotations
 
 import argparse
+import enum
+import re
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -46,7 +49,6 @@ def known_keys() -> list[str]:
 def raise_config_error(message: str):
     """argparse's error hook for every hf-finetune command: a :class:`ConfigError` (one line, exit 2 in the
     CLI) instead of a usage dump."""
-    import re
 
     message = re.sub(r"argument --([\w]+)(/--[\w-]+)?", r"\1", message)
     # "invalid float value: 'three'" -> "got 'three'; expected a number"
@@ -185,7 +187,6 @@ def parse_train_args(argv: list[str] | None = None) -> ParsedArgs:
     The result also carries ``explicit``: the keys given in the recipe or as flags, with their final values,
     which is what ``recipe.yaml`` in the output folder records.
     """
-    import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
     recipe_path = None
@@ -298,7 +299,6 @@ def _check_text(key: str, value: Any, where: str) -> None:
 
 def _plain(value: Any, key: str = "") -> Any:
     """A YAML-safe form of a parsed value (enums to their string values)."""
-    import enum
 
     if isinstance(value, enum.Enum):
         return value.value

@@ -90,11 +90,14 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
-def _type(f: dataclasses.Field) -> str:
-    if isinstance(f.type, str):  # modules with `from __future__ import annotations`
-        kind = f.type
+def _type(f: dataclasses.Field, klass: type) -> str:
+    # the annotation as the class declares it: HfArgumentParser rewrites ``field.type`` in place once a parser
+    # is built (``str | None`` becomes ``str``), so the field's own type depends on what ran before
+    declared = inspect.get_annotations(klass).get(f.name, f.type)
+    if isinstance(declared, str):  # modules with `from __future__ import annotations`
+        kind = declared
     else:
-        kind = f.type.__name__ if isinstance(f.type, type) else str(f.type).replace("typing.", "")
+        kind = declared.__name__ if isinstance(declared, type) else str(declared).replace("typing.", "")
     text = f"`{kind}`"
     choices = f.metadata.get("choices")
     if choices:
@@ -150,7 +153,7 @@ def render_recipe_keys() -> str:
             if f.name in base:
                 default += f" (transformers: {_value(_default(base[f.name]))})"
             help_text = _cell(f.metadata.get("help", ""))
-            lines.append(f"| `{f.name}` | {_type(f)} | {_cell(default)} | {help_text} |")
+            lines.append(f"| `{f.name}` | {_type(f, klass)} | {_cell(default)} | {help_text} |")
     return "\n".join(lines) + "\n"
 
 

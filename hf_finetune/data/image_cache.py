@@ -34,6 +34,7 @@ from timm.data.transforms import str_to_pil_interp
 
 from hf_finetune.data.image_check import BadImageError, record_decode_failure
 from hf_finetune.data.transforms import ToUint8Tensor, as_rgb
+from hf_finetune.errors import DataError
 
 __all__ = ["CACHE_DIR", "ImageCache", "split_transform", "train_side_limit", "build_image_cache"]
 
@@ -130,8 +131,6 @@ def _cache_split(dataset, prepare: Callable, path: Path, desc: str):
         desc=desc,
     )
     if len(cached) == 0 and len(dataset) > 0:
-        from hf_finetune.errors import DataError
-
         raise DataError(f"cache_images: not one of the {len(dataset)} images could be decoded ({desc})")
     return cached
 

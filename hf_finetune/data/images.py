@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = ["IMAGE_EXTENSIONS", "to_rgb", "is_image_file"]
@@ -34,7 +35,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit integer grayscale: scale to 8 bits instead of clipping.
-        import numpy as np
 
         array = np.asarray(image, dtype=np.float64)
         if image.mode.startswith("I;16"):

@@ -24,6 +24,7 @@ from PIL import Image
 from timm.data import create_transform
 
 from hf_finetune.data.image_check import BadImageError, open_image, record_decode_failure
+from hf_finetune.errors import DataError
 
 __all__ = [
     "data_config_from_processor",
@@ -125,12 +126,8 @@ def build_transforms(
     if augmentation == "none":
         train_transform = eval_transform
     elif augmentation == "flip":
-        import torchvision.transforms as T
-
         train_transform = T.Compose([T.RandomHorizontalFlip(hflip_prob), eval_transform])
     else:
-        import torchvision.transforms as T
-
         train_transform = create_transform(
             **common,
             is_training=True,
@@ -300,8 +297,6 @@ def collate_images(examples: list[dict], channels_last: bool = False) -> dict[st
 
     kept = [e for e in examples if e.get("pixel_values") is not None]
     if not kept:
-        from hf_finetune.errors import DataError
-
         raise DataError(
             f"every image of a batch of {len(examples)} failed to decode and no good image was seen before "
             "it to stand in; see the skipped images logged above"

@@ -24,14 +24,14 @@ import torch
 from PIL import Image
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
-from hf_finetune.cli import _setup_logging
+from hf_finetune.cli.commands import setup_logging
 from hf_finetune.config.parser import parse_train_args
 from hf_finetune.demo.assets import build_efficientnet_lite0, export_digits
 from hf_finetune.run.train import main as train_main
 
 __all__ = ["main", "pretrained_sanity_check"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "efficientnet_lite0" / "digits" / "config_demo.yaml"
 ACCURACY_FLOOR = 0.9  # validation accuracy after training below which the demo fails (CI runs the demo)
 
@@ -55,7 +55,7 @@ def pretrained_sanity_check(checkpoint: str | Path) -> list[tuple[str, str, floa
 
 def main(argv: list[str] | None = None) -> int:
 
-    _setup_logging()
+    setup_logging()
     log = logging.getLogger("hf_finetune")
     start = time.time()
 

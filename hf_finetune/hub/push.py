@@ -39,6 +39,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from hf_finetune.errors import ConfigError, HubError
 from hf_finetune.hub.model_card import CARD_NAME, FIGURES, PER_CLASS_NAME, render_model_card
+from hf_finetune.models.weights_check import check_safetensors_files
 
 __all__ = [
     "UPLOAD_FILES",
@@ -152,8 +153,6 @@ def check_finished_folder(output_dir: str | Path, key: str = "OUTPUT_DIR") -> Pa
         raise ConfigError(f"{key}: {out} is a file; {expected}")
     has_weights = any((out / name).is_file() for name in WEIGHTS)
     if (out / "config.json").is_file() and has_weights:
-        from hf_finetune.models.weights_check import check_safetensors_files
-
         check_safetensors_files(out, key)  # never upload a truncated or empty weights file
         try:
             json.loads((out / "config.json").read_text(encoding="utf-8"))

@@ -23,6 +23,7 @@ from hf_finetune.errors import DataError, suggest
 from hf_finetune.escaping import terminal_text
 from hf_finetune.inference.metrics import per_class_report
 from hf_finetune.inference.predict import load_for_inference
+from hf_finetune.inference.reports import write_eval_reports
 from hf_finetune.labels.model_labels import data_to_model_rows, distinct_label_names
 
 __all__ = ["SplitPredictions", "predict_split", "evaluate_model", "format_report"]
@@ -133,8 +134,6 @@ def evaluate_model(
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
         if reports:
-            from hf_finetune.inference.reports import write_eval_reports
-
             write_eval_reports(
                 out, predictions.logits, predictions.labels, predictions.label_names, predictions.images
             )

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hf_finetune.config.path_checks import shown_name
@@ -194,8 +195,6 @@ def predict_images(
     batches = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
     bar = None
     if _show_progress(progress, len(files)):
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr)
 
     records: list[dict] = []

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from hf_finetune.errors import ConfigError, DataError, ModelLoadError
 from hf_finetune.labels.mapping_file import parse_label_mapping
@@ -145,8 +146,6 @@ def load_source_config(
                 "dropped the duplicate model_args.num_classes of the timm config (save_for_hf writes it)"
             )
     else:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
-
         if config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
             raise ModelLoadError(
                 f"model_name_or_path: {model_name_or_path} is a {config.model_type!r} checkpoint, which "

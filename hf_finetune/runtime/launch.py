@@ -43,7 +43,7 @@ COMMAND_ENV = "HF_FINETUNE_COMMAND"  # the user's command line, for the "resume 
 def accelerate_config_dirs() -> list[Path]:
     """Where named configs are looked up: ``./recipes/accelerate_configs``, then the one beside the package."""
     here = Path.cwd() / "recipes" / "accelerate_configs"
-    beside = Path(__file__).resolve().parents[1] / "recipes" / "accelerate_configs"
+    beside = Path(__file__).resolve().parents[2] / "recipes" / "accelerate_configs"
     dirs = [here] if here.is_dir() else []
     if beside.is_dir() and beside.resolve() not in {d.resolve() for d in dirs}:
         dirs.append(beside)
