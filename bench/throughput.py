@@ -216,15 +216,19 @@ def run_one(
     elif variant in ("project", "probe"):
         from hf_finetune.config.parser import parse_train_args
         from hf_finetune.run.train import main
+        from hf_finetune.runtime.plan import RunPlan
 
         argv = _project_argv(model, train, val, out, steps, batch, seed) + extra
         model_args, data_args, training_args = parse_train_args(argv)
-        outcome = main(model_args, data_args, training_args, callbacks=[timer])
+        plan = RunPlan()  # what the run chose for the auto keys (the parsed arguments keep them unset)
+        outcome = main(model_args, data_args, training_args, callbacks=[timer], plan=plan)
         result["accuracy"] = outcome.metrics_after["eval_accuracy"]
         result["train_images"] = outcome.train_metrics.get("train_samples")
         result["settings"] = {
-            "bf16": training_args.bf16,
-            "dataloader_num_workers": training_args.dataloader_num_workers,
+            "bf16": plan.get("bf16", training_args.bf16),
+            "dataloader_num_workers": plan.get(
+                "dataloader_num_workers", training_args.dataloader_num_workers
+            ),
         }
         result["feature_cache_seconds"] = getattr(outcome, "feature_cache_seconds", None)
         if variant == "probe":
@@ -255,6 +259,7 @@ def _ceiling(
     argv = _project_argv(model, train, val, out, steps, batch, seed) + extra
     model_args, data_args, training_args = parse_train_args(argv)
     trainer, _, _ = build_trainer(model_args, data_args, training_args)
+    training_args = trainer.args  # the auto keys as the run resolved them
     net = trainer.model
     net.train()
     optimizer = trainer.create_optimizer()

@@ -141,3 +141,16 @@ def test_docs_defaults_page_shows_the_measured_table():
             if line.startswith("| ")
         ]
         assert rows and all(row in page for row in rows), name
+
+
+def test_throughput_project_and_ceiling_run_with_the_resolved_settings(tiny_hf_checkpoint, tiny_image_folder):
+    """bench/throughput.py's project row reports what the run chose for the auto keys (the parsed arguments keep
+    them unset), and its ceiling steps under the precision the run resolved."""
+    from throughput import run_one
+
+    folders = (tiny_hf_checkpoint, tiny_image_folder / "train", tiny_image_folder / "val")
+    project = run_one("project", *folders, 5, 8, 0, [])
+    assert isinstance(project["settings"]["bf16"], bool)
+    assert isinstance(project["settings"]["dataloader_num_workers"], int)
+    ceiling = run_one("ceiling", *folders, 5, 8, 0, [])
+    assert ceiling["images_per_second"] > 0 and ceiling["flops_per_image"] > 0

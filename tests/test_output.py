@@ -256,5 +256,10 @@ def test_a_run_prints_its_metrics_once(tiny_run):
     assert "metrics *****" not in proc.stdout
     assert "train_runtime" not in proc.stdout and "'eval_accuracy'" not in proc.stdout
     assert proc.stdout.count("after fine-tuning:") == 1
+    loss = json.loads((out / "train_results.json").read_text())["train_loss"]
+    assert (
+        proc.stdout.count("training loss") == 1
+        and f"training loss (mean over the run): {loss:.4f}" in proc.stdout
+    )
     for name in ("train_results.json", "eval_results.json", "all_results.json"):  # still written
         assert json.loads((out / name).read_text())

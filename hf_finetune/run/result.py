@@ -56,6 +56,8 @@ class TrainResult:
         if runtime is not None and speed is not None:
             time_text += f" (training {float(runtime):.1f} s, {float(speed):.1f} images/s)"
         lines.append(time_text)
+        if self.train_metrics.get("train_loss") is not None:
+            lines.append(f"training loss (mean over the run): {float(self.train_metrics['train_loss']):.4f}")
         saved = f": {', '.join(self.files)}" if self.files else ""
         lines.append(f"model saved to {self.output_dir}{saved}")
         return "\n".join(lines)
