@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe  # bench/machine.py: the machine, saved with the results
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HF_FINETUNE_SHARED", ROOT.parent / "shared"))
 RESULTS = ROOT / "bench" / "results"
@@ -202,6 +204,7 @@ def main() -> int:
         if json_path.exists()
         else {"set": args.set, "runs": {}, "probe": {}}
     )
+    results["machine"] = describe()  # the machine of the latest runs written into this file
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="defaults-table-"))
     workdir.mkdir(parents=True, exist_ok=True)
     for data in args.datasets:

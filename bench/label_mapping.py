@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe  # bench/machine.py: the machine, saved with the results
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MODELS = {
@@ -248,7 +250,7 @@ def main() -> int:
             results["cifar10"][name] = cifar_zero_shot(MODELS[name], args.cifar_images)
             results["cifar10"][name]["variants"] = cifar_variants(MODELS[name], args.cifar_images)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": describe(), **results}, indent=2))
     print()
     if results["hotdog"]:
         seeds = " ".join(str(s) for s in args.seeds)

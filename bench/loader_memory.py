@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe  # bench/machine.py: the machine, saved with the results
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT.parent / "shared" / "models" / "hf-mobilenet_v1_0.25_128"
 TARGET = 1.2
@@ -220,7 +222,7 @@ def main() -> int:
             f"{row['train_steps']} train steps in {row['train_s']:.1f} s, splits {row['splits']}"
         )
     if args.json is not None:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        args.json.write_text(json.dumps({"machine": describe(), **summary}, indent=2) + "\n")
     return 0 if summary.get("passed", True) else 1
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput  # noqa: E402  (bench/throughput.py: the data, the recipe flags, the step timer)
+from machine import describe  # bench/machine.py: the machine, saved with the results
 
 PARTS = ("loader", "ceiling", "loader + step", "trainer")
 
@@ -172,7 +173,9 @@ def main() -> None:
     )
     if args.json:
         args.json.write_text(
-            json.dumps({"seconds": seconds, "median": median, "device": str(device)}, indent=2)
+            json.dumps(
+                {"machine": describe(), "seconds": seconds, "median": median, "device": str(device)}, indent=2
+            )
         )
 
 

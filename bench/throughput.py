@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe  # bench/machine.py: the machine, saved with the results
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HF_FINETUNE_SHARED", ROOT.parent / "shared"))
 MODELS = {
@@ -512,7 +514,7 @@ def main() -> None:
         results["probe"] = probe_part(args, workdir)
     print(f"\nbench/throughput.py took {time.time() - started:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"machine": describe(), **results}, indent=2))
 
 
 if __name__ == "__main__":

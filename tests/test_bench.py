@@ -154,3 +154,24 @@ def test_throughput_project_and_ceiling_run_with_the_resolved_settings(tiny_hf_c
     assert isinstance(project["settings"]["dataloader_num_workers"], int)
     ceiling = run_one("ceiling", *folders, 5, 8, 0, [])
     assert ceiling["images_per_second"] > 0 and ceiling["flops_per_image"] > 0
+
+
+def test_the_machine_is_described_with_the_results():
+    """bench/machine.py: what every bench script stores under "machine" beside its raw results."""
+    import os
+
+    from machine import describe
+
+    machine = describe()
+    assert machine["cpus"] == os.cpu_count() and machine["cpu"]
+    assert machine["packages"]["torch"] and machine["packages"]["transformers"]
+    for script in (
+        "throughput",
+        "defaults_table",
+        "label_mapping",
+        "loader_memory",
+        "recipes_table",
+        "step_breakdown",
+    ):
+        source = (ROOT / "bench" / f"{script}.py").read_text()
+        assert "describe()" in source, f"bench/{script}.py does not store the machine with its results"
