@@ -6,14 +6,15 @@
 * metadata (``ModelCardData``): ``base_model`` (when the run started from a Hub id), ``datasets`` (when it
   trained on a Hub dataset), ``pipeline_tag: image-classification``, ``library_name`` (``timm`` for timm-origin
   models, else ``transformers``), tags, and ``model-index`` with the validation accuracy, macro-F1 and top-5
-  accuracy (``EvalResult``);
+  accuracy (``EvalResult``), and a separate entry for the test split (``dataset.split: test``, metrics named
+  ``Test accuracy``, ...) when the run scored one;
 * body: what was fine-tuned from what, the recipe, the label-mapping report (which source rows started each
   class), the metrics before (epoch 0) and after fine-tuning and by epoch, the per-class figures, how to use it
   (``pipeline`` and, for timm-origin models, ``timm.create_model``), the limitations.
 
 Everything comes from the files a run writes: ``config.json``, ``recipe.yaml``, ``labels.json``,
-``label_mapping.json``, ``eval_results.json``, ``train_results.json``, ``trainer_state.json`` and
-``eval_per_class.json`` (or ``eval_validation/metrics.json`` of ``hf-finetune eval``), and it links the images
+``label_mapping.json``, ``eval_results.json``, ``train_results.json``, ``test_results.json``,
+``trainer_state.json`` and ``eval_per_class.json`` (or ``eval_validation/metrics.json`` of ``hf-finetune eval``), and it links the images
 ``training_curves.png`` and ``confusion_matrix.png`` when they are there. A card can therefore be
 rendered again at any time, for any repo id, and the same folder always gives the same card.
 
@@ -105,6 +106,7 @@ class _Run:
     mapping: dict[str, Any] | None
     results: dict[str, Any]
     train_results: dict[str, Any]
+    test_results: dict[str, Any]  # test_results.json: the test split, scored once at the end (or empty)
     state: dict[str, Any]
     per_class: dict[str, Any] | None
     processor: dict[str, Any] = field(default_factory=dict)
@@ -128,6 +130,7 @@ class _Run:
             mapping=_read_json(folders, "label_mapping.json"),
             results=_read_json(folders, "eval_results.json") or _read_json(folders, "all_results.json") or {},
             train_results=_read_json(folders, "train_results.json") or {},
+            test_results=_read_json(folders, "test_results.json") or {},
             state=_read_json(folders, "trainer_state.json") or {},
             per_class=_read_json(folders, PER_CLASS_NAME)
             or _read_json(folders, "eval_validation/metrics.json"),
@@ -239,6 +242,8 @@ def _metadata(run: _Run, title: str):
 
     base_id, _ = _base(run)
     _, dataset_type, dataset_name, datasets = _data(run)
+    validation_split = run.facts.get("validation_split") or "validation"
+    splits = [(validation_split, run.results, "eval_"), ("test", run.test_results, "test_")]
     eval_results = [
         EvalResult(
             task_type="image-classification",
@@ -246,14 +251,17 @@ def _metadata(run: _Run, title: str):
             dataset_type=dataset_type,
             dataset_name=dataset_name,
             dataset_config=run.facts.get("dataset_config_name"),
-            dataset_split=run.facts.get("validation_split") or "validation",
+            dataset_split=split,
             metric_type=metric_type,
-            metric_name=metric_name,
-            metric_value=round(float(run.results[key]), 4),
+            metric_name=f"Test {metric_name[0].lower()}{metric_name[1:]}"
+            if prefix == "test_"
+            else metric_name,
+            metric_value=round(float(results[prefix + key.removeprefix("eval_")]), 4),
             metric_args=args,
         )
+        for split, results, prefix in splits
         for key, _, metric_type, metric_name, args in _METRICS
-        if metric_type and isinstance(run.results.get(key), (int, float))
+        if metric_type and isinstance(results.get(prefix + key.removeprefix("eval_")), (int, float))
     ]
     libraries = ["timm", "transformers"] if run.is_timm else ["transformers"]
     return ModelCardData(
@@ -348,8 +356,15 @@ def _evaluation_section(run: _Run) -> dict[str, Any]:
             }
             for name, row in items[:MAX_TABLE_ROWS]
         ]
+    test_rows = [
+        {"name": label, "value": _fmt(run.test_results.get(key.replace("eval_", "test_", 1)))}
+        for key, label, *_ in _METRICS
+        if key.replace("eval_", "test_", 1) in run.test_results
+    ]
     return {
         "metric_rows": metric_rows,
+        "test_rows": test_rows,
+        "test_samples": run.test_results.get("test_samples"),
         "eval_samples": run.results.get("eval_samples"),
         "curve_header": " | ".join(f"{float(e.get('epoch') or 0):g}" for e in history),
         "curve_values": " | ".join(_fmt(e["eval_accuracy"]) for e in history),

@@ -67,6 +67,7 @@ RUN_NAMES = frozenset(
         "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json", "training_args.bin",
         "bad_images.json", "adapter", "runs", ".final-partial", ".partial-checkpoints", ".feature-cache",
         ".image-cache", "run_plan.json",
+        "test_results.json",
     }
 )  # fmt: skip
 RUN_PATTERNS = (

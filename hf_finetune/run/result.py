@@ -9,6 +9,7 @@ from typing import Any
 
 from hf_finetune.hub.model_card import CARD_NAME, PER_CLASS_NAME
 from hf_finetune.inference.reports import TRAINING_FIGURES, best_epoch
+from hf_finetune.run.test_split import TEST_RESULTS
 from hf_finetune.training.checkpoints import FINAL_WEIGHTS
 from hf_finetune.training.start_point import StartingPointCallback
 
@@ -34,6 +35,7 @@ class TrainResult:
     best_metric: dict[str, float] = field(default_factory=dict)  # {metric name: its value at best_epoch}
     kept_start: bool = False  # no epoch beat the evaluation before training: the saved model is that state
     files: list[str] = field(default_factory=list)  # the main files written into output_dir
+    test_metrics: dict[str, float] = field(default_factory=dict)  # the test split, scored once at the end
 
     def summary(self) -> str:
         def fmt(metrics: dict[str, float]) -> str:
@@ -44,6 +46,11 @@ class TrainResult:
             f"before fine-tuning (epoch 0): {fmt(self.metrics_before)}",
             f"after fine-tuning:            {fmt(self.metrics_after)}",
         ]
+        if self.test_metrics:
+            keys = [k for k in ("accuracy", "top5_accuracy", "macro_f1") if f"test_{k}" in self.test_metrics]
+            scores = ", ".join(f"{k} {self.test_metrics[f'test_{k}']:.4f}" for k in keys) or "n/a"
+            count = int(self.test_metrics.get("test_samples", 0))
+            lines.append(f"test split ({count} images, scored once, chose nothing): {scores}")
         if self.best_epoch is not None:
             best = ", ".join(f"validation {k} {v:.4f}" for k, v in self.best_metric.items())
             lines.append(f"best epoch: {self.best_epoch:g}" + (f" ({best})" if best else ""))
@@ -102,7 +109,7 @@ def summarize_run(result: TrainResult, trainer, training_args, out: Path) -> Non
     if best is not None:
         result.best_epoch = best[0]
         result.best_metric = {(metric or "loss").removeprefix("eval_"): best[1]}
-    names = (*FINAL_WEIGHTS, "config.json", CARD_NAME, *TRAINING_FIGURES, PER_CLASS_NAME)
+    names = (*FINAL_WEIGHTS, "config.json", CARD_NAME, *TRAINING_FIGURES, PER_CLASS_NAME, TEST_RESULTS)
     result.files = [name for name in names if (out / name).is_file()]
     if "tensorboard" in (training_args.report_to or []):  # transformers 5 logs to OUT/runs unless told
         logs = os.environ.get("TENSORBOARD_LOGGING_DIR") or getattr(training_args, "logging_dir", None)

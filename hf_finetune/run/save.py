@@ -1,7 +1,7 @@
 """The final save: the output folder only looks like a finished model at the very end.
 
 The final files (weights, processor, ``config.json``, ``recipe.yaml``, ``labels.json``, the label mapping, the
-per-class figures ``eval_per_class.json``, the training figures and the model card ``README.md``) are written into a
+per-class figures ``eval_per_class.json``, the test split's ``test_results.json``, the training figures and the model card ``README.md``) are written into a
 hidden staging folder (:data:`STAGING`) and moved into the output folder with the weights file last, so that a crash
 at any moment never leaves a folder that looks finished.
 """
@@ -26,6 +26,7 @@ from hf_finetune.inference import reports
 from hf_finetune.inference.metrics import per_class_report
 from hf_finetune.inference.reports import TRAINING_FIGURES
 from hf_finetune.models.lora import save_lora
+from hf_finetune.run.test_split import TEST_RESULTS
 from hf_finetune.training.checkpoints import FINAL_WEIGHTS
 
 __all__ = ["STAGING", "final_model_in_place", "save_run", "save_final"]
@@ -53,7 +54,7 @@ def save_run(trainer, loaded, data, training_args, data_args, explicit, metrics,
     """Save the run: metrics, trainer state and the final model (:func:`save_final`), from the main process;
     under FSDP or DeepSpeed every rank first takes part in gathering the weights.
 
-    ``metrics``: ``{"train": ..., "eval": ...}``; ``prediction``: the final evaluation's, for the per-class figures.
+    ``metrics``: ``{"train": ..., "eval": ..., "test": ...}`` (``test``: empty without a test split); ``prediction``: the final evaluation's, for the per-class figures.
     A failed write is one :class:`~hf_finetune.errors.CheckpointWriteError` (the checkpoints are intact)."""
 
     out = Path(training_args.output_dir)
@@ -65,7 +66,9 @@ def save_run(trainer, loaded, data, training_args, data_args, explicit, metrics,
     trainer.save_state()
     report = _per_class_report(prediction, list(data.labels))
     try:
-        save_final(trainer, loaded, training_args, explicit, data_args, report, weights_saved)
+        save_final(
+            trainer, loaded, training_args, explicit, data_args, report, weights_saved, metrics.get("test")
+        )
     except FinalSaveInterrupted:
         shutil.rmtree(out / STAGING, ignore_errors=True)
         raise
@@ -119,10 +122,13 @@ def save_final(
     data_args=None,
     eval_report: dict[str, Any] | None = None,
     weights_saved: bool = False,
+    test_metrics: dict[str, Any] | None = None,
 ) -> None:
     """Write the final model so that a crash at any moment never leaves a folder that looks finished.
 
-    ``weights_saved``: the weights are already in the staging folder (:func:`_save_sharded_weights`)."""
+    ``weights_saved``: the weights are already in the staging folder (:func:`_save_sharded_weights`).
+    ``test_metrics``: the test split's figures (:mod:`hf_finetune.run.test_split`), staged as
+    ``test_results.json`` and moved into place with the rest; none: no such file (an old one goes)."""
 
     out = Path(training_args.output_dir)
     staging = out / STAGING
@@ -131,6 +137,10 @@ def save_final(
     loaded.processor.save_pretrained(str(staging))
     _fix_timm_config(staging / "config.json")
     _write_run_files(staging, loaded, explicit, data_args, eval_report)
+    if test_metrics:
+        (staging / TEST_RESULTS).write_text(
+            json.dumps(test_metrics, indent=4, sort_keys=True) + "\n", "utf-8"
+        )
     reports.write_training_figures(  # training_curves.png, confusion_matrix.png (the card shows them)
         staging,
         trainer.state.log_history,
@@ -140,7 +150,14 @@ def save_final(
         training_args.greater_is_better,
     )
     # A stale model from an earlier run goes first, with the files of it that this run may not write.
-    for name in (*FINAL_WEIGHTS, "label_mapping.json", PER_CLASS_NAME, CARD_NAME, *TRAINING_FIGURES):
+    for name in (
+        *FINAL_WEIGHTS,
+        "label_mapping.json",
+        PER_CLASS_NAME,
+        CARD_NAME,
+        *TRAINING_FIGURES,
+        TEST_RESULTS,
+    ):
         if (out / name).exists() and not (staging / name).exists():
             (out / name).unlink()
     shutil.rmtree(out / "adapter", ignore_errors=True)  # a LoRA run's adapter: stale, or replaced below

@@ -1,7 +1,10 @@
 """The training entry point: :func:`main` runs one fine-tuning as titled steps of one call each.
 
 check the Hub keys -> set up the process -> load data -> load model -> build the trainer -> train -> evaluate
--> save -> summarize -> push.
+-> test -> save -> summarize -> push.
+
+A test split (a ``test/`` folder, a Hub dataset's ``test`` split) is scored once, by the final model, after
+everything is chosen (:mod:`hf_finetune.run.test_split`); nothing before that step reads it.
 
 The output folder only looks like a finished model at the very end: checkpoints live in ``checkpoint-*``
 subfolders while training, and the final files (the model card ``README.md`` and the per-class validation
@@ -38,6 +41,7 @@ from hf_finetune.run.build import build_trainer, load_data, load_model, set_up_p
 from hf_finetune.run.output_dir import run_folder
 from hf_finetune.run.result import TrainResult, new_result, summarize_run
 from hf_finetune.run.save import STAGING, final_model_in_place, save_run
+from hf_finetune.run.test_split import score_test_split
 from hf_finetune.runtime.plan import RunPlan
 from hf_finetune.runtime.speed_plan import resolve_speed
 from hf_finetune.training.checkpoints import is_finished_model_dir, last_checkpoint
@@ -98,10 +102,12 @@ def main(
             with interrupting_final_save(trainer.state.max_steps, newest):
                 # Evaluate
                 evaluation = _evaluate(trainer, data)
+                # The final weights in place (EMA, the whole model after cached features); caches removed
+                result = _final_result(trainer, loaded, data, training_args, train_metrics, evaluation)
+                # Test: the final model scored once on the test split, when the data has one
+                result.test_metrics = score_test_split(trainer, data)
                 # Save the final model (the weights last) with its metrics, figures and model card
-                result = _save(
-                    trainer, loaded, data, training_args, data_args, explicit, train_metrics, evaluation
-                )
+                _save(trainer, loaded, data, training_args, data_args, explicit, result, evaluation)
         # Summarize: the best epoch, the files saved, one summary in the log
         _summarize(result, trainer, training_args, start)
         # Push the finished folder to the Hub (push_to_hub), from the main process only
@@ -183,15 +189,20 @@ def _evaluate(trainer, data) -> tuple[dict[str, Any], Any]:
     return eval_metrics, captured.get("prediction")
 
 
-def _save(trainer, loaded, data, training_args, data_args, explicit, train_metrics, evaluation):
-    """The run's :class:`TrainResult`, once the final model is saved (:mod:`hf_finetune.run.save`);
+def _final_result(trainer, loaded, data, training_args, train_metrics, evaluation) -> TrainResult:
+    """The run's :class:`TrainResult`, with the final weights in ``trainer.model`` (:mod:`hf_finetune.run.save`);
     ``evaluation``: ``(metrics, prediction)`` of the final evaluation (:func:`_evaluate`)."""
-    eval_metrics, prediction = evaluation
+    eval_metrics, _ = evaluation
     result = new_result(trainer, loaded, data, Path(training_args.output_dir), train_metrics, eval_metrics)
     final_model_in_place(trainer, loaded, training_args, result)
-    metrics = {"train": train_metrics, "eval": eval_metrics}
-    save_run(trainer, loaded, data, training_args, data_args, explicit, metrics, prediction)
     return result
+
+
+def _save(trainer, loaded, data, training_args, data_args, explicit, result: TrainResult, evaluation) -> None:
+    """The final save (:func:`hf_finetune.run.save.save_run`): metrics, figures, card, the weights last."""
+    eval_metrics, prediction = evaluation
+    metrics = {"train": result.train_metrics, "eval": eval_metrics, "test": result.test_metrics}
+    save_run(trainer, loaded, data, training_args, data_args, explicit, metrics, prediction)
 
 
 def _summarize(result: TrainResult, trainer, training_args, start: float) -> None:
