@@ -43,8 +43,8 @@ def folders(tmp_path_factory):
     with_test, swapped = root / "with_test", root / "swapped"
     for folder in (with_test, swapped):
         shutil.copytree(plain, folder)
-    make_image_folder(with_test / "test", {"cat": 5, "dog": 3, "zebra": 4}, seed=3)
-    make_image_folder(swapped / "test", {"cat": 5, "dog": 3, "zebra": 4}, seed=3)
+    make_image_folder(with_test / "test", {"cat": 5, "dog": 3, "zebra": 6}, seed=3)
+    make_image_folder(swapped / "test", {"cat": 5, "dog": 3, "zebra": 6}, seed=3)
     (swapped / "test" / "cat").rename(swapped / "test" / "tmp")
     (swapped / "test" / "dog").rename(swapped / "test" / "cat")
     (swapped / "test" / "tmp").rename(swapped / "test" / "dog")
@@ -62,12 +62,12 @@ def runs(tiny_hf_checkpoint, folders, tmp_path_factory):
 def test_test_results_equal_an_independent_evaluation(runs, folders):
     result, out = runs["with_test"]
     written = json.loads((out / "test_results.json").read_text())
-    assert written["test_samples"] == 12
+    assert written["test_samples"] == 14
     assert set(written) >= {"test_accuracy", "test_macro_f1", "test_loss"}
     report = evaluate_model(
         str(out), DataArguments(train_dir=str(folders["with_test"])), "test", reports=False
     )
-    assert report["num_images"] == 12
+    assert report["num_images"] == 14
     assert written["test_accuracy"] == pytest.approx(report["accuracy"], abs=1e-9)
     assert written["test_macro_f1"] == pytest.approx(report["macro_f1"], abs=1e-6)
     assert result.test_metrics == written
@@ -82,7 +82,7 @@ def test_summary_line_once_and_card_lists_the_test_split(runs):
     summary = result.summary()
     lines = [line for line in summary.splitlines() if line.startswith("test split")]
     assert lines == [
-        f"test split (12 images, scored once, chose nothing): accuracy {result.test_metrics['test_accuracy']:.4f}"
+        f"test split (14 images, scored once, chose nothing): accuracy {result.test_metrics['test_accuracy']:.4f}"
         f", macro_f1 {result.test_metrics['test_macro_f1']:.4f}"
     ]
     assert "test_results.json" in result.files
@@ -155,4 +155,17 @@ def test_each_input_mode_scores_the_saved_model(extra, tiny_hf_checkpoint, folde
         str(tmp_path / "out"), DataArguments(train_dir=str(data_dir)), "test", reports=False
     )
     assert written["test_accuracy"] == pytest.approx(report["accuracy"], abs=1e-9)
-    assert result.test_metrics["test_samples"] == 12
+    assert result.test_metrics["test_samples"] == 14
+
+
+def test_a_dataset_test_split_is_scored(tiny_hf_checkpoint, folders, tmp_path):
+    """``dataset_name`` (here a local folder ``datasets`` loads as train/validation/test splits): its ``test``
+    split is the run's test split."""
+    result = finetune(
+        ModelArguments(model_name_or_path=str(tiny_hf_checkpoint)),
+        DataArguments(dataset_name=str(folders["with_test"]), image_size=32),
+        FinetuneTrainingArguments(output_dir=str(tmp_path / "out"), **dict(SETTINGS, num_train_epochs=1)),
+    )
+    written = json.loads((tmp_path / "out" / "test_results.json").read_text())
+    assert written["test_samples"] == 14 and result.test_metrics == written
+    assert result.metrics_after["eval_samples"] == 12  # val/ is the validation split, not test/
