@@ -115,6 +115,9 @@ TABLE_JSON = r"""
 {"title": "Class imbalance: a weighted loss or a balanced sampler (BalanceArguments)", "ours": true, "keys": [
   {"flags": ["--class_balance"], "metavar": "{auto,none,weighted_loss,sampler}", "nargs": null, "help": "Class imbalance: weighted_loss (cross-entropy weighted n / (k * count) per class), sampler (draw training images with probability 1 / count of their class), none, or auto (weighted_loss when the largest training class has more than 3x the images of the smallest, else none). (default: auto)"}
 ]},
+{"title": "Extra metrics from the evaluate library (MetricsArguments)", "ours": true, "keys": [
+  {"flags": ["--metrics"], "metavar": "METRICS", "nargs": "+", "help": "Extra metrics of the evaluate library, by name (cached, the machine may be offline) or local path (e.g. ../shared/evaluate-metrics/matthews_correlation), computed on the argmax predictions of every evaluation and reported as eval_<result> beside the built-in ones (eval_evaluate_<result> when the name is taken; average=macro, as <result>_macro, for f1, precision and recall with more than 2 classes). A metric that cannot be loaded stops the run before training. (default: [])"}
+]},
 {"title": "Configuration class for controlling all aspects of model training with the Trainer (TrainingArguments)", "ours": false, "keys": [
   {"flags": ["--max_steps"], "metavar": "MAX_STEPS", "nargs": null, "help": "Overrides `num_train_epochs`. If set to a positive number, the total number of training steps to perform. Must be set when the training dataset does not implement `__len__` (e.g. a streaming dataset). (default: -1)"},
   {"flags": ["--lr_scheduler_kwargs"], "metavar": "LR_SCHEDULER_KWARGS", "nargs": null, "help": "The extra arguments for the lr_scheduler. See the documentation of each scheduler for possible values. (default: None)"},

@@ -28,6 +28,7 @@ from hf_finetune.config.checks import check_evaluation_keys, check_lora_keys, ch
 from hf_finetune.config.data import AUGMENTATIONS, DataArguments
 from hf_finetune.config.head import BATCHNORM_MODES, UNFREEZE_SCHEDULES, HeadArguments
 from hf_finetune.config.lora import LoraArguments
+from hf_finetune.config.metrics import MetricsArguments
 from hf_finetune.config.model import ModelArguments
 from hf_finetune.config.path_checks import check_writable_dir
 from hf_finetune.config.ranges import check_recipe_values
@@ -56,6 +57,7 @@ FEATURE_GROUPS = (
     LoraArguments,
     RegularizationArguments,
     BalanceArguments,
+    MetricsArguments,
 )
 
 
@@ -63,6 +65,7 @@ FEATURE_GROUPS = (
 # first, so transformers' keys come first, then each group's in the order above.
 @dataclass
 class FinetuneTrainingArguments(
+    MetricsArguments,
     BalanceArguments,
     RegularizationArguments,
     LoraArguments,
@@ -88,6 +91,7 @@ class FinetuneTrainingArguments(
         check_precision(self)
         self.check_regularization()
         self.check_balance()
+        self.check_metrics()
         self.check_early_stopping()
         check_evaluation_keys(self)
         self.check_speed()

@@ -59,6 +59,8 @@ _METRICS = (  # (eval key, label in the card, model-index type, model-index name
     ("eval_macro_f1", "macro F1", "f1", "Macro F1", {"average": "macro"}),
     ("eval_loss", "loss", None, None, None),
 )
+# The Trainer's own evaluation keys that are not metrics (left out of the extra metrics' rows)
+_TRAINER_KEYS = ("runtime", "samples_per_second", "steps_per_second", "samples", "model_preparation_time")
 
 
 # ------------------------------------------------------------------------------------------ the run's files
@@ -341,6 +343,13 @@ def _evaluation_section(run: _Run) -> dict[str, Any]:
         for key, label, *_ in _METRICS
         if key in run.results
     ]
+    if run.recipe.get("metrics"):  # the recipe's extra evaluate metrics (hf_finetune.inference.extra_metrics)
+        known = {key for key, *_ in _METRICS} | {f"eval_{key}" for key in _TRAINER_KEYS}
+        metric_rows += [
+            {"name": markdown_text(key[5:]), "before": _fmt(before.get(key)), "after": _fmt(value)}
+            for key, value in sorted(run.results.items())
+            if key.startswith("eval_") and key not in known and isinstance(value, (int, float))
+        ]
     history = run.history()
     per_class_rows, per_class_more = [], 0
     if run.per_class and isinstance(run.per_class.get("per_class"), dict):

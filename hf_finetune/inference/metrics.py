@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hf_finetune.inference.extra_metrics import extra_metric_values, load_extra_metrics
+
 if TYPE_CHECKING:
     from transformers import EvalPrediction
 
@@ -154,12 +156,23 @@ def _first_array(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def build_compute_metrics(num_classes: int) -> Callable[[EvalPrediction], dict[str, float]]:
-    """Return a ``compute_metrics`` function for :class:`transformers.Trainer`."""
+def build_compute_metrics(
+    num_classes: int, metrics: list[str] | None = None
+) -> Callable[[EvalPrediction], dict[str, float]]:
+    """Return a ``compute_metrics`` function for :class:`transformers.Trainer`.
+
+    ``metrics``: the ``metrics`` recipe key, ``evaluate`` metric names or paths, loaded here (a
+    :class:`~hf_finetune.errors.ConfigError` when one cannot be) and computed after the built-in ones
+    (:mod:`hf_finetune.inference.extra_metrics`)."""
+
+    modules = load_extra_metrics(metrics)
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         logits = _first_array(prediction.predictions)
         labels = _first_array(prediction.label_ids)
-        return classification_metrics(logits, labels, num_classes)
+        values = classification_metrics(logits, labels, num_classes)
+        if modules:
+            values.update(extra_metric_values(modules, logits, labels))
+        return values
 
     return compute_metrics

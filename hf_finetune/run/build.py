@@ -210,7 +210,7 @@ def _new_trainer(inputs: TrainingInputs, loaded, data, args, callbacks, checkpoi
         train_dataset=inputs.train_dataset,
         eval_dataset=inputs.eval_dataset,
         data_collator=inputs.collator,
-        compute_metrics=build_compute_metrics(len(data.labels)),
+        compute_metrics=build_compute_metrics(len(data.labels), args.metrics),
         processing_class=loaded.processor,
         callbacks=callbacks,
         head_names=inputs.head_names,

@@ -37,6 +37,7 @@ from hf_finetune.data.image_check import write_bad_image_report
 from hf_finetune.errors import TrainingInterrupted
 from hf_finetune.hub import push as hub_push
 from hf_finetune.hub.push import check_hub_arguments
+from hf_finetune.inference.extra_metrics import load_extra_metrics
 from hf_finetune.run.build import build_trainer, load_data, load_model, set_up_process
 from hf_finetune.run.output_dir import run_folder
 from hf_finetune.run.result import TrainResult, new_result, summarize_run
@@ -72,6 +73,7 @@ def main(
         plan = RunPlan() if plan is None else plan
         # Check the Hub keys: before any training, a bad Hub setting loses nothing
         push_repo = check_hub_arguments(training_args)
+        load_extra_metrics(training_args.metrics)  # the extra metrics: one that cannot load stops here
         # Choose the speed keys' auto values for this machine, into the plan (a copy of the parsed arguments)
         training_args = resolve_speed(training_args, plan)
         with _final_push_only(training_args):

@@ -1,0 +1,55 @@
+"""Extra metrics key: metrics of the ``evaluate`` library computed beside the built-in ones.
+
+* ``metrics``: ``evaluate`` metric names (cached) or local paths to metric scripts, e.g.
+  ``[../shared/evaluate-metrics/matthews_correlation]``; one string is read as a list of one.
+
+Loaded when the run is built, before training (:func:`hf_finetune.inference.extra_metrics.load_extra_metrics`),
+and computed on every evaluation (:func:`hf_finetune.inference.metrics.build_compute_metrics`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hf_finetune.errors import ConfigError
+
+__all__ = ["MetricsArguments", "check_metric_names"]
+
+
+def check_metric_names(value) -> list[str]:
+    """``metrics`` as a list of non-empty strings (one string is a list of one; None is empty)."""
+
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)):
+        raise ConfigError(
+            f"metrics: got {value!r}; expected a list of evaluate metric names or paths, "
+            "e.g. [../shared/evaluate-metrics/f1]"
+        )
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(
+                f"metrics: got the entry {name!r}; expected a non-empty evaluate metric name or path, "
+                "e.g. ../shared/evaluate-metrics/f1"
+            )
+    return [name.strip() for name in names]
+
+
+@dataclass
+class MetricsArguments:
+    """Extra metrics from the ``evaluate`` library."""
+
+    metrics: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Extra metrics of the evaluate library, by name (cached, the machine may be offline) or local "
+            "path (e.g. ../shared/evaluate-metrics/matthews_correlation), computed on the argmax predictions of "
+            "every evaluation and reported as eval_<result> beside the built-in ones (eval_evaluate_<result> "
+            "when the name is taken; average=macro, as <result>_macro, for f1, precision and recall with more "
+            "than 2 classes). A metric that cannot be loaded stops the run before training."
+        },
+    )
+
+    def check_metrics(self) -> None:
+        self.metrics = check_metric_names(self.metrics)
