@@ -21,18 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from hf_finetune.config.parser import DATACLASSES, RecipeParser
+from hf_finetune.config.reference import declaring_class
 
 __all__ = ["DATA_MODULE", "REGENERATE", "build_table", "render_module", "main"]
 
 DATA_MODULE = Path(__file__).resolve().with_name("key_table_data.py")
 REGENERATE = "python -m hf_finetune.cli.key_table --write"
-
-
-def _declaring_class(cls: type, name: str) -> type:
-    for klass in cls.__mro__:
-        if name in inspect.get_annotations(klass):
-            return klass
-    return cls  # pragma: no cover - every dataclass field is annotated somewhere
 
 
 def _title(klass: type) -> str:
@@ -75,7 +69,7 @@ def _groups(top: type) -> list[dict[str, Any]]:
     for action in parser._actions:
         if not action.option_strings or action.dest == "help" or action.help == argparse.SUPPRESS:
             continue
-        klass = _declaring_class(top, action.dest)
+        klass = declaring_class(top, action.dest)
         ours = klass.__module__.split(".")[0] == "hf_finetune"
         group = groups.setdefault(klass, {"title": _title(klass), "ours": ours, "keys": []})
         group["keys"].append(_entry(action, formatter))

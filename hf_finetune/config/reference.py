@@ -29,7 +29,7 @@ from transformers import TrainingArguments
 from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
 from hf_finetune.config.ranges import RANGES
 
-__all__ = ["PAGE", "REGENERATE", "render_recipe_keys", "main"]
+__all__ = ["PAGE", "REGENERATE", "declaring_class", "render_recipe_keys", "main"]
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "recipe-keys.md"
 REGENERATE = "python -m hf_finetune.config.reference --write"
@@ -39,7 +39,7 @@ _TRANSFORMERS_DOCS = (
 _TOP_CLASSES = (ModelArguments, DataArguments, FinetuneTrainingArguments)
 
 
-def _declaring_class(cls: type, name: str) -> type:
+def declaring_class(cls: type, name: str) -> type:
     """The first class in ``cls``'s MRO whose own annotations declare ``name``."""
     for klass in cls.__mro__:
         if name in inspect.get_annotations(klass):
@@ -112,7 +112,7 @@ def _groups() -> dict[type, list[dataclasses.Field]]:
     groups: dict[type, list[dataclasses.Field]] = {}
     for top in _TOP_CLASSES:
         for f in dataclasses.fields(top):
-            klass = _declaring_class(top, f.name)
+            klass = declaring_class(top, f.name)
             if _is_ours(klass):
                 groups.setdefault(klass, []).append(f)
     for klass, fields in groups.items():
