@@ -35,8 +35,8 @@ import yaml
 from conftest import ROOT, SOURCE_LABELS
 from hub_server import LocalHub
 
-from hf_finetune.hub import push as hub_module
 from hf_finetune.errors import ConfigError, HubError
+from hf_finetune.hub import push as hub_module
 from hf_finetune.hub.model_card import render_model_card
 
 SOURCE_REPO = "test-org/tiny-timm-source"
