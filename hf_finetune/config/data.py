@@ -3,7 +3,9 @@
 * the source, exactly one of ``dataset_name`` (a Hub dataset), ``train_dir`` (an image folder) or
   ``train_file`` (a CSV/JSONL file), with its validation split, columns and sample limits;
 * the preprocessing: ``image_size``, ``augmentation``, ``crop_scale_min``, ``hflip_prob``;
-* ``strict``: whether a bad image file is an error or skipped and listed.
+* ``strict``: whether a bad image file is an error or skipped and listed;
+* the kind of labels: ``problem_type`` (one class per image, or a set of classes per image) and
+  ``label_separator`` (how one text cell names several classes).
 
 Read by :mod:`hf_finetune.data`.
 """
@@ -14,9 +16,10 @@ from dataclasses import dataclass, field
 
 from hf_finetune.config.ranges import check_recipe_values, require
 
-__all__ = ["DataArguments", "AUGMENTATIONS"]
+__all__ = ["DataArguments", "AUGMENTATIONS", "PROBLEM_TYPES"]
 
 AUGMENTATIONS = ("rrc_flip", "flip", "none")
+PROBLEM_TYPES = ("auto", "single_label", "multi_label")
 
 
 @dataclass
@@ -58,6 +61,29 @@ class DataArguments:
     )
     validation_file: str | None = field(
         default=None, metadata={"help": "A CSV or JSONL file of (image path, label) rows for validation."}
+    )
+    test_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A CSV or JSONL file of (image path, label) rows scored once by the final model, after "
+            "training; nothing the run chooses reads it."
+        },
+    )
+    problem_type: str = field(
+        default="auto",
+        metadata={
+            "help": "single_label (one class per image, softmax), multi_label (a set of classes per image, "
+            "sigmoid and binary cross-entropy, an empty set allowed) or auto: multi_label when the label column "
+            "holds lists, a Sequence feature or text with label_separator in it, else single_label.",
+            "choices": list(PROBLEM_TYPES),
+        },
+    )
+    label_separator: str = field(
+        default=";",
+        metadata={
+            "help": "The character that separates class names in one text label (hotdog;food) of multi-label "
+            "data; an empty string never splits."
+        },
     )
     image_column_name: str | None = field(
         default=None,
@@ -144,3 +170,22 @@ class DataArguments:
             0.0 < self.crop_scale_min <= 1.0, "crop_scale_min", self.crop_scale_min, "a fraction in (0, 1]"
         )
         require(0.0 <= self.hflip_prob <= 1.0, "hflip_prob", self.hflip_prob, "a probability in [0, 1]")
+        require(
+            self.problem_type in PROBLEM_TYPES,
+            "problem_type",
+            self.problem_type,
+            f"one of {list(PROBLEM_TYPES)}",
+        )
+        require(
+            isinstance(self.label_separator, str) and len(self.label_separator.strip()) <= 1
+            and self.label_separator == self.label_separator.strip(),
+            "label_separator",
+            self.label_separator,
+            "one character that is not a space, or an empty string",
+        )
+        require(
+            self.test_file is None or self.train_file is not None,
+            "test_file",
+            self.test_file,
+            "test_file with train_file (an image folder has test/, a dataset its test split)",
+        )

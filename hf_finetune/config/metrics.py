@@ -3,6 +3,9 @@
 * ``metrics``: ``evaluate`` metric names (cached) or local paths to metric scripts, e.g.
   ``[../shared/evaluate-metrics/matthews_correlation]``; one string is read as a list of one.
 
+* ``threshold``: how a multi-label model's per-class decision thresholds are chosen on the validation split at
+  the end of training (``per_class``, ``global``, or one fixed number); saved with the model.
+
 Loaded when the run is built, before training (:func:`hf_finetune.inference.extra_metrics.load_extra_metrics`),
 and computed on every evaluation (:func:`hf_finetune.inference.metrics.build_compute_metrics`).
 """
@@ -13,7 +16,26 @@ from dataclasses import dataclass, field
 
 from hf_finetune.errors import ConfigError
 
-__all__ = ["MetricsArguments", "check_metric_names"]
+__all__ = ["MetricsArguments", "THRESHOLD_MODES", "check_metric_names", "check_threshold"]
+
+THRESHOLD_MODES = ("per_class", "global")
+
+
+def check_threshold(value) -> str | float:
+    """``threshold`` as ``per_class``, ``global`` or a float in (0, 1) (a number given as text is read)."""
+
+    if isinstance(value, str) and value.strip() in THRESHOLD_MODES:
+        return value.strip()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0.0 < number < 1.0 or isinstance(value, bool):
+        raise ConfigError(
+            f"threshold: got {value!r}; expected per_class, global or a probability in (0, 1) such as 0.5"
+        )
+    return number
+
 
 
 def check_metric_names(value) -> list[str]:
@@ -51,5 +73,16 @@ class MetricsArguments:
         },
     )
 
+    threshold: str = field(
+        default="per_class",
+        metadata={
+            "help": "Multi-label models: per_class (each class's threshold maximises its F1 on the validation "
+            "split at the end of training), global (one threshold maximising the micro F1 there) or a fixed "
+            "probability such as 0.5. Saved with the model (config.json label_thresholds) and used by predict, "
+            "eval and the model card; the test split never chooses it."
+        },
+    )
+
     def check_metrics(self) -> None:
         self.metrics = check_metric_names(self.metrics)
+        self.threshold = check_threshold(self.threshold)
