@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hf_finetune.inference.extra_metrics import extra_metric_values, load_extra_metrics
+from hf_finetune.inference.multi_label_metrics import multi_label_metrics
 
 if TYPE_CHECKING:
     from transformers import EvalPrediction
@@ -157,22 +158,33 @@ def _first_array(value: Any) -> np.ndarray:
 
 
 def build_compute_metrics(
-    num_classes: int, metrics: list[str] | None = None
+    num_classes: int, metrics: list[str] | None = None, multi_label: bool = False
 ) -> Callable[[EvalPrediction], dict[str, float]]:
     """Return a ``compute_metrics`` function for :class:`transformers.Trainer`.
 
-    ``metrics``: the ``metrics`` recipe key, ``evaluate`` metric names or paths, loaded here (a
-    :class:`~hf_finetune.errors.ConfigError` when one cannot be) and computed after the built-in ones
-    (:mod:`hf_finetune.inference.extra_metrics`)."""
+    ``metrics``: the ``metrics`` recipe key, ``evaluate`` metric names or paths (``NAME:CONFIG`` for a config),
+    loaded here (a :class:`~hf_finetune.errors.ConfigError` when one cannot be, or cannot take the data's labels)
+    and computed after the built-in ones (:mod:`hf_finetune.inference.extra_metrics`).
 
-    modules = load_extra_metrics(metrics)
+    ``multi_label``: the labels are ``(N, K)`` multi-hot rows and the built-in metrics are
+    :func:`~hf_finetune.inference.multi_label_metrics.multi_label_metrics` (``map``, ``map_micro``, ``f1_micro``,
+    ``f1_macro``, ``exact_match``) at the threshold 0.5 for every class: during training the thresholds are not
+    chosen yet (they are fitted on the validation split at the end), so the F1s and the exact match of the
+    evaluations are those at 0.5, and ``map`` (which needs no threshold) is the one to choose the model by."""
+
+    modules = load_extra_metrics(metrics, multi_label=multi_label)
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         logits = _first_array(prediction.predictions)
         labels = _first_array(prediction.label_ids)
-        values = classification_metrics(logits, labels, num_classes)
+        if multi_label:
+            if logits.ndim != 2 or logits.shape[1] != num_classes:
+                raise ValueError(f"num_classes={num_classes} but logits have shape {logits.shape}")
+            values = multi_label_metrics(logits, labels)
+        else:
+            values = classification_metrics(logits, labels, num_classes)
         if modules:
-            values.update(extra_metric_values(modules, logits, labels))
+            values.update(extra_metric_values(modules, logits, labels, multi_label=multi_label))
         return values
 
     return compute_metrics
