@@ -18,6 +18,7 @@ from PIL import Image
 
 from hf_finetune.inference import reports
 from hf_finetune.inference.metrics import confusion_matrix
+from hf_finetune.inference.precision_recall import precision_recall_curve
 
 
 def _predictions(num_classes: int, num_images: int, seed: int = 0):
@@ -163,6 +164,99 @@ def test_write_training_figures_logs_a_failure_and_goes_on(tmp_path, caplog):
     written = reports.write_training_figures(tmp_path, HISTORY, report, ["a", "b"])
     assert written == [reports.TRAINING_CURVES_NAME]
     assert any("confusion_matrix.png not written" in r.getMessage() for r in caplog.records)
+
+
+# -------------------------------------------------------------------------------------------- multi-label
+def _multi_label(num_classes: int, num_images: int, seed: int = 0, rates=None):
+    """Multi-hot targets (class k positive with probability rates[k]) and logits that favour the positives."""
+    rng = np.random.default_rng(seed)
+    rates = np.linspace(0.05, 0.6, num_classes) if rates is None else np.asarray(rates)
+    targets = (rng.random((num_images, num_classes)) < rates).astype(np.float32)
+    logits = rng.normal(size=(num_images, num_classes)) + 1.5 * targets
+    return targets, np.round(logits, 1)  # rounded: tied scores, which the curves must group
+
+
+def test_precision_recall_curve_equals_sklearn():
+    from sklearn.metrics import average_precision_score
+    from sklearn.metrics import precision_recall_curve as sklearn_curve
+
+    targets, logits = _multi_label(6, 150, seed=4)
+    for k in range(6):
+        precision, recall, ap = precision_recall_curve(logits[:, k], targets[:, k])
+        expected_precision, expected_recall, _ = sklearn_curve(targets[:, k], logits[:, k])
+        np.testing.assert_allclose(precision, expected_precision[:-1][::-1], rtol=1e-12)
+        np.testing.assert_allclose(recall, expected_recall[:-1][::-1], rtol=1e-12)
+        assert ap == pytest.approx(average_precision_score(targets[:, k], logits[:, k]), abs=1e-12)
+    assert np.isnan(precision_recall_curve([0.3, 0.9], [0, 0])[2])  # no positives
+
+
+def test_per_image_losses_of_multi_hot_targets_are_summed_bce():
+    import torch
+
+    targets, logits = _multi_label(5, 40, seed=6)
+    targets[3] = 0.0  # an image without any class
+    scores = reports.per_image_losses(logits, targets)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor(logits), torch.tensor(targets, dtype=torch.float64), reduction="none"
+    ).sum(1)
+    np.testing.assert_allclose(scores["loss"], expected.numpy(), rtol=1e-10)
+    probabilities = torch.tensor(logits).sigmoid().numpy()
+    np.testing.assert_allclose(scores["probability"], probabilities.max(1), rtol=1e-10)
+    assert scores["true_probability"][3] == 1.0
+    first = np.flatnonzero(targets[0])
+    assert scores["true_probability"][0] == pytest.approx(
+        probabilities[0, first].min() if len(first) else 1.0
+    )
+
+
+def test_precision_recall_png_legend_holds_each_class_ap(tmp_path):
+    from sklearn.metrics import average_precision_score
+
+    targets, logits = _multi_label(4, 120, seed=1)
+    targets[:, 3] = 0.0  # a class without positives: listed, not drawn
+    names = ["ant", "bee", "$cat{", "dog"]
+    figure = reports.plot_precision_recall(1 / (1 + np.exp(-logits)), targets, names, tmp_path / "pr.png")
+    _check_png(figure.path, (900, 600), (900, 600))
+    assert figure.classes == [0, 1, 2, 3]
+    expected = [average_precision_score(targets[:, k], logits[:, k]) for k in range(3)]
+    np.testing.assert_allclose(figure.average_precision[:3], expected, atol=1e-12)
+    assert figure.legend[:3] == [f"{n} (AP {ap:.4f})" for n, ap in zip(names, expected, strict=False)]
+    assert figure.legend[3] == "dog (AP n/a, no positives)"
+    assert f"mAP {np.mean(expected):.4f} over 3 classes with positives" in figure.title
+    assert "shown:" not in figure.title
+
+
+def test_precision_recall_png_above_20_classes_keeps_the_20_most_frequent(tmp_path):
+    rates = np.random.default_rng(9).permutation(np.linspace(0.03, 0.9, 30))
+    targets, logits = _multi_label(30, 400, seed=2, rates=rates)
+    counts = targets.sum(0)
+    assert len(set(counts)) == 30  # distinct counts: the 20 most frequent are one set
+    names = [f"class {k}" for k in range(30)]
+    figure = reports.plot_precision_recall(logits, targets, names, tmp_path / "pr.png")
+    assert figure.classes == sorted(range(30), key=lambda k: -counts[k])[:20]
+    assert len(figure.legend) == 20 and figure.legend[0].startswith(f"class {int(np.argmax(counts))} (AP")
+    assert "shown: the 20 of 30 classes with the most positive images" in figure.title
+    _check_png(figure.path, (900, 600), (900, 600))
+
+
+def test_write_eval_reports_of_a_multi_label_evaluation(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", {"a": 3, "b": 3}, size=(40, 40), seed=3)
+    images = sorted(str(p) for p in root.rglob("*.png"))
+    targets, logits = _multi_label(3, 6, seed=5)
+    written = reports.write_eval_reports(tmp_path / "eval", logits, targets, ["x", "y", "z"], images, top_k=4)
+    assert [p.name for p in written] == ["precision_recall.png", "top_losses.png"]
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["precision_recall.png", "top_losses.png"]
+    _check_png(tmp_path / "eval" / "top_losses.png", (1200, 340), (1200, 340))  # 4 x 1 tiles
+    names = reports.write_training_figures(
+        tmp_path / "eval",
+        HISTORY,
+        {"multi_label": True},
+        ["x", "y", "z"],
+        probabilities=logits,
+        targets=targets,
+    )
+    assert names == [reports.TRAINING_CURVES_NAME, reports.PRECISION_RECALL_NAME]
+    assert not (tmp_path / "eval" / "confusion_matrix.png").exists()
 
 
 # ----------------------------------------------------------------------------------------- end to end

@@ -4,7 +4,8 @@ training curves of a run.
 ``hf-finetune eval`` writes :data:`CONFUSION_MATRIX_NAME`, :data:`MOST_CONFUSED_NAME` and
 :data:`TOP_LOSSES_NAME` beside its ``metrics.json`` (:func:`write_eval_reports`); training writes
 :data:`TRAINING_CURVES_NAME` and the confusion matrix of its final validation evaluation into the output
-folder (:func:`write_training_figures`), and the model card shows both.
+folder (:func:`write_training_figures`), and the model card shows both. A multi-label evaluation draws
+:data:`PRECISION_RECALL_NAME` (:mod:`hf_finetune.inference.precision_recall`) in place of both confusion files.
 
 The numbers plotted come from functions that return them (:func:`normalized_confusion`,
 :func:`most_confused`, :func:`per_image_losses`, :func:`training_curves`), so they can be checked apart from
@@ -27,7 +28,14 @@ import numpy as np
 
 from hf_finetune.data.image_check import image_name, open_image
 from hf_finetune.escaping import PLAIN_TEXT, csv_cell
+from hf_finetune.inference.figures import new_figure as _figure
+from hf_finetune.inference.figures import short_name as _short
 from hf_finetune.inference.metrics import confusion_matrix
+from hf_finetune.inference.precision_recall import (
+    PRECISION_RECALL_NAME,
+    PrecisionRecallFigure,
+    plot_precision_recall,
+)
 
 __all__ = [
     "CONFUSION_MATRIX_NAME",
@@ -35,9 +43,13 @@ __all__ = [
     "TOP_LOSSES_NAME",
     "TRAINING_CURVES_NAME",
     "TRAINING_FIGURES",
+    "PRECISION_RECALL_NAME",
+    "PrecisionRecallFigure",
+    "plot_precision_recall",
     "normalized_confusion",
     "most_confused",
     "write_most_confused",
+    "is_multi_hot",
     "per_image_losses",
     "training_curves",
     "best_epoch",
@@ -54,12 +66,12 @@ CONFUSION_MATRIX_NAME = "confusion_matrix.png"
 MOST_CONFUSED_NAME = "most_confused.csv"
 TOP_LOSSES_NAME = "top_losses.png"
 TRAINING_CURVES_NAME = "training_curves.png"
-#: The figures training writes into its output folder.
-TRAINING_FIGURES = (TRAINING_CURVES_NAME, CONFUSION_MATRIX_NAME)
+#: The figures training writes into its output folder (a multi-label run: the precision-recall curves in place
+#: of the confusion matrix).
+TRAINING_FIGURES = (TRAINING_CURVES_NAME, CONFUSION_MATRIX_NAME, PRECISION_RECALL_NAME)
 
 MAX_TICK_LABELS = 40  # more classes than this: every k-th tick label is shown
 MAX_ANNOTATED = 20  # up to this many classes, each cell shows its share
-DPI = 100
 
 
 # ------------------------------------------------------------------------------------------------ numbers
@@ -108,9 +120,23 @@ def write_most_confused(matrix: Any, label_names: Sequence[str], path: str | Pat
     return path
 
 
+def is_multi_hot(logits: Any, labels: Any) -> bool:
+    """Whether ``labels`` are multi-hot rows (N, K) beside (N, K) ``logits``, K > 1 (a multi-label evaluation),
+    rather than one class index per image."""
+    labels, shape = np.asarray(labels), np.shape(logits)
+    return labels.ndim == 2 and labels.shape == tuple(shape) and labels.shape[1] > 1
+
+
 def per_image_losses(logits: Any, labels: Any) -> dict[str, np.ndarray]:
     """Per image: ``loss`` (cross-entropy of the true class, natural log), ``predicted`` (argmax),
-    ``probability`` (softmax probability of the predicted class) and ``true_probability``; float64."""
+    ``probability`` (softmax probability of the predicted class) and ``true_probability``; float64.
+
+    Multi-hot ``labels`` (N, K) (:func:`is_multi_hot`): ``loss`` is the binary cross-entropy of the sigmoid
+    outputs summed over the K classes (the image's share of ``BCEWithLogitsLoss`` times K), ``probabilities``
+    (N, K) the sigmoid outputs, ``predicted`` / ``probability`` the highest-scoring class and its probability,
+    ``true_probability`` the lowest probability among the image's classes (1.0 for an image without any)."""
+    if is_multi_hot(logits, labels):
+        return _multi_label_losses(np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.float64))
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -122,6 +148,21 @@ def per_image_losses(logits: Any, labels: Any) -> dict[str, np.ndarray]:
         "predicted": predicted,
         "probability": np.exp(log_probs[rows, predicted]),
         "true_probability": np.exp(log_probs[rows, labels]),
+    }
+
+
+def _multi_label_losses(logits: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    # log(1 + exp(-|x|)) form: no overflow for large logits of either sign
+    bce = np.maximum(logits, 0.0) - logits * targets + np.log1p(np.exp(-np.abs(logits)))
+    probabilities = 1.0 / (1.0 + np.exp(-logits))
+    predicted = np.argmax(logits, axis=1)
+    true_probability = np.where(targets > 0.5, probabilities, 1.0).min(axis=1)
+    return {
+        "loss": bce.sum(axis=1),
+        "probabilities": probabilities,
+        "predicted": predicted,
+        "probability": probabilities[np.arange(len(logits)), predicted],
+        "true_probability": true_probability,
     }
 
 
@@ -165,20 +206,6 @@ def best_epoch(
 
 
 # -------------------------------------------------------------------------------------------------- plots
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _short(name: str, limit: int = 24) -> str:
-    name = str(name)
-    return name if len(name) <= limit else name[: limit - 1] + "…"
-
-
 def plot_confusion_matrix(
     matrix: Any, label_names: Sequence[str], path: str | Path, title: str | None = None
 ) -> Path:
@@ -238,15 +265,22 @@ def plot_top_losses(
     path: str | Path,
     k: int = 16,
     columns: int = 4,
+    thresholds: Any = None,
 ) -> Path:
     """A grid of the ``k`` images with the highest loss into ``path`` (PNG); each title gives the true class,
     the predicted class with its probability, and the loss with the probability of the true class.
 
+    Multi-hot ``labels`` (:func:`is_multi_hot`): the loss is the image's binary cross-entropy summed over the
+    classes; each title gives the true classes and the predicted ones (sigmoid probability at least the
+    class's entry of ``thresholds``, 0.5 each without them), highest first.
+
     ``images`` are what the dataset's image column holds (paths, ``{"path", "bytes"}`` or PIL images); an
     image that cannot be opened is drawn as an empty tile with its reason."""
 
+    multi = is_multi_hot(logits, labels)
     scores = per_image_losses(logits, labels)
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    labels = np.asarray(labels, dtype=np.float64) if multi else np.asarray(labels, dtype=np.int64).reshape(-1)
+    cut = np.full(len(label_names), 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     worst = np.argsort(-scores["loss"], kind="stable")[: max(1, min(k, len(labels)))]
     columns = max(1, min(columns, len(worst)))
     rows = math.ceil(len(worst) / columns)
@@ -261,15 +295,12 @@ def plot_top_losses(
         except Exception as err:  # an unreadable file must not cost the report
             reason = _short(f"{type(err).__name__}: {err}", 40)
             ax.text(0.5, 0.5, reason, ha="center", fontsize=7, **PLAIN_TEXT)
-        true, predicted = int(labels[index]), int(scores["predicted"][index])
-        ax.set_title(
-            f"true: {_short(label_names[true], 20)}\n"
-            f"pred: {_short(label_names[predicted], 20)} ({scores['probability'][index]:.2f})\n"
-            f"loss {scores['loss'][index]:.2f}, p(true) {scores['true_probability'][index]:.2f}",
-            fontsize=8,
-            color="black" if true == predicted else "darkred",
-            **PLAIN_TEXT,
+        title, right = (
+            _multi_label_title(scores, labels, index, label_names, cut)
+            if multi
+            else _single_label_title(scores, labels, index, label_names)
         )
+        ax.set_title(title, fontsize=8, color="black" if right else "darkred", **PLAIN_TEXT)
         ax.text(
             0.0,
             -0.02,
@@ -285,10 +316,38 @@ def plot_top_losses(
     return path
 
 
+def _single_label_title(scores, labels, index, label_names) -> tuple[str, bool]:
+    true, predicted = int(labels[index]), int(scores["predicted"][index])
+    title = (
+        f"true: {_short(label_names[true], 20)}\n"
+        f"pred: {_short(label_names[predicted], 20)} ({scores['probability'][index]:.2f})\n"
+        f"loss {scores['loss'][index]:.2f}, p(true) {scores['true_probability'][index]:.2f}"
+    )
+    return title, true == predicted
+
+
+def _multi_label_title(scores, labels, index, label_names, thresholds) -> tuple[str, bool]:
+    probabilities = scores["probabilities"][index]
+    truth = labels[index] > 0.5
+    called = probabilities >= thresholds
+    by_score = np.argsort(-probabilities, kind="stable")
+
+    def names(mask) -> str:
+        chosen = [_short(label_names[c], 12) for c in by_score if mask[c]]
+        text = ", ".join(chosen[:3]) + (f" +{len(chosen) - 3}" if len(chosen) > 3 else "")
+        return text or "(none)"
+
+    title = f"true: {names(truth)}\npred: {names(called)}\nloss {scores['loss'][index]:.2f}"
+    return title, bool(np.array_equal(truth, called))
+
+
 _METRIC_NAMES = {
     "eval_accuracy": "accuracy",
     "eval_top5_accuracy": "top-5 accuracy",
     "eval_macro_f1": "macro F1",
+    "eval_map": "mAP",
+    "eval_map_micro": "micro mAP",
+    "eval_f1_micro": "micro F1",
 }
 
 
@@ -347,13 +406,28 @@ def write_eval_reports(
     label_names: Sequence[str],
     images: Sequence[Any],
     top_k: int = 16,
+    thresholds: Any = None,
 ) -> list[Path]:
     """Write the confusion matrix, the most confused pairs and the worst images of one evaluation into
-    ``folder``; returns the files written. ``labels`` index ``label_names`` (the logits' columns)."""
+    ``folder``; returns the files written. ``labels`` index ``label_names`` (the logits' columns).
+
+    A multi-label evaluation (``labels`` multi-hot (N, K), :func:`is_multi_hot`) writes
+    :data:`PRECISION_RECALL_NAME` (one curve per class of the sigmoid outputs) and the worst images by summed
+    binary cross-entropy (predicted: the classes at or above ``thresholds``, 0.5 each without them); no
+    confusion matrix and no most-confused pairs."""
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     logits = np.asarray(logits)
+    if is_multi_hot(logits, labels):
+        targets = np.asarray(labels, dtype=np.float64)
+        probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        pr = plot_precision_recall(probabilities, targets, label_names, folder / PRECISION_RECALL_NAME)
+        losses = folder / TOP_LOSSES_NAME
+        return [
+            pr.path,
+            plot_top_losses(images, targets, logits, label_names, losses, k=top_k, thresholds=thresholds),
+        ]
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     matrix = confusion_matrix(np.argmax(logits, axis=1), labels, len(label_names))
     return [
@@ -370,10 +444,14 @@ def write_training_figures(
     label_names: Sequence[str],
     metric: str | None = "accuracy",
     greater_is_better: bool | None = None,
+    probabilities: Any = None,
+    targets: Any = None,
 ) -> list[str]:
     """Write :data:`TRAINING_CURVES_NAME` and, from the final evaluation's report
     (:func:`hf_finetune.inference.metrics.per_class_report`), :data:`CONFUSION_MATRIX_NAME` into ``folder``; returns
-    the names written. A figure that fails is logged and left out: a plot must never cost the model."""
+    the names written. A multi-label run (``probabilities`` and multi-hot ``targets`` (N, K) of the final
+    evaluation given) writes :data:`PRECISION_RECALL_NAME` in place of the confusion matrix. A figure that
+    fails is logged and left out: a plot must never cost the model."""
     written = []
     folder = Path(folder)
     jobs = [
@@ -390,6 +468,15 @@ def write_training_figures(
                 CONFUSION_MATRIX_NAME,
                 lambda: plot_confusion_matrix(
                     eval_report["confusion_matrix"], label_names, folder / CONFUSION_MATRIX_NAME
+                ),
+            )
+        )
+    if probabilities is not None and targets is not None:
+        jobs.append(
+            (
+                PRECISION_RECALL_NAME,
+                lambda: plot_precision_recall(
+                    probabilities, targets, label_names, folder / PRECISION_RECALL_NAME
                 ),
             )
         )
