@@ -1,7 +1,10 @@
 """Extra metrics key: metrics of the ``evaluate`` library computed beside the built-in ones.
 
 * ``metrics``: ``evaluate`` metric names (cached) or local paths to metric scripts, e.g.
-  ``[../shared/evaluate-metrics/matthews_correlation]``; one string is read as a list of one.
+  ``[../shared/evaluate-metrics/matthews_correlation]``; one string is read as a list of one. ``NAME:CONFIG``
+  loads a config (``roc_auc:multilabel``; split on the last ``:`` only when an identifier follows and the
+  string is not an existing path); on multi-label data a metric's ``multilabel`` config is picked when none is
+  given (:func:`hf_finetune.inference.extra_metrics.split_metric_spec`).
 
 * ``threshold``: how a multi-label model's per-class decision thresholds are chosen on the validation split at
   the end of training (``per_class``, ``global``, or one fixed number); saved with the model.
@@ -37,7 +40,6 @@ def check_threshold(value) -> str | float:
     return number
 
 
-
 def check_metric_names(value) -> list[str]:
     """``metrics`` as a list of non-empty strings (one string is a list of one; None is empty)."""
 
@@ -69,7 +71,10 @@ class MetricsArguments:
             "path (e.g. ../shared/evaluate-metrics/matthews_correlation), computed on the argmax predictions of "
             "every evaluation and reported as eval_<result> beside the built-in ones (eval_evaluate_<result> "
             "when the name is taken; average=macro, as <result>_macro, for f1, precision and recall with more "
-            "than 2 classes). A metric that cannot be loaded stops the run before training."
+            "than 2 classes). NAME:CONFIG loads a config (roc_auc:multilabel); on multi-label data the "
+            "multi-hot predictions at 0.5 or the sigmoid probabilities are scored and a metric's multilabel "
+            "config is picked when none is given. A metric that cannot be loaded, or cannot take the data's "
+            "labels, stops the run before training."
         },
     )
 
@@ -77,7 +82,7 @@ class MetricsArguments:
         default="per_class",
         metadata={
             "help": "Multi-label models: per_class (each class's threshold maximises its F1 on the validation "
-            "split at the end of training), global (one threshold maximising the micro F1 there) or a fixed "
+            "split at the end of training; a class with no positive there keeps 0.5), global (one threshold maximising the micro F1 there) or a fixed "
             "probability such as 0.5. Saved with the model (config.json label_thresholds) and used by predict, "
             "eval and the model card; the test split never chooses it."
         },
