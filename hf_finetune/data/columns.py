@@ -13,7 +13,17 @@ from hf_finetune.errors import DataError, suggest
 
 __all__ = ["IMAGE_COLUMN_NAMES", "LABEL_COLUMN_NAMES", "contract_features", "column_values", "find_columns"]
 
-IMAGE_COLUMN_NAMES = ("image", "img", "picture", "photo", "path", "file", "filepath", "image_path")
+IMAGE_COLUMN_NAMES = (
+    "image",
+    "img",
+    "picture",
+    "photo",
+    "path",
+    "file",
+    "filepath",
+    "image_path",
+    "file_name",
+)
 LABEL_COLUMN_NAMES = ("label", "labels", "target", "class", "category", "fine_label")
 
 

@@ -16,7 +16,11 @@ from hf_finetune.data.image_check import check_image_files, strict_refusal, summ
 from hf_finetune.data.images import IMAGE_EXTENSIONS, is_image_file
 from hf_finetune.errors import DataError
 
-__all__ = ["scan_folder"]
+__all__ = ["METADATA_NAMES", "metadata_file", "scan_folder"]
+
+#: The labels file of an image folder (``datasets``' imagefolder convention): a ``file_name`` column relative to
+#: the folder, and the label column.
+METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
 
 # One split of a local source before it becomes a Dataset: image paths and their label names.
 _Rows = tuple[list[str], list[str]]
@@ -47,6 +51,17 @@ def _files_under(folder: Path, key: str = "train_dir") -> list[str]:
                     found.append(utf8_name(entry.path, key))
     found.sort(key=lambda path: path.split(os.sep))
     return found
+
+
+def metadata_file(folder: Path, key: str) -> Path | None:
+    """The labels file of ``folder`` (``metadata.csv`` or ``metadata.jsonl``), ``None`` when it has none; both
+    is an error."""
+    found = [folder / name for name in METADATA_NAMES if (folder / name).is_file()]
+    if len(found) > 1:
+        raise DataError(
+            f"{key}: {folder} holds both {found[0].name} and {found[1].name}; keep one labels file"
+        )
+    return found[0] if found else None
 
 
 def _class_folders(root: Path, key: str) -> list[Path]:

@@ -1,5 +1,10 @@
 """A source named by ``dataset_name``: a dataset on the Hub, or a local dataset folder (``load_dataset``'s or one
-written by ``save_to_disk``), reduced to the ``image``/``label`` splits of the data contract."""
+written by ``save_to_disk``), reduced to the ``image``/``label`` splits of the data contract.
+
+A label column of lists (``List``/``Sequence`` of ``ClassLabel``, strings or integers), or of text holding
+``label_separator``, makes the splits multi-label (multi-hot ``label``; see :mod:`hf_finetune.data.label_sets`).
+The classes of a ``Sequence(ClassLabel)`` column are its names, in its order (as for a ``ClassLabel`` column);
+otherwise the names found in train, sorted. A row naming a class train lacks is an error naming split and row."""
 
 from __future__ import annotations
 
@@ -13,6 +18,14 @@ import datasets
 from hf_finetune.config.arguments import DataArguments
 from hf_finetune.data.class_names import check_case_collisions, check_split_labels, label_name, sorted_names
 from hf_finetune.data.columns import column_values, contract_features, find_columns
+from hf_finetune.data.label_sets import (
+    choose_multi_label,
+    is_list_feature,
+    label_set,
+    multi_hot_rows,
+    several_labels_row,
+)
+from hf_finetune.data.multi_label import multi_hot_features
 from hf_finetune.errors import DataError, suggest
 
 __all__ = ["VALIDATION_SPLIT_NAMES", "hub_dataset_splits"]
@@ -31,6 +44,11 @@ def hub_dataset_splits(
     raw, source, local = _load(data_args, cache_dir)
     chosen = _chosen_splits(raw, data_args, source)
     image_column, label_column = find_columns(chosen["train"].features, data_args, source)
+    found = [
+        _label_sets_found(d, label_column, data_args.label_separator, source, s) for s, d in chosen.items()
+    ]
+    if choose_multi_label(data_args.problem_type, found):
+        return _multi_label_splits(chosen, image_column, label_column, data_args, source, local)
     train_label = chosen["train"].features[label_column]
     if isinstance(train_label, datasets.ClassLabel):
         labels = list(train_label.names)
@@ -114,6 +132,83 @@ def _chosen_splits(
     if "test" in raw and "test" not in used:
         chosen["test"] = raw["test"]
     return chosen
+
+
+def _split_name(dataset: datasets.Dataset, split: str) -> str:
+    return str(dataset.split) if dataset.split is not None else split
+
+
+def _label_sets_found(
+    dataset: datasets.Dataset, column: str, separator: str, source: str, split: str
+) -> tuple[str, int | None, Any]:
+    """(the split, the index of its first row naming a set of classes or ``None``, that row's label)."""
+    where = f"{source} split {_split_name(dataset, split)}"
+    feature = dataset.features.get(column)
+    if feature is None or not (is_list_feature(feature) or _is_text(feature)):
+        return where, None, None
+    values = column_values(dataset, column)
+    row = several_labels_row(values, separator)
+    return where, row, (values[row] if row is not None else None)
+
+
+def _inner(feature: Any) -> Any:
+    """The element feature of a list feature; ``None`` for another feature."""
+    if not is_list_feature(feature):
+        return None
+    return feature[0] if isinstance(feature, list) else feature.feature
+
+
+def _is_text(feature: Any) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _row_sets(dataset: datasets.Dataset, column: str, separator: str, where: str) -> list[tuple[str, ...]]:
+    """The set of class names of every row (``()`` for an unlabelled one)."""
+    feature = dataset.features[column]
+    values = column_values(dataset, column)
+    inner = _inner(feature)
+    if isinstance(inner, datasets.ClassLabel):
+        return [
+            tuple(sorted_names({inner.names[i] for i in row if i is not None and i >= 0})) if row else ()
+            for row in values
+        ]
+    if isinstance(feature, datasets.ClassLabel):
+        return [(feature.names[i],) if i is not None and i >= 0 else () for i in values]
+    return [label_set(value, separator, f"{where} row {row}") for row, value in enumerate(values, 1)]
+
+
+def _multi_label_splits(
+    chosen: dict[str, datasets.Dataset],
+    image_column: str,
+    label_column: str,
+    data_args: DataArguments,
+    source: str,
+    local: Path,
+) -> tuple[dict[str, datasets.Dataset], list[str], str]:
+    """The multi-hot splits: the classes of a ``Sequence(ClassLabel)``/``ClassLabel`` train column in its order,
+    else the names train holds, sorted; a row of another split naming a class train lacks is an error."""
+    train_feature = chosen["train"].features[label_column]
+    inner = _inner(train_feature)
+    sets: dict[str, list[tuple[str, ...]]] = {}
+    for split, dataset in chosen.items():
+        where = f"{source} split {_split_name(dataset, split)}"
+        for column in (image_column, label_column):
+            if column not in dataset.features:
+                raise DataError(f"{where}: column {column!r} not found; columns: {list(dataset.features)}")
+        sets[split] = _row_sets(dataset, label_column, data_args.label_separator, where)
+    if isinstance(inner, datasets.ClassLabel) or isinstance(train_feature, datasets.ClassLabel):
+        labels = list((inner if inner is not None else train_feature).names)
+    else:
+        labels = sorted_names({name for names in sets["train"] for name in names})
+    if not labels:
+        raise DataError(f"{source}: no train row has a label; expected at least one class")
+    check_case_collisions(labels, source)
+    features = multi_hot_features(labels)
+    splits = {}
+    for split, dataset in chosen.items():
+        hot = multi_hot_rows(sets[split], labels, f"{source} split {_split_name(dataset, split)}")
+        splits[split] = _to_contract(dataset, image_column, label_column, hot, features, local)
+    return splits, labels, source + " (multi-label)"
 
 
 def _check_label_feature(feature: Any, column: str, where: str) -> None:

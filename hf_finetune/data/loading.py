@@ -17,6 +17,14 @@ Labels of every split are matched to the train labels by *name*; a validation cl
 train, or a train class missing from validation, is a :class:`~hf_finetune.errors.DataError`
 rather than a silently wrong score. When the source has no validation split, a stratified, seeded
 share of train (``train_val_split``) is held out.
+
+Multi-label data (``problem_type: multi_label``, or ``auto`` finding a list or a ``label_separator`` in a label
+column; :mod:`hf_finetune.data.label_sets`) ends with a multi-hot ``label``
+(:func:`hf_finetune.data.multi_label.multi_hot_features`). There a validation or test row naming a class train
+lacks is an error naming the file and row, a train class without a positive in validation is only warned, and
+the hold-out is a seeded permutation (:func:`hf_finetune.data.label_sets.multi_label_split_indices`). An image
+folder may hold a labels file (``metadata.csv``/``metadata.jsonl`` with a ``file_name`` column) in place of
+class folders, as may each of its ``train/``, ``val/`` and ``test/`` subfolders.
 """
 
 from __future__ import annotations
@@ -31,11 +39,18 @@ import datasets
 from hf_finetune.config.arguments import DataArguments
 from hf_finetune.data.class_names import check_case_collisions, check_split_labels, sorted_names
 from hf_finetune.data.columns import contract_features
-from hf_finetune.data.folders import scan_folder
+from hf_finetune.data.folders import metadata_file, scan_folder
 from hf_finetune.data.hub_dataset import hub_dataset_splits
 from hf_finetune.data.image_check import REPORT_NAME, reset_decode_failures, summarize_reasons
+from hf_finetune.data.label_sets import (
+    choose_multi_label,
+    multi_hot_rows,
+    multi_label_split_indices,
+    warn_classes_without_positives,
+)
+from hf_finetune.data.multi_label import is_multi_label, multi_hot_column, multi_hot_features
 from hf_finetune.data.splits import label_column, label_counts, stratified_split_indices
-from hf_finetune.data.tables import read_table, table_kind
+from hf_finetune.data.tables import LabelTable, open_table, table_kind, table_label_sets, table_rows
 from hf_finetune.errors import DataError
 
 __all__ = ["LoadedData", "load_image_dataset"]
@@ -46,6 +61,9 @@ logger = logging.getLogger(__name__)
 _Rows = tuple[list[str], list[str]]
 # Files the up-front check skipped: (path, reason), in the order they were found.
 _Bad = list[tuple[str, str]]
+# One split of a local source before its rows are read: a folder of class folders (and its recipe key), or an
+# opened labels file.
+_Pending = tuple[Path, str] | LabelTable
 
 
 @dataclass
@@ -56,6 +74,11 @@ class LoadedData:
     labels: list[str]
     source: str
     bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) skipped by the check
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the splits are multi-label (a multi-hot ``label`` column)."""
+        return is_multi_label(self.dataset["train"])
 
     def bad_files_summary(self) -> str | None:
         """One line: how many files the up-front check skipped and why; ``None`` when none."""
@@ -70,16 +93,21 @@ class LoadedData:
 
     def summary(self) -> str:
         """A few lines: the source, then the number of images per split and per class."""
-        lines = [f"{len(self.labels)} classes from {self.source}"]
+        kind = " (multi-label: images per class are positives)" if self.multi_label else ""
+        lines = [f"{len(self.labels)} classes from {self.source}{kind}"]
         for split, dataset in self.dataset.items():
-            counts = label_counts(dataset)
+            counts = label_counts(dataset, self.labels)
+            per_image = ""
+            if self.multi_label:
+                mean = sum(counts.values()) / len(dataset) if len(dataset) else 0.0
+                per_image = f", {mean:.2f} labels per image"
             if len(counts) <= 10:
                 detail = ", ".join(f"{name} {count}" for name, count in counts.items())
             else:
                 low = min(counts, key=counts.__getitem__)
                 high = max(counts, key=counts.__getitem__)
                 detail = f"per class {counts[low]} ({low}) to {counts[high]} ({high})"
-            lines.append(f"  {split}: {len(dataset)} images ({detail})")
+            lines.append(f"  {split}: {len(dataset)} images{per_image} ({detail})")
         if self.bad_files:
             lines.append(
                 f"  skipped: {len(self.bad_files)} bad image files "
@@ -107,22 +135,33 @@ def load_image_dataset(
         splits, labels, source = _from_local(data_args, cache_dir, bad, strict)
     bad = list(dict(bad).items())  # a folder scanned twice (train_dir also validation_dir) lists a file once
 
+    multi = is_multi_label(splits["train"])
     if "validation" not in splits:
-        train_idx, val_idx = stratified_split_indices(
-            label_column(splits["train"]), data_args.train_val_split, seed, labels
-        )
+        if multi:
+            train_idx, val_idx = multi_label_split_indices(
+                len(splits["train"]), data_args.train_val_split, seed
+            )
+            how = "seeded permutation"
+        else:
+            train_idx, val_idx = stratified_split_indices(
+                label_column(splits["train"]), data_args.train_val_split, seed, labels
+            )
+            how = "stratified"
         splits["validation"] = splits["train"].select(val_idx)
         splits["train"] = splits["train"].select(train_idx)
-        source += f"; validation: {data_args.train_val_split:.0%} of train held out (stratified, seed {seed})"
+        source += f"; validation: {data_args.train_val_split:.0%} of train held out ({how}, seed {seed})"
     if len(splits["validation"]) == 0:
         raise DataError(
-            f"{source}: no validation images (every class has a single image); "
-            "add images or a validation split"
+            f"{source}: no validation images ("
+            + ("train has a single image" if multi else "every class has a single image")
+            + "); add images or a validation split"
         )
 
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if limit is not None and limit < len(splits[split]):
             splits[split] = splits[split].shuffle(seed=seed).select(range(limit))
+    if multi:
+        warn_classes_without_positives("validation", multi_hot_column(splits["validation"]), labels)
 
     order = [name for name in ("train", "validation", "test") if name in splits]
     data = LoadedData(datasets.DatasetDict({name: splits[name] for name in order}), labels, source, bad)
@@ -137,50 +176,12 @@ def _from_local(
 ) -> tuple[dict[str, datasets.Dataset], list[str], str]:
     """The splits of an image folder or CSV/JSONL file; files the up-front check refuses are skipped and
     appended to ``bad`` (``strict``: the first is an error instead)."""
-    rows: dict[str, _Rows] = {}
-    if data_args.train_dir is not None:
-        root = _existing(
-            data_args.train_dir, "train_dir", "a folder of CLASS/*.jpg or train/ and val/ subfolders"
-        )
-        if not root.is_dir():
-            raise DataError(
-                f"train_dir: {root} is not a folder; "
-                "expected a folder of CLASS/*.jpg or train/ and val/ subfolders"
-            )
-        if (root / "train").is_dir():
-            found = ["train/"]
-            rows["train"] = scan_folder(root / "train", "train_dir", bad, strict)
-            for name in ("val", "validation"):
-                if data_args.validation_dir is None and (root / name).is_dir():
-                    rows["validation"] = scan_folder(root / name, "train_dir", bad, strict)
-                    found.append(f"{name}/")
-                    break
-            if (root / "test").is_dir():
-                rows["test"] = scan_folder(root / "test", "train_dir", bad, strict)
-                found.append("test/")
-            source = f"image folder {root} ({', '.join(found)})"
-        else:
-            rows["train"] = scan_folder(root, "train_dir", bad, strict)
-            source = f"image folder {root}"
-    else:
-        path = _existing(
-            data_args.train_file, "train_file", "a CSV or JSONL file of (image path, label) rows"
-        )
-        rows["train"] = read_table(path, "train_file", data_args, cache_dir, bad, strict)
-        source = f"{table_kind(path, 'train_file')} file {path}"
-
-    if data_args.validation_dir is not None and data_args.validation_file is not None:
-        raise DataError("validation_dir/validation_file: both are set; expected at most one of them")
-    if data_args.validation_dir is not None:
-        folder = _existing(data_args.validation_dir, "validation_dir", "a folder of CLASS/*.jpg")
-        rows["validation"] = scan_folder(folder, "validation_dir", bad, strict)
-        source += f", validation folder {folder}"
-    elif data_args.validation_file is not None:
-        path = _existing(
-            data_args.validation_file, "validation_file", "a CSV or JSONL file of (image path, label) rows"
-        )
-        rows["validation"] = read_table(path, "validation_file", data_args, cache_dir, bad, strict)
-        source += f", validation file {path}"
+    pending, source = _local_sources(data_args, cache_dir)
+    tables = [item for item in pending.values() if isinstance(item, LabelTable)]
+    separator = data_args.label_separator
+    if choose_multi_label(data_args.problem_type, [table_label_sets(table, separator) for table in tables]):
+        return _multi_label_splits(pending, source, data_args, bad, strict)
+    rows = {split: _read(item, data_args, bad, strict) for split, item in pending.items()}
 
     labels = sorted_names(set(rows["train"][1]))
     check_case_collisions(labels, source)
@@ -194,6 +195,97 @@ def _from_local(
             {"image": paths, "label": [ids[name] for name in names]}, features=features
         )
     return splits, labels, source
+
+
+def _local_sources(data_args: DataArguments, cache_dir: str | None) -> tuple[dict[str, _Pending], str]:
+    """Each split of an image folder or CSV/JSONL source, before its rows are read, and the source's
+    description. A folder holding a labels file (``metadata.csv``/``metadata.jsonl``) is read as that file."""
+    pending: dict[str, _Pending] = {}
+
+    def folder(path: Path, key: str) -> _Pending:
+        labels_file = metadata_file(path, key) if path.is_dir() else None
+        return (path, key) if labels_file is None else open_table(labels_file, key, data_args, cache_dir)
+
+    if data_args.train_dir is not None:
+        root = _existing(
+            data_args.train_dir, "train_dir", "a folder of CLASS/*.jpg or train/ and val/ subfolders"
+        )
+        if not root.is_dir():
+            raise DataError(
+                f"train_dir: {root} is not a folder; "
+                "expected a folder of CLASS/*.jpg or train/ and val/ subfolders"
+            )
+        if (root / "train").is_dir():
+            found = ["train/"]
+            pending["train"] = folder(root / "train", "train_dir")
+            for name in ("val", "validation"):
+                if data_args.validation_dir is None and (root / name).is_dir():
+                    pending["validation"] = folder(root / name, "train_dir")
+                    found.append(f"{name}/")
+                    break
+            if (root / "test").is_dir():
+                pending["test"] = folder(root / "test", "train_dir")
+                found.append("test/")
+            source = f"image folder {root} ({', '.join(found)})"
+        else:
+            pending["train"] = folder(root, "train_dir")
+            source = f"image folder {root}"
+    else:
+        path = _existing(
+            data_args.train_file, "train_file", "a CSV or JSONL file of (image path, label) rows"
+        )
+        pending["train"] = open_table(path, "train_file", data_args, cache_dir)
+        source = f"{table_kind(path, 'train_file')} file {path}"
+
+    if data_args.validation_dir is not None and data_args.validation_file is not None:
+        raise DataError("validation_dir/validation_file: both are set; expected at most one of them")
+    if data_args.validation_dir is not None:
+        path = _existing(data_args.validation_dir, "validation_dir", "a folder of CLASS/*.jpg")
+        pending["validation"] = folder(path, "validation_dir")
+        source += f", validation folder {path}"
+    for key, split in (("validation_file", "validation"), ("test_file", "test")):
+        value = getattr(data_args, key)
+        if value is not None:
+            path = _existing(value, key, "a CSV or JSONL file of (image path, label) rows")
+            pending[split] = open_table(path, key, data_args, cache_dir)
+            source += f", {split} file {path}"
+    return pending, source
+
+
+def _read(
+    item: _Pending,
+    data_args: DataArguments,
+    bad: _Bad,
+    strict: bool,
+    multi_label: bool = False,
+    known: list[str] | None = None,
+) -> tuple[list[str], list]:
+    """The rows of one pending split (names, or tuples of names when ``multi_label``)."""
+    if isinstance(item, LabelTable):
+        return table_rows(item, data_args, bad, strict, multi_label, known)
+    paths, names = scan_folder(*item, bad, strict)
+    return (paths, [(name,) for name in names]) if multi_label else (paths, names)
+
+
+def _multi_label_splits(
+    pending: dict[str, _Pending], source: str, data_args: DataArguments, bad: _Bad, strict: bool
+) -> tuple[dict[str, datasets.Dataset], list[str], str]:
+    """The multi-hot splits of a local source: the classes are train's; a validation/test row naming another
+    is an error naming its file and row."""
+    rows = {"train": _read(pending["train"], data_args, bad, strict, multi_label=True)}
+    labels = sorted_names({name for names in rows["train"][1] for name in names})
+    if not labels:
+        raise DataError(f"{source}: no train image has a label; expected at least one class")
+    check_case_collisions(labels, source)
+    for split, item in pending.items():
+        if split != "train":
+            rows[split] = _read(item, data_args, bad, strict, multi_label=True, known=labels)
+    features = multi_hot_features(labels)
+    splits = {}
+    for split, (paths, sets) in rows.items():
+        hot = multi_hot_rows(sets, labels, f"{source} split {split}")
+        splits[split] = datasets.Dataset.from_dict({"image": paths, "label": hot}, features=features)
+    return splits, labels, source + " (multi-label)"
 
 
 def _existing(value: str | None, key: str, expected: str) -> Path:

@@ -10,6 +10,7 @@ import datasets
 import numpy as np
 
 from hf_finetune.data.columns import column_values
+from hf_finetune.data.multi_label import is_multi_label, positive_counts
 
 __all__ = ["label_column", "label_counts", "stratified_split_indices"]
 
@@ -21,8 +22,14 @@ def label_column(dataset: datasets.Dataset) -> np.ndarray:
     return np.asarray(column_values(dataset, "label", numpy=True), dtype=np.int64)
 
 
-def label_counts(dataset: datasets.Dataset) -> dict[str, int]:
-    """Images per class name of a split, in label-id order (classes without images count 0)."""
+def label_counts(dataset: datasets.Dataset, names: Sequence[str] | None = None) -> dict[str, int]:
+    """Images per class name of a split, in label-id order (classes without images count 0). For a multi-label
+    split, the images holding each class (its positives); its class names are ``names`` (a multi-hot column
+    carries none: ``"0"``, ``"1"``, ... without them)."""
+    if is_multi_label(dataset):
+        positives = positive_counts(dataset)
+        names = list(names) if names is not None else [str(i) for i in range(len(positives))]
+        return {name: int(count) for name, count in zip(names, positives, strict=True)}
     names = dataset.features["label"].names
     counts = (
         np.bincount(label_column(dataset), minlength=len(names)) if len(dataset) else np.zeros(len(names))

@@ -1,10 +1,15 @@
 """CSV and JSONL files of (image path, label) rows: read as text, every row checked, every image file checked up
-front (a file the check refuses is skipped and listed, or, with ``strict``, is an error)."""
+front (a file the check refuses is skipped and listed, or, with ``strict``, is an error).
+
+A file is opened once (:func:`open_table`); whether its label column names sets of classes is read from it
+(:func:`table_label_sets`) before its rows are made (:func:`table_rows`): one class name per row, or, for
+multi-label data, a tuple of names per row (:func:`hf_finetune.data.label_sets.label_set`)."""
 
 from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +19,24 @@ from hf_finetune.config.arguments import DataArguments
 from hf_finetune.data.class_names import label_name, sorted_names
 from hf_finetune.data.columns import column_values, find_columns
 from hf_finetune.data.image_check import check_image_files, strict_refusal, summarize_reasons
+from hf_finetune.data.label_sets import label_set, multi_hot_rows, several_labels_row
 from hf_finetune.errors import DataError
 
-__all__ = ["TABLE_FORMATS", "table_kind", "read_table"]
+__all__ = [
+    "TABLE_FORMATS",
+    "LabelTable",
+    "table_kind",
+    "open_table",
+    "table_label_sets",
+    "table_rows",
+    "read_table",
+]
 
 TABLE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json"}
 
-# One split of a local source before it becomes a Dataset: image paths and their label names.
-_Rows = tuple[list[str], list[str]]
+# One split of a local source before it becomes a Dataset: image paths and their label names (a tuple of names
+# per row for multi-label data).
+_Rows = tuple[list[str], list]
 # Files the up-front check skipped: (path, reason), in the order they were found.
 _Bad = list[tuple[str, str]]
 
@@ -46,9 +61,50 @@ def read_table(
     or label, or naming a file that does not exist, is an error naming the row; a file the image check
     refuses is skipped and appended to ``bad`` (``strict``: an error); a class all of whose files are bad
     is an error naming it."""
+    return table_rows(open_table(path, key, data_args, cache_dir), data_args, bad, strict)
+
+
+@dataclass
+class LabelTable:
+    """A CSV/JSONL file read, with its image and label columns found and their values."""
+
+    path: Path
+    key: str
+    image_column: str
+    label_column: str
+    images: list
+    labels: list
+
+
+def open_table(path: Path, key: str, data_args: DataArguments, cache_dir: str | None) -> LabelTable:
+    """Read a CSV/JSONL file and find its image and label columns (an unreadable or empty file is an error)."""
     table = _load_table(path, key, cache_dir)
-    paths, names = _table_rows(table, path, key, data_args)
-    return _keep_good_files(paths, names, path, key, bad, strict)
+    image_column, label_column = find_columns(table.features, data_args, f"{key} {path}")
+    images, labels = column_values(table, image_column), column_values(table, label_column)
+    return LabelTable(path, key, image_column, label_column, images, labels)
+
+
+def table_label_sets(table: LabelTable, separator: str) -> tuple[str, int | None, object]:
+    """(the file, the index of its first row naming a set of classes or ``None``, that row's label), for
+    :func:`hf_finetune.data.label_sets.choose_multi_label`."""
+    row = several_labels_row(table.labels, separator)
+    return f"{table.key}: {table.path}", row, (table.labels[row] if row is not None else None)
+
+
+def table_rows(
+    table: LabelTable,
+    data_args: DataArguments,
+    bad: _Bad | None = None,
+    strict: bool = False,
+    multi_label: bool = False,
+    known: list[str] | None = None,
+) -> _Rows:
+    """The rows of an opened file, as :func:`read_table` returns them; with ``multi_label`` each row's labels are
+    a tuple of names (empty: an image with no class), checked against ``known`` (the train classes) if given."""
+    paths, names = _table_rows(table, data_args, multi_label)
+    if multi_label and known is not None:
+        multi_hot_rows(names, known, f"{table.key}: {table.path}")
+    return _keep_good_files(paths, names, table.path, table.key, bad, strict)
 
 
 def _load_table(path: Path, key: str, cache_dir: str | None) -> datasets.Dataset:
@@ -88,19 +144,18 @@ def _load_table(path: Path, key: str, cache_dir: str | None) -> datasets.Dataset
     return table
 
 
-def _table_rows(table: datasets.Dataset, path: Path, key: str, data_args: DataArguments) -> _Rows:
+def _table_rows(table: LabelTable, data_args: DataArguments, multi_label: bool) -> _Rows:
     """(absolute image paths, label names) of every row; relative paths are read from the file's folder. A row
-    without a path or label, or naming a file that does not exist, is an error naming the row."""
-    image_column, label_column = find_columns(table.features, data_args, f"{key} {path}")
+    without a path or (single-label) label, or naming a file that does not exist, is an error naming the row."""
+    path, key, image_column, label_column = table.path, table.key, table.image_column, table.label_column
     folder = path.parent
     paths: list[str] = []
-    names: list[str] = []
-    images, labels = column_values(table, image_column), column_values(table, label_column)
-    for row, (image, label) in enumerate(zip(images, labels, strict=True), start=1):
+    names: list = []
+    for row, (image, label) in enumerate(zip(table.images, table.labels, strict=True), start=1):
         where = f"{key}: {path} row {row}"
         if image is None or str(image).strip() == "":
             raise DataError(f"{where}: empty image path in column {image_column!r}")
-        name = label_name(label)
+        name = label_set(label, data_args.label_separator, where) if multi_label else label_name(label)
         if name is None:
             raise DataError(f"{where}: empty label in column {label_column!r} (image {image!r})")
         file = Path(os.path.expanduser(str(image).strip()))
@@ -113,24 +168,31 @@ def _table_rows(table: datasets.Dataset, path: Path, key: str, data_args: DataAr
 
 
 def _keep_good_files(
-    paths: list[str], names: list[str], path: Path, key: str, bad: _Bad | None, strict: bool
+    paths: list[str], names: list, path: Path, key: str, bad: _Bad | None, strict: bool
 ) -> _Rows:
     """The rows whose image file passes the up-front check; the others are appended to ``bad`` (``strict``:
     the first is an error). A class left without images is an error naming it."""
     kept_paths: list[str] = []
-    kept_names: list[str] = []
+    kept_names: list = []
+    kept_classes: set[str] = set()
     skipped: dict[str, list[tuple[str, str]]] = {}
+    skipped_files: list[tuple[str, str]] = []
     for row, (file, name, reason) in enumerate(zip(paths, names, check_image_files(paths), strict=True), 1):
+        classes = (name,) if isinstance(name, str) else name
         if reason is None:
             kept_paths.append(file)
             kept_names.append(name)
+            kept_classes.update(classes)
         elif strict:
             raise strict_refusal(key, f"{path} row {row}: image ", file, reason)
         else:
-            skipped.setdefault(name, []).append((file, reason))
-    if bad is not None:
-        bad.extend(entry for entries in skipped.values() for entry in entries)
-    emptied = sorted_names(set(skipped) - set(kept_names))
+            skipped_files.append((file, reason))
+            for one in classes:
+                skipped.setdefault(one, []).append((file, reason))
+    if bad is not None:  # single-label: listed class by class; multi-label: in file order
+        single = all(isinstance(name, str) for name in names)
+        bad.extend([entry for entries in skipped.values() for entry in entries] if single else skipped_files)
+    emptied = sorted_names(set(skipped) - kept_classes)
     if emptied:
         name = emptied[0]
         file, reason = skipped[name][0]

@@ -1,0 +1,148 @@
+"""Multi-label rows: a raw label value read as a set of class names, whether a label column holds sets (the
+``problem_type: auto`` decision), the multi-hot rows of a split checked against the train classes, and the
+seeded validation hold-out of a multi-label train split.
+
+A label value names a set of classes when it is a list (a JSONL list, a Hub ``List``/``Sequence`` feature) or text
+holding ``label_separator`` (``hotdog;food``). Each name is stripped; repeated names in one row are merged; an
+empty value (``[]``, an empty CSV cell, ``None``) is an image with no class (a row of zeros). An empty name inside
+a list (``a;;b``, ``["a", ""]``) and a list element holding the separator (``["hot;dog"]``) are errors naming the
+row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+
+from hf_finetune.data.class_names import label_name, sorted_names
+from hf_finetune.errors import DataError, suggest
+
+__all__ = [
+    "is_list_feature",
+    "label_set",
+    "several_labels_row",
+    "choose_multi_label",
+    "multi_hot_rows",
+    "warn_classes_without_positives",
+    "multi_label_split_indices",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def is_list_feature(feature: Any) -> bool:
+    """Whether a label feature holds a list per row (``List``/``Sequence``/``LargeList``, of any values)."""
+    return isinstance(feature, (datasets.Sequence, datasets.List, datasets.LargeList, list))
+
+
+def label_set(value: Any, separator: str, where: str) -> tuple[str, ...]:
+    """The class names of one raw label value, stripped, merged, sorted (:func:`sorted_names`); ``()`` for an
+    empty value. ``where`` (file and row) starts the one-line error of a bad value."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ()
+    if isinstance(value, (list, tuple)):
+        names = []
+        for element in value:
+            name = label_name(element)
+            if name is None:
+                raise DataError(f"{where}: empty class name in the label list {list(value)!r}")
+            if separator and separator in name:
+                raise DataError(
+                    f"{where}: class name {name!r} in the label list {list(value)!r} contains the label_separator "
+                    f"{separator!r}; rename the class, or set label_separator to another character"
+                )
+            names.append(name)
+        return tuple(sorted_names(set(names)))
+    text = str(value) if not isinstance(value, str) else value
+    if separator and separator in text:
+        parts = [part.strip() for part in text.split(separator)]
+        if any(not part for part in parts):
+            raise DataError(
+                f"{where}: empty class name in the label {text!r} (split at {separator!r}); "
+                "expected names separated by one separator each"
+            )
+        return tuple(sorted_names(set(parts)))
+    name = label_name(value)
+    return () if name is None else (name,)
+
+
+def several_labels_row(values: Sequence[Any], separator: str) -> int | None:
+    """The index of the first value naming several classes (a list of two or more, or text holding the
+    separator), else of the first list value; ``None`` when every value is one plain label."""
+    first_list = None
+    for index, value in enumerate(values):
+        if isinstance(value, (list, tuple)):
+            if len(value) >= 2:
+                return index
+            first_list = index if first_list is None else first_list
+        elif isinstance(value, str) and separator and separator in value:
+            return index
+    return first_list
+
+
+def choose_multi_label(problem_type: str, found: Sequence[tuple[str, int | None, Any]]) -> bool:
+    """Whether the source is multi-label. ``found`` holds, per labelled file or split, (its name, the index of
+    its first row naming a set of classes or ``None``, that row's value). ``auto``: multi-label when any has
+    one; ``single_label`` with one is an error naming the file/split and the row."""
+    if problem_type == "multi_label":
+        return True
+    hit = next(((where, row, value) for where, row, value in found if row is not None), None)
+    if hit is None:
+        return False
+    if problem_type == "single_label":
+        where, row, value = hit
+        raise DataError(
+            f"{where} row {row + 1}: label {value!r} names a set of classes, but problem_type is single_label; "
+            "set problem_type: multi_label (or auto) to train on sets of classes"
+        )
+    return True
+
+
+def multi_hot_rows(
+    sets: Sequence[tuple[str, ...]], labels: Sequence[str], where: str, rows: Sequence[int] | None = None
+) -> list[list[float]]:
+    """The multi-hot row of every set of names; a name not among ``labels`` (the train classes) is an error
+    naming ``where`` and the row (``rows[i]``, else ``i + 1``)."""
+    index = {name: i for i, name in enumerate(labels)}
+    out = np.zeros((len(sets), len(labels)), dtype=np.float32)
+    for position, names in enumerate(sets):
+        for name in names:
+            column = index.get(name)
+            if column is None:
+                row = rows[position] if rows is not None else position + 1
+                shown = list(labels) if len(labels) <= 20 else f"{len(labels)} classes"
+                raise DataError(
+                    f"{where} row {row}: class {name!r} is not among the train classes {shown}"
+                    f"{suggest(name, labels)}; every class must have training images"
+                )
+            out[position, column] = 1.0
+    return out.tolist()
+
+
+def warn_classes_without_positives(split: str, multi_hot: np.ndarray, labels: Sequence[str]) -> list[str]:
+    """Warn (and return) the classes no image of a multi-label split holds: their AP is not defined there and
+    mAP skips them."""
+    counts = multi_hot.sum(axis=0) if len(multi_hot) else np.zeros(len(labels))
+    missing = [name for name, count in zip(labels, counts, strict=True) if count == 0]
+    if missing:
+        logger.warning(
+            "%s: %d of %d classes have no positive image (%s); their AP is not defined there and mAP skips them",
+            split,
+            len(missing),
+            len(labels),
+            ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else ""),
+        )
+    return missing
+
+
+def multi_label_split_indices(rows: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) row indices of a multi-label train split: a seeded permutation (not iterative
+    stratification) holds out ``round(rows * fraction)`` rows, at least 1 and at most ``rows - 1``. Both lists
+    come back sorted."""
+    count = min(max(1, round(rows * fraction)), rows - 1) if rows >= 2 else 0
+    order = np.random.default_rng(seed).permutation(rows)
+    return sorted(int(i) for i in order[count:]), sorted(int(i) for i in order[:count])
