@@ -333,3 +333,35 @@ def test_label_set_directly():
     assert label_set([2, 10, 2], ";", "w") == ("2", "10")
     assert label_set(None, ";", "w") == () and label_set("  ", ";", "w") == ()
     assert label_set("a;b", "", "w") == ("a;b",)
+
+
+def test_single_label_metadata_folders_and_forced_multi_label_class_labels(tmp_path):
+    root = tmp_path / "flat"
+    names = _images(root, 4)
+    _csv(
+        root / "metadata.csv",
+        list(zip(names, ["red", "blue", "red", "blue"], strict=True)),
+        "file_name,label",
+    )
+    val = tmp_path / "val"
+    val_names = _images(val, 2, "val")
+    _jsonl(
+        val / "metadata.jsonl",
+        [{"file_name": n, "label": c} for n, c in zip(val_names, ["blue", "red"], strict=True)],
+    )
+    data = _load(tmp_path, train_dir=str(root), validation_dir=str(val))
+    assert not data.multi_label and data.labels == ["blue", "red"]
+    assert label_counts(data.dataset["train"]) == {"blue": 2, "red": 2}
+    assert label_counts(data.dataset["validation"]) == {"blue": 1, "red": 1}
+
+    feature = datasets.Features(
+        {"image": datasets.Value("string"), "label": datasets.ClassLabel(names=["p", "q"])}
+    )
+    saved = tmp_path / "saved"
+    datasets.DatasetDict(
+        _hub_splits(tmp_path / "hub", {"train": [1, 0, 1], "validation": [0]}, feature)
+    ).save_to_disk(str(saved))
+    forced = _load(tmp_path, dataset_name=str(saved), problem_type="multi_label")
+    assert forced.multi_label and forced.labels == ["p", "q"]
+    assert multi_hot_column(forced.dataset["train"]).tolist() == [[0, 1], [1, 0], [0, 1]]
+    assert multi_hot_column(forced.dataset["validation"]).tolist() == [[1, 0]]
