@@ -80,7 +80,9 @@ def test_csv_with_separator_becomes_multi_hot(tmp_path):
     assert label_counts(data.dataset["train"], data.labels) == {"cat": 2, "food": 4, "hotdog": 3}
     assert label_counts(data.dataset["train"]) == {"0": 2, "1": 4, "2": 3}
     summary = data.summary()
-    assert "multi-label" in summary
+    assert summary.startswith(
+        f"3 classes (multi-label; per class: the images holding it) from CSV file {train}, "
+    )
     assert "train: 6 images, 1.50 labels per image (cat 2, food 4, hotdog 3)" in summary
     assert "validation: 2 images, 1.50 labels per image (cat 1, food 1, hotdog 1)" in summary
 

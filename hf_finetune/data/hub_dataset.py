@@ -208,7 +208,7 @@ def _multi_label_splits(
     for split, dataset in chosen.items():
         hot = multi_hot_rows(sets[split], labels, f"{source} split {_split_name(dataset, split)}")
         splits[split] = _to_contract(dataset, image_column, label_column, hot, features, local)
-    return splits, labels, source + " (multi-label)"
+    return splits, labels, source
 
 
 def _check_label_feature(feature: Any, column: str, where: str) -> None:

@@ -93,8 +93,8 @@ class LoadedData:
 
     def summary(self) -> str:
         """A few lines: the source, then the number of images per split and per class."""
-        kind = " (multi-label: images per class are positives)" if self.multi_label else ""
-        lines = [f"{len(self.labels)} classes from {self.source}{kind}"]
+        kind = " (multi-label; per class: the images holding it)" if self.multi_label else ""
+        lines = [f"{len(self.labels)} classes{kind} from {self.source}"]
         for split, dataset in self.dataset.items():
             counts = label_counts(dataset, self.labels)
             per_image = ""
@@ -285,7 +285,7 @@ def _multi_label_splits(
     for split, (paths, sets) in rows.items():
         hot = multi_hot_rows(sets, labels, f"{source} split {split}")
         splits[split] = datasets.Dataset.from_dict({"image": paths, "label": hot}, features=features)
-    return splits, labels, source + " (multi-label)"
+    return splits, labels, source
 
 
 def _existing(value: str | None, key: str, expected: str) -> Path:
