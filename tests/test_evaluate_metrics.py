@@ -178,3 +178,16 @@ def test_compute_metrics_merges_extra_metrics():
         mean = np.mean([row[key] for row in report["per_class"].values()])
         assert values[f"{key}_macro"] == pytest.approx(mean, abs=1e-9)
     assert build_compute_metrics(10, [])(EvalPrediction(predictions=logits, label_ids=labels)) == builtin
+
+
+@requires_metrics
+def test_roc_auc_multiclass_config_on_single_label_data():
+    from sklearn.metrics import roc_auc_score
+
+    logits, labels = _case(6, 4)
+    labels[:4] = np.arange(4)  # every class occurs
+    modules = load_extra_metrics([f"{METRICS / 'roc_auc'}:multiclass"], multi_label=False)
+    assert modules[0].config_name == "multiclass"
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    expected = roc_auc_score(labels, probabilities, multi_class="ovr")
+    assert extra_metric_values(modules, logits, labels) == {"roc_auc": pytest.approx(expected, abs=1e-12)}

@@ -188,9 +188,7 @@ def _inputs(module, logits: np.ndarray, labels: np.ndarray, multi_label: bool) -
     if "predictions" in _input_names(module):
         return {"references": references, "predictions": np.argmax(logits, axis=1).tolist()}
     probabilities = _softmax(logits)
-    features = module.features[0] if isinstance(module.features, list) else module.features
-    rows = logits.shape[1] > 2 or _is_sequence(features["prediction_scores"])  # roc_auc:multiclass
-    scores = probabilities if rows else probabilities[:, 1]
+    scores = probabilities[:, 1] if logits.shape[1] == 2 else probabilities
     return {"references": references, "prediction_scores": scores.tolist()}
 
 
