@@ -615,6 +615,135 @@ def test_card_and_plan_of_a_transformers_model(tiny_hf_checkpoint, tmp_path):
         hub_module.push_to_hub(out, "not a repo")
 
 
+# --- a multi-label model's card -------------------------------------------------------------------------------
+
+
+def _multi_label_folder(tiny_hf_checkpoint, out: Path, recipe: dict) -> dict:
+    """A hand-written output folder of a multi-label run of the tiny ResNet's 7 classes (the contract's files)."""
+    import shutil
+
+    shutil.copytree(tiny_hf_checkpoint, out)
+    config = json.loads((out / "config.json").read_text())
+    names = [config["id2label"][str(i)] for i in range(7)]
+    thresholds = dict(zip(names, [0.35, 0.5, 0.6, 0.25, 0.45, 0.5, 0.7], strict=True))
+    config |= {"problem_type": "multi_label_classification", "label_thresholds": thresholds}
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "recipe.yaml").write_text(yaml.safe_dump({"model_name_or_path": "org/base", **recipe}))
+    per_class = {
+        name: {
+            "ap": 0.9 - 0.05 * k if k != 6 else float("nan"),  # the last class: no positives
+            "precision": 0.8 - 0.03 * k,
+            "recall": 0.7 + 0.02 * k,
+            "f1": 0.75 - 0.01 * k,
+            "support": 10 + k if k != 6 else 0,
+            "threshold": thresholds[name],
+        }
+        for k, name in enumerate(names)
+    }
+    report = {"multi_label": True, "per_class": per_class, "map": 0.7512, "map_micro": 0.8021}
+    report |= {
+        "f1_micro": 0.6634,
+        "f1_macro": 0.6112,
+        "exact_match": 0.41,
+        "thresholds": list(thresholds.values()),
+    }
+    (out / "eval_per_class.json").write_text(json.dumps(report))
+    results = {
+        "eval_map": 0.751234,
+        "eval_map_micro": 0.802111,
+        "eval_f1_micro": 0.663421,
+        "eval_samples": 40,
+    }
+    results |= {"eval_f1_macro": 0.6112, "eval_exact_match": 0.41, "eval_loss": 0.2345}
+    (out / "eval_results.json").write_text(json.dumps(results))
+    history = [
+        {"epoch": 0.0, "step": 0, "eval_map": 0.412345, "eval_f1_micro": 0.3, "eval_loss": 0.7},
+        {"epoch": 1.0, "step": 5, "eval_map": 0.751234, "eval_f1_micro": 0.663421, "eval_loss": 0.2345},
+    ]
+    (out / "trainer_state.json").write_text(
+        json.dumps({"log_history": history, "epoch": 1.0, "global_step": 5})
+    )
+    (out / "precision_recall.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    return {"names": names, "thresholds": thresholds, "per_class": per_class, "results": results}
+
+
+def test_the_card_of_a_multi_label_model(tiny_hf_checkpoint, tmp_path):
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "run"
+    folder = _multi_label_folder(tiny_hf_checkpoint, out, {"threshold": "per_class"})
+    card = ModelCard(render_model_card(out, "org/tiny-multi"))
+    text = card.text
+    assert "A multi-label image classifier fine-tuned from" in text
+    assert "This is a **multi-label** classifier" in text and "`label_thresholds`" in text
+    assert "the 7 thresholds (from 0.2500 to 0.7000)" in text and "`threshold: per_class`" in text
+    assert (
+        "| validation | mAP 0.7512, micro F1 0.6634 at the saved thresholds on 40 validation images " in text
+    )
+    assert "(mAP 0.4123 before fine-tuning) |" in text
+    assert "| class | AP | F1 | precision | recall | support | threshold |" in text
+    for name, row in folder["per_class"].items():
+        ap = "-" if name == folder["names"][6] else f"{row['ap']:.4f}"
+        cells = [ap, *(f"{row[k]:.4f}" for k in ("f1", "precision", "recall")), str(row["support"])]
+        assert f"| {name} | {' | '.join(cells)} | {row['threshold']:.4f} |" in text
+    assert "| mAP (macro mean AP) | 0.4123 | 0.7512 |" in text and "| micro F1 | 0.3000 | 0.6634 |" in text
+    assert "| mAP | 0.4123 | 0.7512 |" in text  # by epoch
+    assert "| precision | recall | F1 | support |\n" not in text and "confusion_matrix" not in text
+    assert "![precision-recall curves](precision_recall.png)" in text
+    assert 'function_to_apply="sigmoid", top_k=None' in text and "timm.create_model" not in text
+    index = {(r.dataset_split, r.metric_type): r for r in card.data.eval_results}
+    assert set(index) == {("validation", "mean_average_precision"), ("validation", "f1")}
+    assert index["validation", "mean_average_precision"].metric_value == 0.7512
+    assert index["validation", "f1"].metric_value == 0.6634
+    assert index["validation", "f1"].metric_args == {"average": "micro"}
+    assert "precision_recall.png" in hub_module.upload_plan(out, "org/tiny-multi")
+    # the test split: its own model-index entries; a global or fixed threshold is said so
+    (out / "test_results.json").write_text(
+        json.dumps({"test_map": 0.700049, "test_f1_micro": 0.61, "test_samples": 30})
+    )
+    (out / "recipe.yaml").write_text(
+        yaml.safe_dump({"model_name_or_path": "org/base", "threshold": "global"})
+    )
+    card = ModelCard(render_model_card(out, "org/tiny-multi"))
+    index = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert index["test", "mean_average_precision"] == 0.7 and index["test", "f1"] == 0.61
+    assert "| mAP (macro mean AP) | 0.7000 |" in card.text and "`threshold: global`" in card.text
+    (out / "recipe.yaml").write_text(yaml.safe_dump({"model_name_or_path": "org/base", "threshold": 0.3}))
+    assert "fixed at 0.3 for every class" in render_model_card(out)
+
+
+def test_the_multi_label_cards_snippet_applies_the_thresholds(tiny_hf_checkpoint, tmp_path):
+    """The card's usage snippet, run on the local folder: the labels it prints are the classes whose sigmoid
+    probability reaches their saved threshold."""
+    import contextlib
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    out = tmp_path / "run"
+    folder = _multi_label_folder(tiny_hf_checkpoint, out, {})
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(photo)
+    code = re.findall(r"```python\n(.*?)```", render_model_card(out), flags=re.S)[0]
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        exec(code.replace('"photo.jpg"', repr(str(photo))), {})
+    printed = buffer.getvalue()
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    inputs = AutoImageProcessor.from_pretrained(out)(Image.open(photo).convert("RGB"), return_tensors="pt")
+    with torch.no_grad():
+        probabilities = model(**inputs).logits.sigmoid()[0].numpy()
+    order = np.argsort(-probabilities, kind="stable")
+    expected = [
+        folder["names"][k] for k in order if probabilities[k] >= folder["thresholds"][folder["names"][k]]
+    ]
+    assert 0 < len(expected) < 7  # the thresholds decide: some classes called, some not
+    assert printed.startswith(repr(expected) + " [")
+
+
 # --- the real Hub ---------------------------------------------------------------------------------------------
 
 

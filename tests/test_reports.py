@@ -259,6 +259,31 @@ def test_write_eval_reports_of_a_multi_label_evaluation(tmp_path):
     assert not (tmp_path / "eval" / "confusion_matrix.png").exists()
 
 
+def test_the_final_per_class_report_of_a_multi_label_run_uses_the_models_thresholds(tmp_path):
+    from types import SimpleNamespace
+
+    from hf_finetune.inference.multi_label_metrics import multi_label_report, sigmoid
+    from hf_finetune.run.save import _per_class_report
+
+    targets, logits = _multi_label(3, 50, seed=8)
+    names = ["x", "y", "z"]
+    prediction = SimpleNamespace(predictions=logits, label_ids=targets)
+    config = SimpleNamespace(problem_type="multi_label_classification", label_thresholds={"x": 0.3, "z": 0.7})
+    report, (probabilities, kept) = _per_class_report(prediction, names, SimpleNamespace(config=config))
+    expected = multi_label_report(logits, targets, names, [0.3, 0.5, 0.7])  # y: no threshold saved, 0.5
+    assert report == {**expected, "split": "validation", "num_images": 50}
+    assert report["thresholds"] == [0.3, 0.5, 0.7] and "confusion_matrix" not in report
+    np.testing.assert_allclose(probabilities, sigmoid(logits))
+    np.testing.assert_array_equal(kept, targets)
+    # the legend of the figure drawn from these scores holds the report's AP
+    figure = reports.plot_precision_recall(probabilities, kept, names, tmp_path / "pr.png")
+    assert figure.legend == [f"{n} (AP {report['per_class'][n]['ap']:.4f})" for n in names]
+    # a single-label run: the per-class report with its confusion matrix, no scores
+    labels = targets.argmax(1)
+    single, scores = _per_class_report(SimpleNamespace(predictions=logits, label_ids=labels), names, None)
+    assert scores is None and sum(map(sum, single["confusion_matrix"])) == 50
+
+
 # ----------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_hf_checkpoint, tiny_image_folder):

@@ -40,6 +40,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from hf_finetune.escaping import code_fence, markdown_code, markdown_text
+from hf_finetune.hub import model_card_multi_label as multi
+from hf_finetune.hub.model_card_mapping import mapping_section
 
 __all__ = ["CARD_NAME", "PER_CLASS_NAME", "FIGURES", "build_model_card", "render_model_card"]
 
@@ -51,7 +53,7 @@ PER_CLASS_NAME = "eval_per_class.json"
 MAX_TABLE_ROWS = 100  # per-class rows in the card; the rest stay in eval_per_class.json
 MAX_LABELS_SHOWN = 30
 #: Images the card links to (relative links: they are uploaded with the folder, see hf_finetune.hub.push).
-FIGURES = ("training_curves.png", "confusion_matrix.png")
+FIGURES = ("training_curves.png", "confusion_matrix.png", "precision_recall.png")
 
 _METRICS = (  # (eval key, label in the card, model-index type, model-index name, model-index args)
     ("eval_accuracy", "accuracy", "accuracy", "Accuracy", None),
@@ -144,14 +146,27 @@ class _Run:
     def is_timm(self) -> bool:
         return self.config.get("model_type") == "timm_wrapper"
 
+    @property
+    def multi_label(self) -> bool:
+        return multi.is_multi_label(self.config, self.per_class)
+
+    @property
+    def metrics(self) -> tuple:
+        """The card's metrics: :data:`_METRICS`, or a multi-label model's (:data:`multi.METRICS`)."""
+        return multi.METRICS if self.multi_label else _METRICS
+
+    @property
+    def headline_key(self) -> str:
+        return "eval_map" if self.multi_label else "eval_accuracy"
+
     def history(self) -> list[dict[str, Any]]:
         """The evaluations during training (epoch 0, then each epoch), without the re-evaluation of the best
         checkpoint after training."""
-        history = []
+        history, run_key = [], self.headline_key
         for entry in self.state.get("log_history") or []:
             if "train_runtime" in entry:
                 break
-            if "eval_accuracy" in entry:
+            if run_key in entry:
                 history.append(entry)
         return history
 
@@ -262,7 +277,7 @@ def _metadata(run: _Run, title: str):
             metric_args=args,
         )
         for split, results, prefix in splits
-        for key, _, metric_type, metric_name, args in _METRICS
+        for key, _, metric_type, metric_name, args in run.metrics
         if metric_type and isinstance(results.get(prefix + key.removeprefix("eval_")), (int, float))
     ]
     libraries = ["timm", "transformers"] if run.is_timm else ["transformers"]
@@ -273,7 +288,9 @@ def _metadata(run: _Run, title: str):
         library_name=libraries[0],
         pipeline_tag="image-classification",
         tags=["image-classification", "vision", "hf-finetune", *libraries],
-        metrics=["accuracy", "f1"] if eval_results else None,
+        metrics=(["mean_average_precision", "f1"] if run.multi_label else ["accuracy", "f1"])
+        if eval_results
+        else None,
         eval_results=eval_results or None,
     )
 
@@ -295,56 +312,15 @@ def _training_text(run: _Run) -> str:
     return text + "."
 
 
-def _mapping_section(run: _Run, max_sources: int = 3) -> tuple[str, list[dict[str, str]]]:
-    """(a sentence, one row per target class: target | kind | the source rows it started from)."""
-    if run.mapping is None:
-        if run.labels_info and not run.labels_info.get("reinitialized"):
-            return "The classes are the checkpoint's own classes: its classifier was kept as it was.", []
-        return (
-            "The classifier was re-initialised for the new classes: no rows of the pretrained classifier "
-            "were reused (`label_mapping: none`).",
-            [],
-        )
-    rows = []
-    for match in run.mapping.get("matches", []):
-        indices, names = list(match.get("source_indices", [])), list(match.get("source_names", []))
-        shown = [f"{i}: {n}" for i, n in zip(indices, names, strict=False)][:max_sources]
-        more = len(indices) - len(shown)
-        sources = "; ".join(shown) + (f"; ... +{more} more" if more > 0 else "")
-        rows.append(
-            {
-                "target": markdown_text(match.get("target", "")),
-                "kind": markdown_text(match.get("kind", "")),
-                "sources": markdown_text(sources or "- (fresh row)"),
-            }
-        )
-    reused = sum(1 for m in run.mapping.get("matches", []) if m.get("kind") != "none")
-    summary = (
-        f"{reused} of {len(rows)} target classes started from rows of the pretrained classifier "
-        f"({run.mapping.get('num_source_labels', '?')} source classes) instead of random rows; a class made "
-        "of several source rows started from their mean row (bias + log n, or a balanced mean). The others "
-        "(`none`) started as the model initialises its head."
-    )
-    calibration = run.mapping.get("bias_calibration")
-    if calibration:
-        summary += (
-            f" Before training the head's biases were fitted to {calibration['images']} training images "
-            f"(`label_bias_from_data`; their loss {calibration['loss_before']:.3f} -> "
-            f"{calibration['loss_after']:.3f}), replacing the source's class prior with the data's; the "
-            "weights stayed the source rows."
-        )
-    return summary, rows
-
-
 def _evaluation_section(run: _Run) -> dict[str, Any]:
     before = run.before()
     metric_rows = [
         {"name": label, "before": _fmt(before.get(key)), "after": _fmt(run.results.get(key))}
-        for key, label, *_ in _METRICS
+        for key, label, *_ in run.metrics
         if key in run.results
     ]
     if run.recipe.get("metrics"):  # the recipe's extra evaluate metrics (hf_finetune.inference.extra_metrics)
-        known = {key for key, *_ in _METRICS} | {f"eval_{key}" for key in _TRAINER_KEYS}
+        known = {key for key, *_ in run.metrics} | {f"eval_{key}" for key in _TRAINER_KEYS}
         metric_rows += [
             {"name": markdown_text(key[5:]), "before": _fmt(before.get(key)), "after": _fmt(value)}
             for key, value in sorted(run.results.items())
@@ -352,7 +328,9 @@ def _evaluation_section(run: _Run) -> dict[str, Any]:
         ]
     history = run.history()
     per_class_rows, per_class_more = [], 0
-    if run.per_class and isinstance(run.per_class.get("per_class"), dict):
+    if run.multi_label and run.per_class and isinstance(run.per_class.get("per_class"), dict):
+        per_class_rows, per_class_more = multi.per_class_rows(run.per_class, MAX_TABLE_ROWS)
+    elif run.per_class and isinstance(run.per_class.get("per_class"), dict):
         items = list(run.per_class["per_class"].items())
         per_class_more = max(0, len(items) - MAX_TABLE_ROWS)
         per_class_rows = [
@@ -367,7 +345,7 @@ def _evaluation_section(run: _Run) -> dict[str, Any]:
         ]
     test_rows = [
         {"name": label, "value": _fmt(run.test_results.get(key.replace("eval_", "test_", 1)))}
-        for key, label, *_ in _METRICS
+        for key, label, *_ in run.metrics
         if key.replace("eval_", "test_", 1) in run.test_results
     ]
     return {
@@ -376,15 +354,19 @@ def _evaluation_section(run: _Run) -> dict[str, Any]:
         "test_samples": run.test_results.get("test_samples"),
         "eval_samples": run.results.get("eval_samples"),
         "curve_header": " | ".join(f"{float(e.get('epoch') or 0):g}" for e in history),
-        "curve_values": " | ".join(_fmt(e["eval_accuracy"]) for e in history),
+        "curve_values": " | ".join(_fmt(e[run.headline_key]) for e in history),
+        "curve_name": "mAP" if run.multi_label else "accuracy",
         "per_class_rows": per_class_rows,
         "per_class_more": per_class_more,
         "has_confusion_matrix": "confusion_matrix.png" in run.figures,
+        "has_precision_recall": "precision_recall.png" in run.figures,
         "has_training_curves": "training_curves.png" in run.figures,
     }
 
 
 def _headline(run: _Run) -> str:
+    if run.multi_label:
+        return multi.headline(run.results, run.before())
     accuracy, samples = run.results.get("eval_accuracy"), run.results.get("eval_samples")
     if not isinstance(accuracy, (int, float)):
         return "-"
@@ -396,11 +378,18 @@ def _headline(run: _Run) -> str:
 def _limitations(run: _Run) -> list[str]:
     n = len(run.labels)
     items = [
-        f"It only knows its {n} classes: every image gets one of them, including images of none of them "
+        multi.first_limitation(n, run.facts)
+        if run.multi_label
+        else f"It only knows its {n} classes: every image gets one of them, including images of none of them "
         "(there is no 'unknown' class unless one was trained)."
     ]
     eval_samples = run.results.get("eval_samples")
-    if eval_samples:
+    if eval_samples and run.multi_label:
+        items.append(
+            f"The figures come from the {eval_samples} validation images of this run. Measure on your own "
+            "images before relying on it."
+        )
+    elif eval_samples:
         items.append(
             f"The figures come from the {eval_samples} validation images of this run (the data's validation "
             "split, or a seeded stratified hold-out of the training images), not from an independent test set; "
@@ -440,14 +429,15 @@ def build_model_card(
     _, base_text = _base(run)
     data_text = _data(run)[0]
     recipe_yaml = yaml.safe_dump(run.recipe, sort_keys=False).strip()
-    mapping_summary, mapping_rows = _mapping_section(run)
+    mapping_summary, mapping_rows = mapping_section(run.mapping, run.labels_info)
     architecture = run.config.get("architecture") or (run.config.get("architectures") or ["?"])[0]
     labels = run.labels[:MAX_LABELS_SHOWN]
     more = len(run.labels) - len(labels)
     template_kwargs = {
         "title": markdown_text(title),
         "summary": (
-            f"An image classifier fine-tuned from {base_text} on {data_text} with hf-finetune: "
+            f"{'A multi-label' if run.multi_label else 'An'} image classifier fine-tuned from {base_text} on "
+            f"{data_text} with hf-finetune: "
             f"{len(run.labels)} classes."
         ),
         "base_cell": _base(run, in_table=True)[1],
@@ -468,6 +458,8 @@ def build_model_card(
         "mapping_rows": mapping_rows,
         **_evaluation_section(run),
         "is_timm": run.is_timm,
+        "multi_label": run.multi_label,
+        "thresholds_text": multi.thresholds_text(run.config, run.facts) if run.multi_label else "",
         "model_ref": json.dumps(repo_id or str(out)),  # a Python string literal, quotes included
         "timm_ref": json.dumps(f"hf-hub:{repo_id}" if repo_id else f"local-dir:{out}"),
         "limitations": _limitations(run),

@@ -24,6 +24,7 @@ from hf_finetune.hub.model_card import CARD_NAME, PER_CLASS_NAME, render_model_c
 from hf_finetune.hub.push import normalize_timm_config
 from hf_finetune.inference import reports
 from hf_finetune.inference.metrics import per_class_report
+from hf_finetune.inference.multi_label_metrics import multi_label_report, sigmoid
 from hf_finetune.inference.reports import TRAINING_FIGURES
 from hf_finetune.models.lora import save_lora
 from hf_finetune.run.test_split import TEST_RESULTS
@@ -64,10 +65,18 @@ def save_run(trainer, loaded, data, training_args, data_args, explicit, metrics,
     for split in ("train", "eval"):  # printed once, by the run's summary (no log_metrics block)
         trainer.save_metrics(split, metrics[split])
     trainer.save_state()
-    report = _per_class_report(prediction, list(data.labels))
+    report, scores = _per_class_report(prediction, list(data.labels), trainer.model)
     try:
         save_final(
-            trainer, loaded, training_args, explicit, data_args, report, weights_saved, metrics.get("test")
+            trainer,
+            loaded,
+            training_args,
+            explicit,
+            data_args,
+            report,
+            weights_saved,
+            metrics.get("test"),
+            scores,
         )
     except FinalSaveInterrupted:
         shutil.rmtree(out / STAGING, ignore_errors=True)
@@ -80,21 +89,35 @@ def save_run(trainer, loaded, data, training_args, data_args, explicit, metrics,
         ) from None
 
 
-def _per_class_report(prediction, labels: list[str]) -> dict[str, Any] | None:
-    """The per-class figures of the final evaluation (the report ``hf-finetune eval`` writes)."""
+def _per_class_report(prediction, labels: list[str], model=None) -> tuple[dict[str, Any] | None, Any]:
+    """``(report, scores)``: the per-class figures of the final evaluation (the report ``hf-finetune eval``
+    writes), and for a multi-label run ``(sigmoid probabilities, multi-hot targets)`` for the precision-recall
+    figure (None otherwise).
+
+    A multi-label run (2-D targets, or the model's ``problem_type`` ``multi_label_classification``) gets
+    :func:`~hf_finetune.inference.multi_label_metrics.multi_label_report` at the thresholds of the model's
+    ``config.label_thresholds`` (0.5 for a class without one)."""
 
     if prediction is None:
-        return None
+        return None, None
 
     def first(value):
         while isinstance(value, (tuple, list)):
             value = value[0]
         return np.asarray(value)
 
-    report = per_class_report(first(prediction.predictions), first(prediction.label_ids), labels)
+    logits, targets = first(prediction.predictions), first(prediction.label_ids)
+    config = getattr(getattr(model, "module", model), "config", None)
+    if targets.ndim == 2 or getattr(config, "problem_type", None) == "multi_label_classification":
+        chosen = getattr(config, "label_thresholds", None) or {}
+        thresholds = [float(chosen.get(name, 0.5)) for name in labels]
+        report = multi_label_report(logits, targets, labels, thresholds)
+        scores = (sigmoid(logits), targets)
+    else:
+        report, scores = per_class_report(logits, targets, labels), None
     report["split"] = "validation"
-    report["num_images"] = int(first(prediction.label_ids).reshape(-1).shape[0])
-    return report
+    report["num_images"] = int(targets.shape[0])
+    return report, scores
 
 
 def _save_sharded_weights(trainer, out: Path) -> bool:
@@ -123,10 +146,13 @@ def save_final(
     eval_report: dict[str, Any] | None = None,
     weights_saved: bool = False,
     test_metrics: dict[str, Any] | None = None,
+    eval_scores: tuple[Any, Any] | None = None,
 ) -> None:
     """Write the final model so that a crash at any moment never leaves a folder that looks finished.
 
     ``weights_saved``: the weights are already in the staging folder (:func:`_save_sharded_weights`).
+    ``eval_scores``: a multi-label run's final evaluation as ``(probabilities, targets)``, (N, K) each: drawn as
+    ``precision_recall.png`` in place of the confusion matrix.
     ``test_metrics``: the test split's figures (:mod:`hf_finetune.run.test_split`), staged as
     ``test_results.json`` and moved into place with the rest; none: no such file (an old one goes)."""
 
@@ -148,6 +174,7 @@ def save_final(
         loaded.labels,
         training_args.metric_for_best_model,
         training_args.greater_is_better,
+        *(eval_scores or (None, None)),  # multi-label: precision_recall.png
     )
     # A stale model from an earlier run goes first, with the files of it that this run may not write.
     for name in (
