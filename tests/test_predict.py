@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import SHARED_DATA, SHARED_MODELS, SOURCE_LABELS, make_image_folder, requires_shared
 
@@ -249,3 +250,188 @@ def test_predict_loads_a_timm_checkpoint_with_the_save_for_hf_trap(tiny_timm_che
     assert len(records) == 2
     assert all(len(r["predictions"]) == 2 for r in records)
     assert {p["label"] for r in records for p in r["predictions"]} <= set(SOURCE_LABELS)
+
+
+# A multi-label model: sigmoid scores, and every label at or above its threshold.
+
+MULTI_BIAS = [3.0, -3.0, 0.2, -0.2, 2.0, -2.0, 0.5]  # sigmoid: .953 .047 .550 .450 .881 .119 .622
+MULTI_THRESHOLDS = {"tench": 0.9, "goldfish": 0.01, "great white shark": 0.6}  # the others: 0.5
+
+
+@pytest.fixture(scope="module")
+def multi_label_checkpoint(tiny_hf_checkpoint, tmp_path_factory) -> Path:
+    """The tiny ResNet as a multi-label model: classifier weights scaled by 1e-3 and the biases above, so each
+    class's probability stays within 0.01 of sigmoid(bias) on any image; thresholds for three classes."""
+    import torch
+    from transformers import AutoImageProcessor, ResNetForImageClassification
+
+    path = tmp_path_factory.mktemp("tiny_multi_label")
+    model = ResNetForImageClassification.from_pretrained(tiny_hf_checkpoint)
+    linear = model.classifier[-1]
+    with torch.no_grad():
+        linear.weight.mul_(1e-3)
+        linear.bias.copy_(torch.tensor(MULTI_BIAS))
+    model.config.problem_type = "multi_label_classification"
+    model.config.label_thresholds = MULTI_THRESHOLDS
+    model.save_pretrained(path)
+    AutoImageProcessor.from_pretrained(tiny_hf_checkpoint).save_pretrained(path)
+    return path
+
+
+def test_multi_label_predict_names_the_labels_above_their_thresholds(multi_label_checkpoint, nested_images):
+    from transformers import pipeline
+
+    records = predict_images(multi_label_checkpoint, [nested_images], top_k=3, batch_size=4, progress=False)
+    assert len(records) == 7
+    classifier = pipeline(
+        "image-classification", model=str(multi_label_checkpoint), function_to_apply="sigmoid", top_k=None
+    )
+    for record in records:
+        assert list(record) == ["path", "labels", "predictions"]
+        # tench .953 >= .9, ant .881 >= .5, dog .622 >= .5, goldfish .047 >= .01; shark .55 < .6, hotdog .45 < .5
+        assert record["labels"] == ["tench", "ant, emmet, pismire", "dog", "goldfish"]
+        assert [p["label"] for p in record["predictions"]] == ["tench", "ant, emmet, pismire", "dog"]
+        expected = {p["label"]: p["score"] for p in classifier(record["path"])}
+        assert sum(expected.values()) > 1.5  # sigmoid scores, not a softmax
+        for entry in record["predictions"]:
+            assert entry["score"] == pytest.approx(expected[entry["label"]], abs=1e-6)
+
+
+def test_multi_label_model_without_thresholds_uses_one_half(multi_label_checkpoint, nested_images, tmp_path):
+    import shutil
+
+    from transformers import AutoConfig
+
+    from hf_finetune.errors import ModelLoadError
+    from hf_finetune.inference.predict import model_thresholds
+
+    plain = tmp_path / "no_thresholds"
+    shutil.copytree(multi_label_checkpoint, plain)
+    config = json.loads((plain / "config.json").read_text())
+    del config["label_thresholds"]
+    (plain / "config.json").write_text(json.dumps(config))
+    records = predict_images(plain, [nested_images / "b"], top_k=1, progress=False)
+    assert [r["labels"] for r in records] == [
+        ["tench", "ant, emmet, pismire", "dog", "great white shark"]
+    ] * 3
+    loaded = AutoConfig.from_pretrained(multi_label_checkpoint)
+    assert model_thresholds(loaded).tolist() == [0.9, 0.01, 0.6, 0.5, 0.5, 0.5, 0.5]
+    loaded.label_thresholds = {"dog": 1.5}
+    with pytest.raises(
+        ModelLoadError, match=r"label_thresholds\['dog'\] must be a probability in \[0, 1\], got 1.5"
+    ):
+        model_thresholds(loaded)
+
+
+def test_multi_label_predict_cli_and_csv(multi_label_checkpoint, nested_images, tmp_path, capsys):
+    from hf_finetune import cli
+
+    output = tmp_path / "preds.csv"
+    folder = str(nested_images / "b")
+    assert (
+        cli.main(["predict", str(multi_label_checkpoint), folder, "--top-k", "2", "--output", str(output)])
+        == 0
+    )
+    with output.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["path", "rank", "label", "score", "above_threshold"]
+    assert [(r["label"], r["above_threshold"]) for r in rows[:2]] == [
+        ("tench", "1"),
+        ("ant, emmet, pismire", "1"),
+    ]
+    assert len(rows) == 6
+    capsys.readouterr()
+    assert cli.main(["predict", str(multi_label_checkpoint), folder, "--top-k", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(folder)]
+    assert len(lines) == 3
+    assert lines[0].endswith(": [tench, ant, emmet, pismire, dog, goldfish]  tench 0.9526"), lines[0]
+
+
+# eval on a multi-label model: multi-hot targets matched to the model's columns by name, the multi-label report.
+
+
+def _multi_hot_split(root: Path, data_labels: list[str], rows: list[list[float]]):
+    """A LoadedData-like object whose train and validation splits are one multi-hot split of ``rows``."""
+    from types import SimpleNamespace
+
+    import datasets
+
+    from hf_finetune.data.multi_label import multi_hot_features
+
+    make_image_folder(root, {"img": len(rows)}, seed=9)
+    images = [{"path": str(p), "bytes": None} for p in sorted((root / "img").glob("*.png"))]
+    split = datasets.Dataset.from_dict(
+        {"image": images, "label": rows}, features=multi_hot_features(data_labels)
+    )
+    dataset = datasets.DatasetDict({"train": split, "validation": split})
+    return SimpleNamespace(dataset=dataset, labels=data_labels, bad_files=[])
+
+
+def test_multi_label_eval_matches_labels_by_name_and_reports_at_the_thresholds(
+    multi_label_checkpoint, tmp_path, monkeypatch, capsys
+):
+    from hf_finetune import cli
+    from hf_finetune.config.arguments import DataArguments
+    from hf_finetune.inference import evaluation
+    from hf_finetune.inference.evaluation import evaluate_model, format_report, predict_split
+    from hf_finetune.inference.multi_label_metrics import multi_label_report
+
+    data_labels = ["dog", "tench", "goldfish", "ant", "cat"]  # "ant" matches "ant, emmet, pismire" by synonym
+    rows = [[1, 1, 1, 1, 0], [1, 0, 0, 0, 1], [1, 1, 1, 1, 0], [0, 0, 0, 0, 0]]
+    loaded = _multi_hot_split(tmp_path / "data", data_labels, rows)
+    monkeypatch.setattr(evaluation, "load_image_dataset", lambda data_args, seed=42: loaded)
+    data_args = DataArguments(train_dir=str(tmp_path / "data"))
+
+    predictions = predict_split(str(multi_label_checkpoint), data_args)
+    assert predictions.multi_label and predictions.labels.dtype == np.float32
+    # model columns: tench, goldfish, great white shark, hotdog, ant, cat, dog
+    assert predictions.labels.tolist() == [
+        [1, 1, 0, 0, 1, 0, 1],
+        [0, 0, 0, 0, 0, 1, 1],
+        [1, 1, 0, 0, 1, 0, 1],
+        [0, 0, 0, 0, 0, 0, 0],
+    ]
+    assert predictions.thresholds.tolist() == [0.9, 0.01, 0.6, 0.5, 0.5, 0.5, 0.5]
+
+    report = evaluate_model(str(multi_label_checkpoint), data_args, output_dir=str(tmp_path / "eval"))
+    expected = multi_label_report(
+        predictions.logits, predictions.labels, predictions.label_names, predictions.thresholds
+    )
+    same = json.dumps({k: report[k] for k in expected}, sort_keys=True)
+    assert same == json.dumps(expected, sort_keys=True)  # ap is nan for a class without positives
+    # every image is predicted {tench, goldfish, ant, dog}: rows 0 and 2 match exactly
+    assert report["exact_match"] == 0.5
+    assert report["per_class"]["tench"] == pytest.approx(
+        {
+            "ap": report["per_class"]["tench"]["ap"],
+            "precision": 0.5,
+            "recall": 1.0,
+            "f1": 2 / 3,
+            "support": 2,
+            "threshold": 0.9,
+        }
+    )
+    assert report["per_class"]["cat"]["recall"] == 0.0 and report["per_class"]["cat"]["support"] == 1
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["multi_label"] is True and written["exact_match"] == 0.5
+    assert (tmp_path / "eval" / "precision_recall.png").is_file()
+    assert not (tmp_path / "eval" / "confusion_matrix.png").exists()
+
+    table = format_report(report)
+    assert "exact_match 0.5000" in table and f"map {report['map']:.4f}" in table
+    assert "threshold" in table.splitlines()[1]
+    tench = next(line for line in table.splitlines() if line.startswith("tench"))
+    assert tench.split()[-1] == "0.9000" and tench.split()[-2] == "2"
+
+    capsys.readouterr()
+    argv = [
+        "eval",
+        str(multi_label_checkpoint),
+        "--train_dir",
+        str(tmp_path / "data"),
+        "--report_dir",
+        str(tmp_path / "cli"),
+    ]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "validation: 4 images; map " in out and "precision_recall.png" in out

@@ -49,6 +49,17 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse a bad image file (not an image, zero bytes, a decompression bomb, an aspect ratio beyond "
         "50:1, or one that fails to decode) instead of skipping it with a warning",
     )
+    _add_tta_argument(parser)
+
+
+def _add_tta_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tta",
+        choices=("none", "hflip", "multicrop"),
+        default="none",
+        help="test-time augmentation, probabilities averaged over the views: hflip (the image and its mirror, "
+        "2 passes), multicrop (centre + 4 corner crops, 5 passes)",
+    )
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +76,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="where metrics.json, confusion_matrix.png, most_confused.csv and top_losses.png are written "
         "(default: MODEL/eval_<split> for a local model)",
     )
+    _add_tta_argument(parser)
 
 
 def add_map_labels_arguments(parser: argparse.ArgumentParser) -> None:

@@ -141,12 +141,15 @@ def _predict(argv: list[str]) -> int:
         device=args.device,
         progress=args.progress,
         strict=args.strict,
+        tta=args.tta,
     )
     if args.output:
         write_predictions(records, args.output)
     else:
         for record in records:
             preds = "  ".join(f"{p['label']} {p['score']:.4f}" for p in record["predictions"])
+            if "labels" in record:  # a multi-label model: the labels at or above their thresholds first
+                preds = f"[{', '.join(record['labels'])}]  {preds}"
             print(terminal_text(f"{record['path']}: {preds}"))  # a label's ESC or CR is shown, not run
     return 0
 
@@ -180,12 +183,24 @@ def _eval(argv: list[str]) -> int:
         batch_size=extra.batch_size,
         seed=extra.seed,
         output_dir=report_dir,
+        tta=extra.tta,
     )
     print(format_report(report))
     if report_dir:
-        from hf_finetune.inference.reports import CONFUSION_MATRIX_NAME, MOST_CONFUSED_NAME, TOP_LOSSES_NAME
+        from hf_finetune.inference.reports import (
+            CONFUSION_MATRIX_NAME,
+            MOST_CONFUSED_NAME,
+            PRECISION_RECALL_NAME,
+            TOP_LOSSES_NAME,
+        )
 
-        names = ("metrics.json", CONFUSION_MATRIX_NAME, MOST_CONFUSED_NAME, TOP_LOSSES_NAME)
+        names = (
+            "metrics.json",
+            CONFUSION_MATRIX_NAME,
+            MOST_CONFUSED_NAME,
+            PRECISION_RECALL_NAME,
+            TOP_LOSSES_NAME,
+        )
         written = [n for n in names if (Path(report_dir) / n).is_file()]
         print(f"report written to {report_dir}: {', '.join(written)}")
     return 0

@@ -9,7 +9,9 @@ The others are read with :func:`hf_finetune.data.image_check.open_image`, prepro
 checkpoint's image processor (exactly as the pipeline does), and images whose tensors have the same
 shape run through the model together. Scores follow the pipeline's default ``function_to_apply``: softmax for
 single-label classifiers, sigmoid for multi-label or one-label ones, raw values for regression;
-labels are sorted by score (ties keep the lower class index), cut to ``top_k``.
+labels are sorted by score (ties keep the lower class index), cut to ``top_k``. A multi-label model's records
+also name every class at or above its threshold (``config.label_thresholds``, 0.5 without). ``tta`` averages
+the probabilities of several views of each image (:mod:`hf_finetune.inference.tta`).
 """
 
 from __future__ import annotations
@@ -31,18 +33,29 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from hf_finetune.config.path_checks import shown_name
 from hf_finetune.data.image_check import BadImageError, check_image_files, open_image, summarize_reasons
 from hf_finetune.data.images import is_image_file
+from hf_finetune.data.multi_label import MULTI_LABEL_PROBLEM_TYPE
+from hf_finetune.data.transforms import data_config_from_processor
 from hf_finetune.errors import ConfigError, DataError, ModelLoadError
 from hf_finetune.escaping import csv_cell
+from hf_finetune.inference.tta import MultiCrop, check_tta, combine_views, expand_views
 from hf_finetune.labels.model_labels import distinct_label_names
 from hf_finetune.models.loading import load_source_config
 
-__all__ = ["iter_image_files", "load_for_inference", "predict_images", "write_predictions"]
+__all__ = [
+    "iter_image_files",
+    "load_for_inference",
+    "model_thresholds",
+    "predict_images",
+    "write_predictions",
+]
 
 logger = logging.getLogger(__name__)
 
 PREDICTION_FORMATS = (".csv", ".jsonl")
 #: With ``progress=None`` a progress bar is shown for more images than this, when stderr is a terminal.
 PROGRESS_MIN_IMAGES = 100
+#: A multi-label class's threshold when the model's config.json has no ``label_thresholds`` entry for it.
+DEFAULT_THRESHOLD = 0.5
 
 
 def iter_image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -112,18 +125,6 @@ def _score_function(config: Any) -> str:
     return str(getattr(config, "function_to_apply", "none"))
 
 
-def _scores(logits: np.ndarray, function: str) -> np.ndarray:
-    """Apply ``function`` row-wise, with the pipeline's numpy arithmetic (so scores match bitwise)."""
-    if function == "softmax":
-        shifted = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
-    if function == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-logits))
-    if function == "none":
-        return logits
-    raise ValueError(f"unknown function_to_apply {function!r}")
-
-
 def _rank(scores: np.ndarray, id2label: dict[int, str], top_k: int) -> list[dict[str, Any]]:
     """``[{"label", "score"}]`` sorted by score descending (stable), at most ``top_k`` entries."""
     ranked = [{"label": id2label[index], "score": score.item()} for index, score in enumerate(scores)]
@@ -131,10 +132,12 @@ def _rank(scores: np.ndarray, id2label: dict[int, str], top_k: int) -> list[dict
     return ranked[:top_k]
 
 
-def _forward(model: Any, inputs: list[dict[str, Any]], device: Any) -> np.ndarray:
-    """Run preprocessed single-image inputs of one shape as one batch; return float32-or-wider logits."""
+def _forward(model: Any, inputs: list[dict[str, Any]], device: Any, tta: str = "none") -> np.ndarray:
+    """Run preprocessed single-image inputs of one shape as one batch; return float32-or-wider logits,
+    ``(images * views, K)`` image by image (:func:`hf_finetune.inference.tta.expand_views`)."""
 
     batch = {key: torch.cat([item[key] for item in inputs], dim=0) for key in inputs[0]}
+    batch["pixel_values"] = expand_views(batch["pixel_values"], tta)
     dtype = getattr(model, "dtype", None)
     for key, value in batch.items():
         if torch.is_floating_point(value) and dtype is not None:
@@ -145,6 +148,34 @@ def _forward(model: Any, inputs: list[dict[str, Any]], device: Any) -> np.ndarra
     if logits.dtype in (torch.bfloat16, torch.float16):
         logits = logits.to(torch.float32)
     return logits.cpu().numpy()
+
+
+def model_thresholds(config: Any) -> np.ndarray:
+    """``(K,)`` float64: each class's threshold on its sigmoid probability, from ``config.label_thresholds``
+    (``{class name: threshold}``, written by training for a multi-label model); 0.5 for a class it does not
+    name. A value that is not a number in [0, 1] is a :class:`ModelLoadError` naming the class."""
+    saved = getattr(config, "label_thresholds", None) or {}
+    if not isinstance(saved, dict):
+        raise ModelLoadError(
+            f"config.json: label_thresholds must be a {{class name: threshold}} mapping, got {saved!r}"
+        )
+    names = [str(config.id2label[i]) for i in range(int(config.num_labels))]
+    thresholds = np.full(len(names), DEFAULT_THRESHOLD, dtype=np.float64)
+    for row, name in enumerate(names):
+        value = saved.get(name, DEFAULT_THRESHOLD)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ModelLoadError(
+                f"config.json: label_thresholds[{name!r}] must be a probability in [0, 1], got {value!r}"
+            )
+        thresholds[row] = float(value)
+    return thresholds
+
+
+def _above_threshold(scores: np.ndarray, thresholds: np.ndarray, id2label: dict[int, str]) -> list[str]:
+    """Names of the classes whose score is at least their threshold, highest score first (ties: lower index)."""
+    rows = [row for row in range(len(scores)) if scores[row] >= thresholds[row]]
+    rows.sort(key=lambda row: -float(scores[row]))
+    return [id2label[row] for row in rows]
 
 
 def _shape_key(item: dict[str, Any]) -> tuple:
@@ -160,15 +191,22 @@ def predict_images(
     device: str | None = None,
     progress: bool | None = None,
     strict: bool = False,
+    tta: str = "none",
 ) -> list[dict]:
     """Predict the ``top_k`` labels of every image under ``paths``.
 
     Returns one record per usable image, in file order: ``{"path": str, "predictions":
-    [{"label": str, "score": float}, ...]}`` sorted by score descending. A file training would skip
+    [{"label": str, "score": float}, ...]}`` sorted by score descending. A multi-label model's records
+    (``config.problem_type == "multi_label_classification"``: sigmoid scores) also hold ``"labels"``: every
+    class whose probability is at least its threshold (:func:`model_thresholds`), highest score first.
+    A file training would skip
     (:func:`hf_finetune.data.image_check.check_image_file`, from its header, before any decode) or that fails to
     decode is skipped with one warning naming the file and the reason; their count is logged at the end.
     ``strict``: such a file is a :class:`DataError` naming it instead (the header check runs before the
     model loads).
+
+    ``tta``: test-time augmentation, ``none``, ``hflip`` or ``multicrop`` (:mod:`hf_finetune.inference.tta`):
+    the scores are the mean of the views' probabilities.
 
     ``progress``: a progress bar (images) on stderr: always (True), never (False), or, by default (None),
     for more than :data:`PROGRESS_MIN_IMAGES` images when stderr is a terminal.
@@ -177,6 +215,7 @@ def predict_images(
         raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_tta(tta)
     files = iter_image_files(paths)
     if not files:
         shown = ", ".join(repr(str(p)) for p in ([paths] if isinstance(paths, (str, Path)) else paths))
@@ -187,10 +226,13 @@ def predict_images(
     model, processor = load_for_inference(model_name_or_path, device)
     config = model.config
     function = _score_function(config)
+    multi_label = getattr(config, "problem_type", None) == MULTI_LABEL_PROBLEM_TYPE
+    thresholds = model_thresholds(config) if multi_label else None
     top_k = min(top_k, int(config.num_labels))
     names = {int(index): str(label) for index, label in config.id2label.items()}
     id2label = dict(enumerate(distinct_label_names([names[i] for i in sorted(names)])))  # "crane [134]"
     model_device = next(model.parameters()).device
+    views = MultiCrop(data_config_from_processor(processor)) if tta == "multicrop" else None
 
     batches = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
     bar = None
@@ -199,20 +241,16 @@ def predict_images(
 
     records: list[dict] = []
     for batch in batches:
-        loaded = _preprocess(batch, processor, strict, bad)
-        # Images whose tensors share a shape go through the model together, in file order.
-        groups: dict[tuple, list[int]] = {}
-        for position, (_, item) in enumerate(loaded):
-            groups.setdefault(_shape_key(item), []).append(position)
-        logits: list[np.ndarray | None] = [None] * len(loaded)
-        for positions in groups.values():
-            out = _forward(model, [loaded[p][1] for p in positions], model_device)
-            for row, position in enumerate(positions):
-                logits[position] = out[row]
-        for (file, _), row_logits in zip(loaded, logits, strict=True):
-            scores = _scores(row_logits, function)
-            path = shown_name(file)  # a name that is not UTF-8 with its bytes as \xNN: printable, writable
-            records.append({"path": path, "predictions": _rank(scores, id2label, top_k)})
+        loaded = _preprocess(batch, processor, strict, bad, views)
+        scores = _batch_scores(model, [item for _, item in loaded], model_device, tta, function)
+        for (file, _), row_scores in zip(loaded, scores, strict=True):
+            record: dict[str, Any] = {
+                "path": shown_name(file)
+            }  # a name that is not UTF-8 with \xNN: printable
+            if thresholds is not None:
+                record["labels"] = _above_threshold(row_scores, thresholds, id2label)
+            record["predictions"] = _rank(row_scores, id2label, top_k)
+            records.append(record)
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
@@ -223,6 +261,20 @@ def predict_images(
         )
     logger.info("predicted %d images in %d batches", len(records), math.ceil(len(files) / batch_size))
     return records
+
+
+def _batch_scores(model: Any, inputs: list[dict[str, Any]], device: Any, tta: str, function: str) -> list:
+    """Each input's scores, in order: inputs whose tensors share a shape go through the model together."""
+    groups: dict[tuple, list[int]] = {}
+    for position, item in enumerate(inputs):
+        groups.setdefault(_shape_key(item), []).append(position)
+    scores: list[np.ndarray | None] = [None] * len(inputs)
+    for positions in groups.values():
+        logits = _forward(model, [inputs[p] for p in positions], device, tta)
+        combined = combine_views(logits, tta, function)
+        for row, position in enumerate(positions):
+            scores[position] = combined[row]
+    return scores
 
 
 def _skip(file: Path, reason: str, strict: bool, bad: dict[str, str]) -> None:
@@ -252,16 +304,20 @@ def _usable_files(files: list[Path], strict: bool) -> tuple[list[Path], dict[str
 
 
 def _preprocess(
-    files: list[Path], processor: Any, strict: bool, bad: dict[str, str]
+    files: list[Path], processor: Any, strict: bool, bad: dict[str, str], views: Any = None
 ) -> list[tuple[Path, dict[str, Any]]]:
     """``(file, processor inputs)`` of each file that decodes (:func:`open_image`, which checks the size
-    from the header again before decoding); a file that does not is skipped (:func:`_skip`)."""
+    from the header again before decoding); a file that does not is skipped (:func:`_skip`). With ``views``
+    (:class:`hf_finetune.inference.tta.MultiCrop`) its ``pixel_values`` are the views, ``(1, V, C, H, W)``."""
     loaded = []
     for file in files:
         try:
             image = open_image(file)
         except BadImageError as err:
             _skip(file, err.reason, strict, bad)
+            continue
+        if views is not None:
+            loaded.append((file, {"pixel_values": views(image.convert("RGB")).unsqueeze(0)}))
             continue
         inputs = processor(images=image, return_tensors="pt")
         loaded.append((file, {key: inputs[key] for key in inputs}))
@@ -278,7 +334,9 @@ def _show_progress(progress: bool | None, num_images: int, stream: Any = None) -
 
 
 def write_predictions(records: list[dict], output: str | Path) -> None:
-    """Write ``records`` as CSV (``path,rank,label,score``; rank from 1) or JSON Lines, by extension. In the
+    """Write ``records`` as CSV (``path,rank,label,score``; rank from 1) or JSON Lines, by extension. For a
+    multi-label model's records the CSV has a fifth column, ``above_threshold`` (1 when the label is among the
+    record's ``labels``, else 0); labels above their threshold beyond the top-k are only in the JSON Lines. In the
     CSV a path or label starting with ``=``, ``+``, ``-`` or ``@`` gets a leading ``'``, so a spreadsheet
     shows it as text instead of running it as a formula (:func:`hf_finetune.escaping.csv_cell`)."""
     output = Path(output)
@@ -292,11 +350,18 @@ def write_predictions(records: list[dict], output: str | Path) -> None:
     with output.open("w", encoding="utf-8", newline="") as handle:
         if suffix == ".csv":
             writer = csv.writer(handle)
-            writer.writerow(["path", "rank", "label", "score"])
+            multi_label = any("labels" in record for record in records)
+            writer.writerow(["path", "rank", "label", "score"] + (["above_threshold"] if multi_label else []))
             for record in records:
+                chosen = set(record.get("labels", ()))
                 for rank, entry in enumerate(record["predictions"], start=1):
-                    score = repr(float(entry["score"]))
-                    writer.writerow([csv_cell(record["path"]), rank, csv_cell(entry["label"]), score])
+                    row = [
+                        csv_cell(record["path"]),
+                        rank,
+                        csv_cell(entry["label"]),
+                        repr(float(entry["score"])),
+                    ]
+                    writer.writerow(row + ([int(entry["label"] in chosen)] if multi_label else []))
         else:
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
