@@ -32,6 +32,7 @@ __all__ = [
     "make_batch_transform",
     "as_rgb",
     "collate_images",
+    "label_tensor",
     "apply_image_size",
     "EnlargeTiny",
     "ToUint8Tensor",
@@ -307,8 +308,16 @@ def collate_images(examples: list[dict], channels_last: bool = False) -> dict[st
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
     batch = {"pixel_values": pixel_values}
     if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long)
+        batch["labels"] = label_tensor([e["labels"] for e in examples])
     return batch
+
+
+def label_tensor(labels: list) -> torch.Tensor:
+    """A batch's labels as the model takes them: class ids (``long``), or multi-hot rows of a multi-label split
+    (``float32``, :mod:`hf_finetune.data.multi_label`)."""
+    if labels and isinstance(labels[0], (list, tuple, np.ndarray, torch.Tensor)):
+        return torch.as_tensor(np.asarray(labels, dtype=np.float32))
+    return torch.tensor([int(label) for label in labels], dtype=torch.long)
 
 
 def apply_image_size(processor: Any, model_config: Any, image_size: int | None) -> None:

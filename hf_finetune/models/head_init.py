@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_finetune.data.transforms import make_batch_transform
+from hf_finetune.data.multi_label import is_multi_label
+from hf_finetune.data.transforms import label_tensor, make_batch_transform
 from hf_finetune.models.heads import head_module_names
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "calibrate_head_bias",
     "data_driven_rows",
     "fit_bias_shift",
+    "fit_sigmoid_bias_shift",
     "source_probabilities_per_class",
 ]
 
@@ -57,12 +59,19 @@ logger = logging.getLogger(__name__)
 
 
 def _per_class_subset(raw_dataset: Any, transform: Any, num_targets: int, per_class: int) -> Any:
-    """The first ``per_class`` images of each target class (in split order), transformed; None if empty."""
+    """The first ``per_class`` images of each target class (in split order), transformed; None if empty.
 
-    labels = np.asarray(list(raw_dataset["label"]))
-    chosen: list[int] = []
-    for target in range(num_targets):
-        chosen.extend(np.flatnonzero(labels == target)[:per_class].tolist())
+    A multi-label split (multi-hot rows) gives instead a seeded sample of ``per_class * num_targets`` images:
+    a sigmoid bias is fitted to how often each class occurs, which a per-class selection would distort."""
+
+    if is_multi_label(raw_dataset):
+        count = min(len(raw_dataset), per_class * num_targets)
+        chosen = np.random.default_rng(0).permutation(len(raw_dataset))[:count].tolist()
+    else:
+        labels = np.asarray(list(raw_dataset["label"]))
+        chosen = []
+        for target in range(num_targets):
+            chosen.extend(np.flatnonzero(labels == target)[:per_class].tolist())
     if not chosen:
         return None
     return raw_dataset.select(sorted(chosen)).with_transform(make_batch_transform(transform))
@@ -79,10 +88,7 @@ def _batches(subset: Any, batch_size: int):
         rows = [subset[i] for i in range(start, min(start + batch_size, len(subset)))]
         rows = [r for r in rows if r["pixel_values"] is not None]
         if rows:
-            yield (
-                torch.stack([r["pixel_values"] for r in rows]),
-                torch.tensor([int(r["labels"]) for r in rows]),
-            )
+            yield (torch.stack([r["pixel_values"] for r in rows]), label_tensor([r["labels"] for r in rows]))
 
 
 @torch.no_grad()
@@ -246,6 +252,57 @@ def fit_bias_shift(logits: torch.Tensor, labels: torch.Tensor, prior_std: float 
     return (d * present).detach()
 
 
+def fit_sigmoid_bias_shift(
+    logits: torch.Tensor, targets: torch.Tensor, prior_std: float = 10.0
+) -> torch.Tensor:
+    """The per-class bias shift ``d`` of a sigmoid head minimising
+    ``mean_i sum_c BCE(logits_ic + d_c, targets_ic) / C + |d|^2 / (2 prior_std^2 n C)``.
+
+    A reused softmax row's logit has no meaning of its own (softmax ignores a shift shared by all classes);
+    under a sigmoid it becomes a probability only once its bias matches how often the class occurs. The prior
+    is wide (a softmax logit may need a shift of several units) and keeps a class never seen positive
+    finite. Convex in ``d``; L-BFGS in float64."""
+    z = logits.detach().double().cpu()
+    y = targets.detach().double().cpu()
+    penalty = 1.0 / (2.0 * prior_std**2 * len(y) * z.shape[1])
+    d = torch.zeros(z.shape[1], dtype=torch.double, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [d], max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-12, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z + d, y) + penalty * (d**2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return d.detach()
+
+
+def _fit_shift(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """The bias shift for logits ``z`` and labels ``y`` (class ids, or multi-hot rows), and the loss and
+    accuracy (exact match at 0.5, multi-label) before and after it."""
+    if y.is_floating_point():
+        shift = fit_sigmoid_bias_shift(z, y)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits
+        accuracy = lambda s: float(((s > 0).double() == y.double()).all(1).double().mean())  # noqa: E731
+        y = y.double()
+    else:
+        shift = fit_bias_shift(z, y)
+        loss = torch.nn.functional.cross_entropy
+        accuracy = lambda s: float((s.argmax(1) == y).double().mean())  # noqa: E731
+    calibrated = z.double() + shift
+    figures = {
+        "loss_before": float(loss(z.double(), y)),
+        "loss_after": float(loss(calibrated, y)),
+        "accuracy_before": accuracy(z.double()),
+        "accuracy_after": accuracy(calibrated),
+    }
+    return shift, figures
+
+
 @torch.no_grad()
 def calibrate_head_bias(
     model: torch.nn.Module,
@@ -264,6 +321,9 @@ def calibrate_head_bias(
     :func:`hf_finetune.runtime.tuning.tune_depthwise_precision`).
 
     With two heads (e.g. DeiT's distilled one, whose logits are the mean of both) the same shift goes to both.
+    On a multi-label split (multi-hot rows) the head is a sigmoid one: each class's bias is fitted on its own to
+    a seeded sample of the split with binary cross-entropy (:func:`fit_sigmoid_bias_shift`), and the accuracy
+    figures are exact-match ratios at 0.5.
     """
     start = time.perf_counter()
     modules = dict(model.named_modules())
@@ -290,17 +350,12 @@ def calibrate_head_bias(
     if not chunks:
         return None
     z, y = torch.cat(chunks), torch.cat(targets)
-    shift = fit_bias_shift(z, y)
+    shift, figures = _fit_shift(z, y)
     for bias in biases:
         bias.add_(shift.to(bias.device, bias.dtype))
-    ce = torch.nn.functional.cross_entropy
-    calibrated = z.double() + shift
     return BiasCalibration(
         images=len(y),
         shift={name: float(v) for name, v in zip(labels, shift.tolist(), strict=True)},
-        loss_before=float(ce(z.double(), y)),
-        loss_after=float(ce(calibrated, y)),
-        accuracy_before=float((z.argmax(1) == y).double().mean()),
-        accuracy_after=float((calibrated.argmax(1) == y).double().mean()),
         seconds=time.perf_counter() - start,
+        **figures,
     )

@@ -20,6 +20,7 @@ from typing import Any
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
+from hf_finetune.data.multi_label import MULTI_LABEL_PROBLEM_TYPE
 from hf_finetune.errors import ConfigError, DataError, ModelLoadError
 from hf_finetune.labels.mapping_file import parse_label_mapping
 from hf_finetune.labels.matching import match_labels
@@ -222,6 +223,7 @@ def load_model_for_labels(
     keep_source_head: bool = False,
     allow_pickle_weights: bool = False,
     drop_path_rate: float | None = None,
+    multi_label: bool = False,
 ) -> LoadedModel:
     """Load ``model_name_or_path`` with an output layer for ``labels``.
 
@@ -231,9 +233,12 @@ def load_model_for_labels(
     ``"none"``, target labels that match source labels (:func:`hf_finetune.labels.matching.match_labels`; an explicit
     ``{target: source label(s)}`` mapping wins) start from the source classifier's rows
     (:func:`hf_finetune.models.heads.copy_source_rows`); the report is ``LoadedModel.mapping``.
+
+    ``multi_label``: the model scores each label on its own (``config.problem_type =
+    "multi_label_classification"``: sigmoid outputs, binary cross-entropy); a single label is then allowed.
     """
 
-    _check_labels(labels)
+    _check_labels(labels, multi_label)
     source = _Source(
         model_name_or_path,
         revision,
@@ -254,6 +259,7 @@ def load_model_for_labels(
     # The model, with a head for the target labels
     if not same_labels:
         _set_target_labels(config, labels, is_timm)
+    _set_problem_type(config, multi_label)
     drop_path_set = set_drop_path_rate(config, drop_path_rate, is_timm, model_name_or_path)
     model, info = _from_pretrained(source, config, ignore_mismatched_sizes=not same_labels)
     if drop_path_set is not None:
@@ -308,10 +314,12 @@ class _Source:
         )
 
 
-def _check_labels(labels: list[str]) -> None:
+def _check_labels(labels: list[str], multi_label: bool = False) -> None:
     if not labels:
         raise ModelLoadError("labels: got an empty label set; expected at least one class name")
-    if len(labels) == 1:  # transformers would make one output a regression (MSE loss, raw scores)
+    if (
+        len(labels) == 1 and not multi_label
+    ):  # transformers would make one output a regression (MSE loss, raw scores)
         raise DataError(
             f"labels: the data has a single class {labels[0]!r}; a classifier needs at least two: add a "
             "folder (or rows) of images for each other class"
@@ -334,6 +342,15 @@ def _set_target_labels(config, labels: list[str], is_timm: bool) -> None:
     config.label2id = {name: i for i, name in enumerate(labels)}
     if is_timm:  # TimmWrapperConfig saves label_names (not id2label): keep them in step
         config.label_names = list(labels)
+
+
+def _set_problem_type(config, multi_label: bool) -> None:
+    """Sigmoid outputs and BCE for multi-label data; a multi-label checkpoint fine-tuned on single labels is
+    made single-label."""
+    if multi_label:
+        config.problem_type = MULTI_LABEL_PROBLEM_TYPE
+    elif config.problem_type == MULTI_LABEL_PROBLEM_TYPE:
+        config.problem_type = "single_label_classification"
 
 
 def _from_pretrained(source: _Source, config, ignore_mismatched_sizes: bool):

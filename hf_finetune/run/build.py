@@ -15,6 +15,7 @@ import logging
 from transformers import set_seed
 
 from hf_finetune.data import loading
+from hf_finetune.data.multi_label import is_multi_label
 from hf_finetune.inference.metrics import build_compute_metrics
 from hf_finetune.models.loading import load_model_for_labels
 from hf_finetune.models.lora import apply_lora
@@ -33,8 +34,10 @@ __all__ = ["DERIVED_KEYS", "build_trainer", "set_up_process", "load_data", "load
 
 logger = logging.getLogger("hf_finetune")
 
-# The training keys whose unset value build_trainer derives (from the loaded model, from the processes)
-DERIVED_KEYS = ("body_warmup_epochs", "data_seed")
+# The training keys whose value build_trainer derives (from the loaded model and data, from the processes)
+DERIVED_KEYS = ("body_warmup_epochs", "data_seed", "metric_for_best_model")
+# Single-label metrics that a multi-label run cannot compute: metric_for_best_model becomes "map" instead
+SINGLE_LABEL_METRICS = ("accuracy", "macro_f1", "top5_accuracy")
 
 
 def build_trainer(
@@ -61,7 +64,12 @@ def build_trainer(
     if loaded_model is None:  # set up the process, then load what the caller has not
         set_up_process(model_args, training_args)
         loaded_data = load_data(data_args, training_args, loaded_data)
-        loaded_model = load_model(model_args, training_args, loaded_data.labels)
+        loaded_model = load_model(
+            model_args,
+            training_args,
+            loaded_data.labels,
+            multi_label=is_multi_label(loaded_data.dataset["train"]),
+        )
     elif loaded_data is None:
         raise ValueError("build_trainer: loaded_model comes with the loaded_data it was loaded for")
     data, loaded = loaded_data, loaded_model
@@ -90,8 +98,9 @@ def build_trainer(
     # LoRA: after the head is mapped (and its rows chosen from data), peft wraps the model in place
     if lora_on(training_args):
         _wrap_lora(inputs, training_args, freeze)
-    # data_seed under several processes, into the plan
+    # data_seed under several processes, and the multi-label metric that picks the best model, into the plan
     _plan_data_seed(training_args, plan)
+    _plan_best_metric(data, training_args, plan)
     # The Trainer, with the arguments and the plan's values
     trainer = _new_trainer(
         inputs, loaded, data, trainer_arguments(training_args, plan), callbacks, checkpoint_recipe
@@ -130,8 +139,9 @@ def load_data(data_args, training_args, loaded=None):
     return data
 
 
-def load_model(model_args, training_args, labels: list[str]):
-    """The pretrained model with a head for ``labels`` (:func:`hf_finetune.models.loading.load_model_for_labels`)."""
+def load_model(model_args, training_args, labels: list[str], multi_label: bool = False):
+    """The pretrained model with a head for ``labels`` (:func:`hf_finetune.models.loading.load_model_for_labels`);
+    ``multi_label``: a sigmoid head (the data has a set of classes per image)."""
 
     loaded = load_model_for_labels(
         model_args.model_name_or_path,
@@ -144,6 +154,7 @@ def load_model(model_args, training_args, labels: list[str]):
         keep_source_head=model_args.label_init_from_data,
         allow_pickle_weights=model_args.allow_pickle_weights,
         drop_path_rate=getattr(training_args, "drop_path_rate", None),
+        multi_label=multi_label,
     )
     logger.info("%s", loaded.describe())
     if loaded.mapping is not None and not model_args.label_init_from_data:
@@ -197,6 +208,17 @@ def _plan_data_seed(training_args, plan: RunPlan) -> None:
         plan.record("data_seed", training_args.seed, "the same sampler order on every rank: the global seed")
 
 
+def _plan_best_metric(data, training_args, plan: RunPlan) -> None:
+    """Multi-label data has no accuracy: a single-label ``metric_for_best_model`` becomes ``map`` (the macro mean
+    average precision on validation, which needs no threshold)."""
+
+    metric = (training_args.metric_for_best_model or "").removeprefix("eval_")
+    if is_multi_label(data.dataset["train"]) and metric in SINGLE_LABEL_METRICS:
+        why = f"multi-label data: {metric} is a single-label metric; the macro mean average precision picks the model"
+        plan.record("metric_for_best_model", "map", why)
+        logger.info("metric_for_best_model: map (%s)", why)
+
+
 def _wrap_lora(inputs: TrainingInputs, training_args, freeze) -> None:
     lora = apply_lora(inputs.model, training_args, frozen=freeze.frozen)
     logger.info("%s", lora.describe())
@@ -210,7 +232,9 @@ def _new_trainer(inputs: TrainingInputs, loaded, data, args, callbacks, checkpoi
         train_dataset=inputs.train_dataset,
         eval_dataset=inputs.eval_dataset,
         data_collator=inputs.collator,
-        compute_metrics=build_compute_metrics(len(data.labels), args.metrics),
+        compute_metrics=build_compute_metrics(
+            len(data.labels), args.metrics, multi_label=is_multi_label(data.dataset["train"])
+        ),
         processing_class=loaded.processor,
         callbacks=callbacks,
         head_names=inputs.head_names,

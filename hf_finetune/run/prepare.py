@@ -7,7 +7,9 @@ import logging
 
 import torch
 
+from hf_finetune.data.multi_label import is_multi_label
 from hf_finetune.data.transforms import apply_image_size, build_transforms, data_config_from_processor
+from hf_finetune.errors import ConfigError
 from hf_finetune.labels.matching import match_labels
 from hf_finetune.models.freezing import configure_batchnorm, freeze_parameters
 from hf_finetune.models.head_init import calibrate_head_bias, data_driven_rows, source_probabilities_per_class
@@ -69,6 +71,11 @@ def head_from_data(loaded, data, eval_transform, model_args, training_args) -> N
     (the reused head's biases fitted to the training data's classes)."""
 
     autocast = _autocast_dtype(training_args)
+    if model_args.label_init_from_data and is_multi_label(data.dataset["train"]):
+        raise ConfigError(
+            "label_init_from_data: true averages the source softmax over each target class's images, which "
+            "multi-label data does not have; set it to false (label mapping and label_bias_from_data still apply)"
+        )
     if model_args.label_init_from_data and loaded.source_head is not None:
         _init_rows_from_data(loaded, data, eval_transform, model_args.label_merge, autocast)
     if model_args.label_bias_from_data and loaded.mapping is not None and loaded.mapping.reused:

@@ -15,6 +15,9 @@ from hf_finetune.training.start_point import StartingPointCallback
 
 __all__ = ["TrainResult", "new_result", "summarize_run"]
 
+#: The figures of the summary lines, in order, when the evaluation has them (single-label, then multi-label).
+SUMMARY_METRICS = ("accuracy", "top5_accuracy", "macro_f1", "map", "f1_micro", "f1_macro", "exact_match")
+
 
 @dataclass
 class TrainResult:
@@ -39,7 +42,7 @@ class TrainResult:
 
     def summary(self) -> str:
         def fmt(metrics: dict[str, float]) -> str:
-            keys = [k for k in ("accuracy", "top5_accuracy", "macro_f1") if f"eval_{k}" in metrics]
+            keys = [k for k in SUMMARY_METRICS if f"eval_{k}" in metrics]
             return ", ".join(f"{k} {metrics[f'eval_{k}']:.4f}" for k in keys) or "n/a"
 
         lines = [
@@ -47,7 +50,7 @@ class TrainResult:
             f"after fine-tuning:            {fmt(self.metrics_after)}",
         ]
         if self.test_metrics:
-            keys = [k for k in ("accuracy", "top5_accuracy", "macro_f1") if f"test_{k}" in self.test_metrics]
+            keys = [k for k in SUMMARY_METRICS if f"test_{k}" in self.test_metrics]
             scores = ", ".join(f"{k} {self.test_metrics[f'test_{k}']:.4f}" for k in keys) or "n/a"
             count = int(self.test_metrics.get("test_samples", 0))
             lines.append(f"test split ({count} images, scored once, chose nothing): {scores}")
@@ -96,7 +99,7 @@ def _starting_point_kept(trainer) -> bool:
 
 def _first_eval(log_history: list[dict[str, Any]]) -> dict[str, float]:
     for entry in log_history:
-        if "eval_accuracy" in entry:
+        if "eval_accuracy" in entry or "eval_map" in entry:
             return {k: v for k, v in entry.items() if k.startswith("eval_")}
     return {}
 
@@ -104,8 +107,8 @@ def _first_eval(log_history: list[dict[str, Any]]) -> dict[str, float]:
 def summarize_run(result: TrainResult, trainer, training_args, out: Path) -> None:
     """Fill in the best epoch and the main files written, for :meth:`TrainResult.summary`."""
 
-    metric = training_args.metric_for_best_model
-    best = best_epoch(trainer.state.log_history, metric, training_args.greater_is_better)
+    metric = trainer.args.metric_for_best_model  # the run's: "map" for multi-label data (run/build.py)
+    best = best_epoch(trainer.state.log_history, metric, trainer.args.greater_is_better)
     if best is not None:
         result.best_epoch = best[0]
         result.best_metric = {(metric or "loss").removeprefix("eval_"): best[1]}

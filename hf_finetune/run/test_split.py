@@ -49,9 +49,11 @@ def score_test_split(trainer, data) -> dict[str, Any]:
     metrics = {k: v for k, v in output.metrics.items() if k.startswith("test_")}
     metrics["test_samples"] = len(test)
     if trainer.is_world_process_zero():
+        key = "map" if "test_map" in metrics else "accuracy"
         logger.info(
-            "test split: %d images scored once by the final model (accuracy %.4f)",
+            "test split: %d images scored once by the final model (%s %.4f)",
             len(test),
-            float(metrics.get("test_accuracy", float("nan"))),
+            "mean average precision" if key == "map" else key,
+            float(metrics.get(f"test_{key}", float("nan"))),
         )
     return metrics

@@ -1,7 +1,7 @@
 """The training entry point: :func:`main` runs one fine-tuning as titled steps of one call each.
 
 check the Hub keys -> set up the process -> load data -> load model -> build the trainer -> train -> evaluate
--> test -> save -> summarize -> push.
+-> thresholds (multi-label) -> test -> save -> summarize -> push.
 
 A test split (a ``test/`` folder, a Hub dataset's ``test`` split) is scored once, by the final model, after
 everything is chosen (:mod:`hf_finetune.run.test_split`); nothing before that step reads it.
@@ -34,6 +34,7 @@ from typing import Any
 from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
 from hf_finetune.data.image_cache import CACHE_DIR as IMAGE_CACHE_DIR
 from hf_finetune.data.image_check import write_bad_image_report
+from hf_finetune.data.multi_label import is_multi_label
 from hf_finetune.errors import TrainingInterrupted
 from hf_finetune.hub import push as hub_push
 from hf_finetune.hub.push import check_hub_arguments
@@ -43,6 +44,7 @@ from hf_finetune.run.output_dir import run_folder
 from hf_finetune.run.result import TrainResult, new_result, summarize_run
 from hf_finetune.run.save import STAGING, final_model_in_place, save_run
 from hf_finetune.run.test_split import score_test_split
+from hf_finetune.run.thresholds import choose_thresholds
 from hf_finetune.runtime.plan import RunPlan
 from hf_finetune.runtime.speed_plan import resolve_speed
 from hf_finetune.training.checkpoints import is_finished_model_dir, last_checkpoint
@@ -83,7 +85,9 @@ def main(
                 # Load data
                 data = load_data(data_args, training_args)
                 # Load model, with a head for the data's labels
-                loaded = load_model(model_args, training_args, data.labels)
+                loaded = load_model(
+                    model_args, training_args, data.labels, multi_label=is_multi_label(data.dataset["train"])
+                )
                 # Build the trainer
                 trainer, loaded, data = build_trainer(
                     model_args,
@@ -104,6 +108,8 @@ def main(
             with interrupting_final_save(trainer.state.max_steps, newest):
                 # Evaluate
                 evaluation = _evaluate(trainer, data)
+                # Thresholds: a multi-label model's, chosen on the validation split, saved with the model
+                choose_thresholds(trainer, loaded, data, training_args.threshold, evaluation)
                 # The final weights in place (EMA, the whole model after cached features); caches removed
                 result = _final_result(trainer, loaded, data, training_args, train_metrics, evaluation)
                 # Test: the final model scored once on the test split, when the data has one

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from hf_finetune.data.transforms import collate_images, make_batch_transform
+from hf_finetune.data.transforms import collate_images, label_tensor, make_batch_transform
 from hf_finetune.errors import ConfigError
 from hf_finetune.models.heads import head_module_names
 
@@ -63,7 +63,8 @@ class HeadOnlyModel(nn.Module):
     """The classifier of ``model`` applied to cached features: ``forward(features, labels)``.
 
     ``head`` is the model's own module, so training this trains the model's head. Its output is the
-    model's: ``logits``, and the cross-entropy ``loss`` when labels are given.
+    model's: ``logits``, and the cross-entropy ``loss`` when labels are given (binary cross-entropy for the
+    multi-hot rows of a multi-label split).
     """
 
     main_input_name = "features"
@@ -78,7 +79,9 @@ class HeadOnlyModel(nn.Module):
 
         logits = self.head(features.to(self.head.weight.dtype))
         loss = None
-        if labels is not None:
+        if labels is not None and labels.is_floating_point():  # multi-hot rows: the model's own BCE
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        elif labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels)
         return ImageClassifierOutput(loss=loss, logits=logits)
 
@@ -88,7 +91,7 @@ def collate_features(examples: list[dict]) -> dict[str, torch.Tensor]:
     features = torch.stack([torch.as_tensor(e["features"], dtype=torch.float32) for e in examples])
     batch = {"features": features}
     if "label" in examples[0]:
-        batch["labels"] = torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)
+        batch["labels"] = label_tensor([e["label"] for e in examples])
     return batch
 
 

@@ -7,6 +7,9 @@
 * ``none``; ``auto``: ``weighted_loss`` when the largest class has more than :data:`AUTO_RATIO` (3) times the
   images of the smallest, else ``none``.
 
+Multi-label data counts the images holding each class; its weighted loss is binary cross-entropy's ``pos_weight``
+(:func:`positive_weights`), and the sampler is not available (an image has several classes).
+
 ``auto`` picks the weighted loss rather than the sampler: every image is still seen exactly once per epoch (the
 sampler repeats the few images of a small class many times and leaves some of a large class out in each
 epoch), the epoch order and ``--resume`` stay the Trainer's own, and it also works on cached features.
@@ -27,11 +30,14 @@ __all__ = [
     "ClassBalance",
     "decide_class_balance",
     "class_weights",
+    "MAX_POS_WEIGHT",
+    "positive_weights",
     "sample_weights",
     "BalancedSampler",
 ]
 
 AUTO_RATIO = 3.0
+MAX_POS_WEIGHT = 100.0
 BALANCE_MODES = ("auto", "none", "weighted_loss", "sampler")
 
 
@@ -78,6 +84,16 @@ def class_weights(counts: list[int] | np.ndarray) -> torch.Tensor:
     n, k = counts.sum(), int(present.sum())
     weights = np.zeros_like(counts)
     weights[present] = n / (k * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def positive_weights(counts: list[int] | np.ndarray, num_images: int) -> torch.Tensor:
+    """Multi-label data: BCE's ``pos_weight`` per class, ``negatives / positives`` (each class's positive images
+    weigh as much as its negative ones), at most :data:`MAX_POS_WEIGHT`; a class without positives gets 1."""
+    counts = np.asarray(counts, dtype=np.float64)
+    weights = np.ones_like(counts)
+    present = counts > 0
+    weights[present] = np.minimum((num_images - counts[present]) / counts[present], MAX_POS_WEIGHT)
     return torch.tensor(weights, dtype=torch.float32)
 
 

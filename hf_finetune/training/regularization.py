@@ -8,6 +8,10 @@
 * **Label smoothing** alone is transformers' own: with ``label_smoothing_factor`` the Trainer takes the labels
   out and applies its ``LabelSmoother`` to the logits (the same target as ``(1 - e) * one_hot + e / K``).
 * **Class weights** (:mod:`hf_finetune.training.imbalance`) use the same soft-target loss, weighted per class.
+* **Multi-label** (multi-hot float ``labels``, :mod:`hf_finetune.data.multi_label`): the loss is binary
+  cross-entropy; Mixup/CutMix mix the multi-hot rows with the images' weights (:class:`MultiHotMixup`), label
+  smoothing moves each target to ``(1 - e) y + e / 2``, and class balance is BCE's ``pos_weight``
+  (:func:`multi_label_loss`).
 * **Drop path** (``drop_path_rate``) is set when the model loads: :mod:`hf_finetune.models.drop_path`.
 * **Early stopping**: transformers' ``EarlyStoppingCallback`` (:func:`early_stopping_callback`).
 
@@ -29,13 +33,16 @@ from timm.data.mixup import mixup_target
 from transformers import EarlyStoppingCallback
 from transformers.modeling_utils import unwrap_model
 
+from hf_finetune.data.multi_label import is_multi_label, positive_counts
 from hf_finetune.data.splits import label_column
 from hf_finetune.errors import ConfigError
 from hf_finetune.training.ema import EmaCallback, WeightEma
 from hf_finetune.training.imbalance import (
+    MAX_POS_WEIGHT,
     BalancedSampler,
     class_weights,
     decide_class_balance,
+    positive_weights,
     sample_weights,
 )
 
@@ -45,6 +52,8 @@ __all__ = [
     "mix_batch",
     "mixing_on",
     "soft_target_cross_entropy",
+    "MultiHotMixup",
+    "multi_label_loss",
     "smoothed_targets",
     "early_stopping_callback",
     "feature_cache_wanted",
@@ -57,14 +66,26 @@ logger = logging.getLogger(__name__)
 # --- Mixup / CutMix ---------------------------------------------------------------------------------------
 
 
-def build_mixup(args: Any, num_classes: int):
-    """timm's ``Mixup`` for the recipe's keys, or None when ``mixup_alpha`` and ``cutmix_alpha`` are both 0."""
+class MultiHotMixup(Mixup):
+    """timm's ``Mixup`` for multi-hot targets: the images are mixed as timm mixes them (``mode="batch"``), and
+    the targets with the same weight: ``lam * y + (1 - lam) * y.flip(0)``, smoothed to ``(1 - e) y + e / 2``."""
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lam = self._mix_batch(x)  # timm's own batch mixing, in place; lam corrected for the CutMix box
+        target = target.float()
+        mixed = lam * target + (1.0 - lam) * target.flip(0)
+        return x, mixed * (1.0 - self.label_smoothing) + self.label_smoothing / 2
+
+
+def build_mixup(args: Any, num_classes: int, multi_label: bool = False):
+    """timm's ``Mixup`` for the recipe's keys (:class:`MultiHotMixup` for ``multi_label``), or None when
+    ``mixup_alpha`` and ``cutmix_alpha`` are both 0."""
     mixup_alpha = float(getattr(args, "mixup_alpha", 0.0) or 0.0)
     cutmix_alpha = float(getattr(args, "cutmix_alpha", 0.0) or 0.0)
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return None
 
-    return Mixup(
+    return (MultiHotMixup if multi_label else Mixup)(
         mixup_alpha=mixup_alpha,
         cutmix_alpha=cutmix_alpha,
         prob=float(getattr(args, "mixup_prob", 1.0)),
@@ -99,7 +120,11 @@ def mix_batch(mixup, pixel_values: torch.Tensor, labels: torch.Tensor) -> tuple[
     even = n - n % 2
     if even == n:
         return mixup(pixel_values, labels)
-    parts = [smoothed_targets(labels[even:], mixup.num_classes, mixup.label_smoothing)]
+    if labels.is_floating_point():  # multi-hot rows: the odd one out keeps its own (smoothed) targets
+        rest = labels[even:].float() * (1.0 - mixup.label_smoothing) + mixup.label_smoothing / 2
+    else:
+        rest = smoothed_targets(labels[even:], mixup.num_classes, mixup.label_smoothing)
+    parts = [rest]
     if even:
         _, mixed = mixup(pixel_values[:even], labels[:even])  # a view: mixed in place
         parts.insert(0, mixed)
@@ -120,6 +145,19 @@ def soft_target_cross_entropy(
         return -(targets * log_probs).sum(dim=-1).mean()
     weighted = targets * class_weights.to(device=log_probs.device, dtype=log_probs.dtype)
     return -(weighted * log_probs).sum() / weighted.sum()
+
+
+def multi_label_loss(
+    logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Binary cross-entropy of every (image, class) pair against soft multi-hot ``targets``, averaged over both
+    (transformers' ``BCEWithLogitsLoss`` for ``multi_label_classification``); ``pos_weight`` weighs each class's
+    positive term (:func:`hf_finetune.training.imbalance.positive_weights`)."""
+    if pos_weight is not None:
+        pos_weight = pos_weight.to(device=logits.device, dtype=torch.float32)
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        logits.float(), targets.float(), pos_weight=pos_weight
+    )
 
 
 # --- early stopping ---------------------------------------------------------------------------------------
@@ -144,7 +182,8 @@ class RegularizationMixin:
     """Trainer hooks for mixing, class weights, the balanced sampler and EMA. Set after construction:
 
     * ``mixup``: timm ``Mixup`` (None: off); mixing stops from epoch ``args.mixup_off_epoch`` on;
-    * ``class_weights``: a tensor of per-class loss weights (None: off);
+    * ``class_weights``: a tensor of per-class loss weights (None: off); for multi-label data BCE's
+      ``pos_weight``;
     * ``sampler_weights``: per-training-image draw weights for the balanced sampler (None: Trainer's sampler);
     * ``ema``: a :class:`hf_finetune.training.ema.WeightEma` (None: off).
     """
@@ -162,21 +201,28 @@ class RegularizationMixin:
             and model.training
             and mixing_on(getattr(self.args, "mixup_off_epoch", 0), self.state.epoch)
         )
-        if (not mixing and self.class_weights is None) or "labels" not in inputs:
+        smoothing = float(getattr(self.args, "label_smoothing_factor", 0.0) or 0.0)
+        multi_label = "labels" in inputs and inputs["labels"].is_floating_point()
+        own_loss = mixing or self.class_weights is not None or (multi_label and smoothing > 0)
+        if not own_loss or "labels" not in inputs:
             self.loss_is_scaled_for_ga = None  # the Trainer's own rule
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         num_classes = int(unwrap_model(model).config.num_labels)
-        smoothing = float(getattr(self.args, "label_smoothing_factor", 0.0) or 0.0)
         if mixing:
             key = "pixel_values" if "pixel_values" in inputs else unwrap_model(model).main_input_name
             inputs[key], targets = mix_batch(self.mixup, inputs[key], labels)
+        elif multi_label:
+            targets = labels * (1.0 - smoothing) + smoothing / 2
         else:
             targets = smoothed_targets(labels, num_classes, smoothing)
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        loss = soft_target_cross_entropy(logits, targets, self.class_weights)
+        if multi_label:
+            loss = multi_label_loss(logits, targets, self.class_weights)
+        else:
+            loss = soft_target_cross_entropy(logits, targets, self.class_weights)
         self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
         return (loss, outputs) if return_outputs else loss
 
@@ -238,12 +284,36 @@ def feature_cache_wanted(args: Any) -> bool | None:
     return False
 
 
+def _multi_label_balance(trainer, args: Any, dataset) -> Any:
+    """``class_balance`` on multi-label data: the same ``auto`` rule on the positives per class; the weighted
+    loss is BCE's ``pos_weight``; the sampler (one class per image) is a ConfigError."""
+    requested = getattr(args, "class_balance", "auto")
+    if requested == "sampler":
+        raise ConfigError(
+            "class_balance: sampler draws each image by its one class; multi-label data has several per image: "
+            "use weighted_loss (BCE pos_weight), auto or none"
+        )
+    counts = positive_counts(dataset)
+    balance = decide_class_balance(requested, counts)
+    logger.info("%s (positives per class)", balance.describe())
+    if balance.mode == "weighted_loss":
+        trainer.class_weights = positive_weights(counts, len(dataset))
+        logger.info(
+            "pos_weight negatives / positives per class (at most %g): %s",
+            MAX_POS_WEIGHT,
+            ", ".join(f"{w:.3f}" for w in trainer.class_weights.tolist()),
+        )
+    return balance
+
+
 def configure_regularization(trainer, args: Any, num_classes: int) -> None:
     """Switch on what the recipe asks for on a built trainer: Mixup/CutMix, class balance, EMA, early stopping.
 
     Each choice is logged; the class-balance choice is also ``trainer.class_balance``."""
 
-    trainer.mixup = build_mixup(args, num_classes)
+    dataset = trainer.train_dataset
+    multi_label = is_multi_label(dataset)
+    trainer.mixup = build_mixup(args, num_classes, multi_label)
     if trainer.mixup is not None:
         logger.info(
             "mixing: mixup_alpha %g, cutmix_alpha %g, prob %g, switch_prob %g, label smoothing %g, %s",
@@ -254,9 +324,10 @@ def configure_regularization(trainer, args: Any, num_classes: int) -> None:
             trainer.mixup.label_smoothing,
             f"off from epoch {args.mixup_off_epoch}" if args.mixup_off_epoch else "every epoch",
         )
-    dataset = trainer.train_dataset
     balance = None
-    if hasattr(dataset, "select_columns") and "label" in (getattr(dataset, "column_names", None) or []):
+    if multi_label:
+        balance = _multi_label_balance(trainer, args, dataset)
+    elif hasattr(dataset, "select_columns") and "label" in (getattr(dataset, "column_names", None) or []):
         labels = label_column(dataset)  # image folder, image cache or feature cache: one Arrow read
         counts = np.bincount(labels, minlength=num_classes)
         balance = decide_class_balance(getattr(args, "class_balance", "auto"), counts)
