@@ -660,9 +660,8 @@ def _multi_label_folder(tiny_hf_checkpoint, out: Path, recipe: dict) -> dict:
         {"epoch": 0.0, "step": 0, "eval_map": 0.412345, "eval_f1_micro": 0.3, "eval_loss": 0.7},
         {"epoch": 1.0, "step": 5, "eval_map": 0.751234, "eval_f1_micro": 0.663421, "eval_loss": 0.2345},
     ]
-    (out / "trainer_state.json").write_text(
-        json.dumps({"log_history": history, "epoch": 1.0, "global_step": 5})
-    )
+    state = {"log_history": history, "epoch": 1.0, "global_step": 5, "best_metric": 0.751234}
+    (out / "trainer_state.json").write_text(json.dumps(state))
     (out / "precision_recall.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     return {"names": names, "thresholds": thresholds, "per_class": per_class, "results": results}
 
@@ -675,6 +674,7 @@ def test_the_card_of_a_multi_label_model(tiny_hf_checkpoint, tmp_path):
     card = ModelCard(render_model_card(out, "org/tiny-multi"))
     text = card.text
     assert "A multi-label image classifier fine-tuned from" in text
+    assert "the checkpoint with the best validation map (0.7512) was kept" in text
     assert "This is a **multi-label** classifier" in text and "`label_thresholds`" in text
     assert "the 7 thresholds (from 0.2500 to 0.7000)" in text and "`threshold: per_class`" in text
     assert (

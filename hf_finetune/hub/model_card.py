@@ -307,7 +307,8 @@ def _training_text(run: _Run) -> str:
     if train_results.get("train_runtime"):
         text += f" in {float(train_results['train_runtime']):.1f} s"
     if state.get("best_metric") is not None:
-        metric = markdown_text(run.facts.get("metric_for_best_model", "accuracy"))
+        default = "map" if run.multi_label else "accuracy"  # a multi-label run's default (eval_map)
+        metric = markdown_text(run.facts.get("metric_for_best_model", default))
         text += f"; the checkpoint with the best validation {metric} ({state['best_metric']:.4f}) was kept"
     return text + "."
 
