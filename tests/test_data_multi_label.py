@@ -203,21 +203,45 @@ def test_validation_without_a_train_class_is_warned_not_refused(tmp_path, caplog
     assert "2 of 3 classes have no positive image (bird, dog)" in caplog.text
 
 
-def test_hold_out_is_a_seeded_permutation_of_the_same_fraction(tmp_path):
+def test_hold_out_keeps_the_fraction_and_is_seeded(tmp_path):
     names = _images(tmp_path, 20)
     labels = [("a;b" if i % 3 == 0 else "a") if i % 2 else "b" for i in range(20)]
     train = _csv(tmp_path / "train.csv", list(zip(names, labels, strict=True)))
     data = _load(tmp_path, train_file=str(train), train_val_split=0.2)
     assert (len(data.dataset["train"]), len(data.dataset["validation"])) == (16, 4)
-    assert "seeded permutation, seed 42" in data.source
+    assert "iterative stratification, seed 42" in data.source
     train_sets, val_sets = _sets(data, "train"), _sets(data, "validation")
     assert not set(train_sets) & set(val_sets) and len({**train_sets, **val_sets}) == 20
+    # a: 10 images, b: 13 (3 with a): about round(n * 0.2) of each held out (2 and 3; within one)
+    held = label_counts(data.dataset["validation"], data.labels)
+    assert held["a"] == 2 and abs(held["b"] - 3) <= 1
     again = _load(tmp_path, train_file=str(train), train_val_split=0.2)
     assert _sets(again, "validation") == val_sets
     other = _load(tmp_path, seed=7, train_file=str(train), train_val_split=0.2)
     assert set(_sets(other, "validation")) != set(val_sets)
-    assert multi_label_split_indices(20, 0.2, 42) == multi_label_split_indices(20, 0.2, 42)
-    assert [len(part) for part in multi_label_split_indices(2, 0.01, 0)] == [1, 1]
+
+
+def test_iterative_stratification_holds_out_each_class_in_proportion():
+    rng = np.random.default_rng(0)
+    hot = np.zeros((40, 4), dtype=np.float32)
+    hot[:, 0] = rng.random(40) < 0.5
+    hot[:, 1] = rng.random(40) < 0.25
+    hot[[3, 17], 2] = 1  # a rare class: 2 images
+    hot[5:10] = 0  # five images without a class
+    wanted = [min(max(1, round(n * 0.2)), n - 1) if n >= 2 else 0 for n in hot.sum(axis=0).astype(int)]
+    assert wanted[2] == 1 and wanted[3] == 0
+    for seed in range(10):
+        train, held = multi_label_split_indices(hot, 0.2, seed)
+        assert len(held) == 8 and sorted(train + held) == list(range(40))
+        counts = hot[held].sum(axis=0)
+        assert counts[2] == 1  # a seeded permutation leaves the rare class out of 8 of 40 in 63% of seeds
+        assert all(abs(c - w) <= 1 for c, w in zip(counts, wanted, strict=True))
+    assert multi_label_split_indices(hot, 0.2, 3) == multi_label_split_indices(hot, 0.2, 3)
+    assert multi_label_split_indices(hot, 0.2, 3) != multi_label_split_indices(hot, 0.2, 4)
+    assert multi_label_split_indices(np.zeros((2, 3)), 0.01, 0) == ([0], [1]) or multi_label_split_indices(
+        np.zeros((2, 3)), 0.01, 0
+    ) == ([1], [0])
+    assert multi_label_split_indices(np.ones((1, 3)), 0.5, 0) == ([0], [])
 
 
 def test_image_folder_with_a_metadata_file(tmp_path):

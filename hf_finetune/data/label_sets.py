@@ -139,10 +139,56 @@ def warn_classes_without_positives(split: str, multi_hot: np.ndarray, labels: Se
     return missing
 
 
-def multi_label_split_indices(rows: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, held-out) row indices of a multi-label train split: a seeded permutation (not iterative
-    stratification) holds out ``round(rows * fraction)`` rows, at least 1 and at most ``rows - 1``. Both lists
-    come back sorted."""
-    count = min(max(1, round(rows * fraction)), rows - 1) if rows >= 2 else 0
-    order = np.random.default_rng(seed).permutation(rows)
-    return sorted(int(i) for i in order[count:]), sorted(int(i) for i in order[:count])
+def multi_label_split_indices(hot: np.ndarray, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) row indices of a multi-label train split (``hot``: its ``(rows, K)`` multi-hot rows), by
+    seeded iterative stratification (Sechidis, Tsoumakas and Vlahavas, 2011): the rarest class first, each of its
+    rows goes to the side that still wants most of that class. ``round(rows * fraction)`` rows are held out (at
+    least 1, at most ``rows - 1``); a class with n >= 2 images wants ``round(n * fraction)`` of them held out, at
+    least 1 and at most n - 1, as the single-label hold-out does. Both lists come back sorted."""
+    hot = np.asarray(hot, dtype=bool).reshape(len(hot), -1)
+    rows = len(hot)
+    if rows < 2:
+        return list(range(rows)), []
+    count = min(max(1, round(rows * fraction)), rows - 1)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(rows)
+    positives = hot.sum(axis=0)
+    held = np.where(positives >= 2, np.clip(np.round(positives * fraction), 1, positives - 1), 0)
+    desired = np.stack([positives - held, held]).astype(np.float64)  # side 0: train, side 1: held out
+    total = np.array([rows - count, count], dtype=np.float64)
+    side = np.full(rows, -1)
+    for _ in range(hot.shape[1]):
+        open_rows = order[side[order] < 0]
+        left = hot[open_rows].sum(axis=0)
+        if not left.any():
+            break
+        label = int(np.argmin(np.where(left > 0, left, np.iinfo(np.int64).max)))
+        for row in open_rows[hot[open_rows, label]]:
+            wants = desired[:, label]
+            if wants[0] != wants[1]:
+                target = int(np.argmax(wants))
+            else:
+                target = int(np.argmax(total)) if total[0] != total[1] else int(rng.integers(2))
+            side[row] = target
+            desired[target] -= hot[row]
+            total[target] -= 1
+    for row in order[side[order] < 0]:  # images without a class fill the sides
+        target = int(np.argmax(total))
+        side[row] = target
+        total[target] -= 1
+    _balance(side, hot, order, count)
+    return sorted(np.flatnonzero(side == 0).tolist()), sorted(np.flatnonzero(side == 1).tolist())
+
+
+def _balance(side: np.ndarray, hot: np.ndarray, order: np.ndarray, count: int) -> None:
+    """Move rows between the sides until exactly ``count`` are held out: first those that are not the last
+    positive of a class on their side, then those with fewest classes, in seeded order."""
+    extra = int((side == 1).sum()) - count
+    if extra == 0:
+        return
+    source = 1 if extra > 0 else 0
+    candidates = order[side[order] == source]
+    on_side = hot[side == source].sum(axis=0)
+    last = (hot[candidates] & (on_side == 1)).any(axis=1)
+    ranked = np.lexsort((np.arange(len(candidates)), hot[candidates].sum(axis=1), last))
+    side[candidates[ranked[: abs(extra)]]] = 1 - source

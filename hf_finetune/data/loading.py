@@ -22,7 +22,7 @@ Multi-label data (``problem_type: multi_label``, or ``auto`` finding a list or a
 column; :mod:`hf_finetune.data.label_sets`) ends with a multi-hot ``label``
 (:func:`hf_finetune.data.multi_label.multi_hot_features`). There a validation or test row naming a class train
 lacks is an error naming the file and row, a train class without a positive in validation is only warned, and
-the hold-out is a seeded permutation (:func:`hf_finetune.data.label_sets.multi_label_split_indices`). An image
+the hold-out is a seeded iterative stratification (:func:`hf_finetune.data.label_sets.multi_label_split_indices`). An image
 folder may hold a labels file (``metadata.csv``/``metadata.jsonl`` with a ``file_name`` column) in place of
 class folders, as may each of its ``train/``, ``val/`` and ``test/`` subfolders.
 """
@@ -139,9 +139,9 @@ def load_image_dataset(
     if "validation" not in splits:
         if multi:
             train_idx, val_idx = multi_label_split_indices(
-                len(splits["train"]), data_args.train_val_split, seed
+                multi_hot_column(splits["train"]), data_args.train_val_split, seed
             )
-            how = "seeded permutation"
+            how = "iterative stratification"
         else:
             train_idx, val_idx = stratified_split_indices(
                 label_column(splits["train"]), data_args.train_val_split, seed, labels
