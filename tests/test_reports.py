@@ -361,6 +361,59 @@ def test_eval_cli_writes_the_four_report_files(trained_run, tiny_image_folder, t
     assert {(r["true"], r["predicted"]): int(r["count"]) for r in rows} == expected
 
 
+def _multi_label_csv(folder: Path, name: str, count: int, seed: int) -> Path:
+    """``folder/NAME.csv`` of 32x32 images whose red, green and blue halves show classes r, g, b (';'-joined)."""
+    rng = np.random.default_rng(seed)
+    (folder / name).mkdir(parents=True)
+    lines = ["image,label"]
+    for index in range(count):
+        present = rng.random(3) < 0.5
+        pixels = rng.normal(100, 20, (32, 32, 3))
+        for channel in np.flatnonzero(present):
+            pixels[: 16 if channel < 2 else 32, :, channel] += 120
+        Image.fromarray(np.clip(pixels, 0, 255).astype("uint8")).save(folder / name / f"{index}.png")
+        lines.append(f"{name}/{index}.png,{';'.join(c for c, p in zip('rgb', present, strict=True) if p)}")
+    (folder / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    return folder / f"{name}.csv"
+
+
+def test_a_multi_label_run_writes_precision_recall_and_its_report(tiny_hf_checkpoint, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from hf_finetune import DataArguments, FinetuneTrainingArguments, ModelArguments, finetune
+
+    files = {
+        name: _multi_label_csv(tmp_path, name, n, seed)
+        for name, n, seed in [("train", 32, 1), ("val", 16, 2)]
+    }
+    out = tmp_path / "out"
+    result = finetune(
+        ModelArguments(model_name_or_path=str(tiny_hf_checkpoint)),
+        DataArguments(train_file=str(files["train"]), validation_file=str(files["val"]), image_size=32),
+        FinetuneTrainingArguments(
+            output_dir=str(out), num_train_epochs=1, per_device_train_batch_size=8, seed=3, report_to="none"
+        ),
+    )
+    _check_png(out / "precision_recall.png", (900, 600), (900, 600))
+    assert not (out / "confusion_matrix.png").exists() and "precision_recall.png" in result.summary()
+    config = json.loads((out / "config.json").read_text())
+    report = json.loads((out / "eval_per_class.json").read_text())
+    results = json.loads((out / "eval_results.json").read_text())
+    assert report["multi_label"] is True and "confusion_matrix" not in report
+    assert list(report["per_class"]) == ["b", "g", "r"] and report["num_images"] == 16
+    assert report["thresholds"] == [config["label_thresholds"][c] for c in "bgr"]
+    assert report["map"] == pytest.approx(results["eval_map"], abs=1e-9)  # the same final evaluation
+    card = ModelCard.load(out / "README.md")
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        "mean_average_precision": round(results["eval_map"], 4),
+        "f1": round(results["eval_f1_micro"], 4),
+    }
+    row = report["per_class"]["g"]
+    cells = [row[k] for k in ("ap", "f1", "precision", "recall")]
+    expected = f"| g | {' | '.join(f'{v:.4f}' for v in cells)} | {row['support']} | {row['threshold']:.4f} |"
+    assert expected in card.text and "![precision-recall curves](precision_recall.png)" in card.text
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed")
 def test_report_to_tensorboard_writes_event_files_offline(tiny_hf_checkpoint, tiny_image_folder, tmp_path):
     out = tmp_path / "out"
