@@ -435,3 +435,27 @@ def test_multi_label_eval_matches_labels_by_name_and_reports_at_the_thresholds(
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "validation: 4 images; map " in out and "precision_recall.png" in out
+
+
+def test_multi_label_eval_of_a_csv_split(multi_label_checkpoint, tmp_path):
+    """The same through data loading: CSV files with ';'-joined label sets, classes named as the model's."""
+    from hf_finetune.config.arguments import DataArguments
+    from hf_finetune.inference.evaluation import evaluate_model
+
+    make_image_folder(tmp_path, {"img": 6}, seed=11)
+    sets = ["tench;dog;goldfish", "cat", "dog;tench;goldfish", "", "cat;dog", "goldfish"]
+    lines = ["image,label"] + [f"img/img_{i:03d}.png,{labels}" for i, labels in enumerate(sets)]
+    (tmp_path / "train.csv").write_text("\n".join(lines[:1] + lines[1:4]) + "\n")
+    (tmp_path / "all.csv").write_text("\n".join(lines) + "\n")
+    data_args = DataArguments(
+        train_file=str(tmp_path / "train.csv"), validation_file=str(tmp_path / "all.csv")
+    )
+    report = evaluate_model(str(multi_label_checkpoint), data_args)
+    # predicted for every image: tench, goldfish, ant, dog; truth in model columns (ant never present)
+    assert report["num_images"] == 6 and report["multi_label"] is True
+    assert report["exact_match"] == 0.0  # ant is predicted everywhere and never true
+    tench, dog, cat = (report["per_class"][name] for name in ("tench", "dog", "cat"))
+    assert (tench["support"], dog["support"], cat["support"]) == (2, 3, 2)
+    assert tench["precision"] == pytest.approx(2 / 6) and dog["precision"] == pytest.approx(3 / 6)
+    assert cat["recall"] == 0.0 and report["per_class"]["ant, emmet, pismire"]["support"] == 0
+    assert report["thresholds"] == [0.9, 0.01, 0.6, 0.5, 0.5, 0.5, 0.5]
