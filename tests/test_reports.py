@@ -214,7 +214,7 @@ def test_precision_recall_png_legend_holds_each_class_ap(tmp_path):
 
     targets, logits = _multi_label(4, 120, seed=1)
     targets[:, 3] = 0.0  # a class without positives: listed, not drawn
-    names = ["ant", "bee", "$cat{", "dog"]
+    names = ["ant", "bee", "$\\foo{$", "dog"]  # math text would raise: drawn as plain text
     figure = reports.plot_precision_recall(1 / (1 + np.exp(-logits)), targets, names, tmp_path / "pr.png")
     _check_png(figure.path, (900, 600), (900, 600))
     assert figure.classes == [0, 1, 2, 3]
