@@ -172,8 +172,8 @@ def save_final(
         trainer.state.log_history,
         eval_report,
         loaded.labels,
-        training_args.metric_for_best_model,
-        training_args.greater_is_better,
+        trainer.args.metric_for_best_model,  # the run's: map for multi-label data
+        trainer.args.greater_is_better,
         *(eval_scores or (None, None)),  # multi-label: precision_recall.png
     )
     # A stale model from an earlier run goes first, with the files of it that this run may not write.
