@@ -227,24 +227,57 @@ def test_pipeline_applies_the_sigmoid(csv_run):
     assert not math.isclose(sum(s["score"] for s in scores), 1.0, abs_tol=1e-3)  # not a softmax
 
 
-def test_the_cli_trains_a_multi_label_csv_with_the_single_label_command(tiny_hf_checkpoint, tmp_path):
+def test_train_eval_predict_and_push_a_multi_label_csv_with_the_single_label_commands(
+    tiny_hf_checkpoint, tmp_path, monkeypatch, capsys
+):
+    from test_hub import RecordedHubClient
+
+    from hf_finetune.cli import main as cli_main
+    from hf_finetune.hub import push as hub_module
+
     train, _ = write_split(tmp_path, "train", 24, seed=1)
+    validation, _ = write_split(tmp_path, "validation", 12, seed=2)
+    test, test_sets = write_split(tmp_path, "test", 10, seed=3)
     out = tmp_path / "cli_out"
+    data = ["--train_file", train, "--validation_file", validation, "--test_file", test, "--image_size", "32"]
     done = run_hf_finetune(
         "train",
         "--model_name_or_path",
         tiny_hf_checkpoint,
-        "--train_file",
-        train,
+        *data,
         "--num_train_epochs",
         "1",
-        "--image_size",
-        "32",
+        "--bf16",  # fp32, as eval computes: the two test mAPs are compared to 4 decimals
+        "false",
         "--output_dir",
         out,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads((out / "config.json").read_text())["problem_type"] == "multi_label_classification"
+    config = json.loads((out / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    test_map = json.loads((out / "test_results.json").read_text())["test_map"]
+
+    done = run_hf_finetune("eval", out, *data, "--split", "test")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{test_map:.4f}" in done.stdout  # the same test mAP as the run's, one process, the saved folder
+
+    predictions = tmp_path / "predictions.jsonl"
+    done = run_hf_finetune("predict", out, tmp_path / "test", "--output", predictions)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(records) == len(test_sets)
+    thresholds = config["label_thresholds"]
+    for record in records:
+        scores = {p["label"]: p["score"] for p in record["predictions"]}
+        assert set(record["labels"]) == {name for name, score in scores.items() if score >= thresholds[name]}
+
+    client = RecordedHubClient()
+    monkeypatch.setattr(hub_module, "hub_client", lambda: client)
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
+    assert cli_main(["push", str(out), "--repo-id", "someone/multi-label"]) == 0
+    files = client.calls[-1][1]["files"]
+    assert json.loads(files["config.json"])["label_thresholds"] == thresholds
+    assert "precision_recall.png" in files and "mean_average_precision" in files["README.md"].decode()
 
 
 def _csv_run(checkpoint, folder, out, **settings):
