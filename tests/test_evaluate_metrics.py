@@ -180,6 +180,77 @@ def test_compute_metrics_merges_extra_metrics():
     assert build_compute_metrics(10, [])(EvalPrediction(predictions=logits, label_ids=labels)) == builtin
 
 
+def _multi_label_csv(folder, name: str, count: int, seed: int):
+    """``folder/NAME.csv`` of 32x32 images holding 1-3 of three colours, labelled with ';'-joined class sets;
+    the first rows hold every class, so each one has a positive and a negative in every split."""
+    from PIL import Image
+
+    colours = {"red": (230, 40, 40), "green": (40, 230, 40), "blue": (40, 40, 230)}
+    rng = np.random.default_rng(seed)
+    (folder / name).mkdir(parents=True)
+    lines = ["image,label"]
+    for index in range(count):
+        names = [["red"], ["green", "blue"]][index] if index < 2 else sorted(rng.choice(list(colours), size=int(rng.integers(1, 4)), replace=False))  # fmt: skip
+        pixels = np.full((32, 32, 3), 128.0)
+        for tile, colour in enumerate(names):
+            pixels[16 * (tile // 2) : 16 * (tile // 2) + 16, 16 * (tile % 2) : 16 * (tile % 2) + 16] = (
+                colours[colour]
+            )
+        pixels += rng.normal(0, 10, size=pixels.shape)
+        Image.fromarray(np.clip(pixels, 0, 255).astype("uint8")).save(folder / name / f"{index:02d}.png")
+        lines.append(f"{name}/{index:02d}.png,{';'.join(names)}")
+    (folder / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    return folder / f"{name}.csv"
+
+
+@requires_metrics
+def test_multi_label_run_reports_evaluate_metrics_on_multi_hot_rows(tmp_path, capsys, tiny_hf_checkpoint):
+    from hf_finetune import cli
+    from hf_finetune.inference.multi_label_metrics import sigmoid
+
+    train, validation = (
+        _multi_label_csv(tmp_path, "train", 16, 1),
+        _multi_label_csv(tmp_path, "validation", 10, 2),
+    )
+    out = tmp_path / "out"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {tiny_hf_checkpoint}\ntrain_file: {train}\nvalidation_file: {validation}\n"
+        f"output_dir: {out}\nmetrics: [{METRICS / 'roc_auc'}, {METRICS / 'f1'}]\nimage_size: 32\nmax_steps: 2\n"
+        "per_device_train_batch_size: 4\nreport_to: none\ndataloader_num_workers: 0\nbf16: false\n"
+    )
+    assert cli.main(["train", str(recipe)]) == 0, capsys.readouterr()
+    results = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_map", "eval_f1_macro", "eval_roc_auc", "eval_evaluate_f1_macro"} <= set(results)
+    split = predict_split(str(out), DataArguments(train_file=str(train), validation_file=str(validation)))
+    targets = split.labels.astype(int).tolist()
+    auc = _metric_config("roc_auc").compute(
+        prediction_scores=sigmoid(split.logits).tolist(), references=targets
+    )
+    assert results["eval_roc_auc"] == pytest.approx(auc["roc_auc"], abs=1e-6)  # the sigmoid probabilities
+    at_half = (sigmoid(split.logits) >= 0.5).astype(int).tolist()  # the multi-hot predictions at 0.5
+    f1 = _metric_config("f1").compute(predictions=at_half, references=targets, average="macro")["f1"]
+    assert results["eval_evaluate_f1_macro"] == pytest.approx(f1, abs=1e-6)
+    # a metric that takes one class per image: one line naming it, exit 2, nothing written
+    single = tmp_path / "single_only"
+    single.mkdir()
+    script = (METRICS / "accuracy" / "accuracy.py").read_text()
+    (single / "single_only.py").write_text(script.replace('self.config_name == "multilabel"', "False"))
+    other = tmp_path / "other"
+    recipe.write_text(
+        recipe.read_text().replace(str(out), str(other)).replace(str(METRICS / "roc_auc"), str(single))
+    )
+    fragments = (f"metrics: '{single}' cannot be computed on multi-label data", "NAME:multilabel")
+    cli_error(capsys, "train", recipe, *QUICK, fragments=fragments)
+    assert not other.exists() or not any(other.iterdir())
+
+
+def _metric_config(name: str):
+    import evaluate
+
+    return evaluate.load(str(METRICS / name), "multilabel")
+
+
 @requires_metrics
 def test_roc_auc_multiclass_config_on_single_label_data():
     from sklearn.metrics import roc_auc_score
