@@ -61,8 +61,9 @@ def choose_thresholds(trainer, loaded, data, threshold, evaluation) -> dict[str,
     if not is_multi_label(data.dataset["train"]) or prediction is None:
         return None
     logits, targets = _array(prediction.predictions), _array(prediction.label_ids)
-    thresholds = fit_thresholds(sigmoid(logits), targets, threshold)
-    chosen = {name: round(float(t), 6) for name, t in zip(data.labels, thresholds, strict=True)}
+    # rounded as saved, so that the figures below are those a later eval of the saved model computes
+    thresholds = np.round(fit_thresholds(sigmoid(logits), targets, threshold), 6)
+    chosen = {name: float(t) for name, t in zip(data.labels, thresholds, strict=True)}
     for model in {id(m): m for m in (loaded.model, getattr(trainer.model, "module", trainer.model))}.values():
         model.config.label_thresholds = chosen
     before = {key: eval_metrics.get(f"eval_{key}") for key in THRESHOLD_KEYS}
