@@ -14,6 +14,7 @@ from hf_finetune.labels.matching import match_labels
 from hf_finetune.models.freezing import configure_batchnorm, freeze_parameters
 from hf_finetune.models.head_init import calibrate_head_bias, data_driven_rows, source_probabilities_per_class
 from hf_finetune.models.heads import copy_source_rows
+from hf_finetune.models.position_embeddings import resize_position_embeddings
 from hf_finetune.runtime import performance, same_padding, tuning
 from hf_finetune.runtime.plan import RunPlan
 
@@ -50,6 +51,7 @@ def preprocessing(loaded, data_args, training_args, channels_last: bool):
 
     data_config = data_config_from_processor(loaded.processor, data_args.image_size)
     apply_image_size(loaded.processor, loaded.model.config, data_args.image_size)
+    resize_position_embeddings(loaded.model, data_args.image_size)  # once, before any forward pass
     _tune_for_cpu_bf16(loaded.model, training_args, data_config, channels_last)
     train_transform, eval_transform = build_transforms(
         data_config, data_args.augmentation, data_args.crop_scale_min, data_args.hflip_prob
