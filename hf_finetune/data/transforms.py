@@ -35,6 +35,8 @@ __all__ = [
     "label_tensor",
     "apply_image_size",
     "EnlargeTiny",
+    "FlipChannelOrder",
+    "FloorCenterCrop",
     "ToUint8Tensor",
     "PixelNormalizer",
     "split_normalize",
@@ -61,47 +63,98 @@ def _size_value(size: Any, *keys: str) -> int | None:
     return None
 
 
+def _rescaled_normalisation(processor: Any) -> tuple[tuple, tuple]:
+    """``(mean, std)`` that turn ``pixel / 255`` into what ``processor`` gives: its rescale factor and offset
+    (EfficientNet's ``rescale_offset``: ``pixel * factor - 1``), its mean/std and EfficientNet's ``include_top``
+    (a second division by the std) are all one affine map per channel, ``(pixel / 255 - mean) / std``."""
+    scale = 255.0 * float(getattr(processor, "rescale_factor", 1 / 255) or 1 / 255)
+    if getattr(processor, "do_rescale", True) is False:
+        scale = 255.0
+    offset = 1.0 if getattr(processor, "rescale_offset", False) else 0.0
+    if getattr(processor, "do_normalize", True):
+        mean = [float(v) for v in (getattr(processor, "image_mean", None) or IMAGENET_MEAN)]
+        std = [float(v) for v in (getattr(processor, "image_std", None) or IMAGENET_STD)]
+    else:
+        mean, std = [0.0] * 3, [1.0] * 3
+    if len(mean) == 1:
+        mean = mean * 3
+    if len(std) == 1:
+        std = std * 3
+    if getattr(processor, "include_top", False):  # EfficientNet: normalised again by the std alone
+        std = [s * s for s in std]
+    return tuple((m + offset) / scale for m in mean), tuple(s / scale for s in std)
+
+
+def _geometry(processor: Any) -> tuple[tuple[int, int], float, str]:
+    """``((height, width), crop_pct, crop_mode)`` of a transformers image processor, in timm's terms:
+    ``center`` resizes the short side to ``side / crop_pct`` then centre-crops, ``squash`` resizes straight to
+    ``(height, width) / crop_pct`` (aspect ratio not kept) then centre-crops."""
+    size = getattr(processor, "size", None)
+    crop = getattr(processor, "crop_size", None)
+    do_crop = bool(getattr(processor, "do_center_crop", False)) and crop is not None
+    shortest = _size_value(size, "shortest_edge")
+    height, width = _size_value(size, "height"), _size_value(size, "width")
+    crop_hw = (_size_value(crop, "height"), _size_value(crop, "width")) if do_crop else (None, None)
+    if shortest and type(processor).__name__.startswith(
+        "Levit"
+    ):  # LeViT resizes to shortest_edge * 256 / 224
+        shortest = int((256 / 224) * shortest)
+    if crop_hw[0] and shortest:  # short side, then centre crop (MobileNet, CLIP, DINOv2, LeViT, MobileViT)
+        crop_pct = _exact_crop_pct(crop_hw[0], crop_hw[0] / shortest, shortest)
+        return (crop_hw[0], crop_hw[1] or crop_hw[0]), crop_pct, "center"
+    if crop_hw[0] and height:  # straight resize, then centre crop (DeiT, BEiT with its crop)
+        crop_pct = _exact_crop_pct(crop_hw[0], crop_hw[0] / height, height)
+        return (crop_hw[0], crop_hw[1] or crop_hw[0]), crop_pct, "squash"
+    if shortest:  # ConvNeXt-style: shortest_edge is the output size; below 384 through crop_pct
+        if shortest < 384 and getattr(processor, "crop_pct", None):
+            return (shortest, shortest), float(processor.crop_pct), "center"
+        if hasattr(processor, "crop_pct"):  # ConvNeXt at 384 and above: a straight resize
+            return (shortest, shortest), 1.0, "squash"
+        return (shortest, shortest), 1.0, "center"
+    if height:  # ViT-style: resize straight to height x width, no crop
+        return (height, width or height), 1.0, "squash"
+    return (224, 224), 0.875, "center"
+
+
+def _exact_crop_pct(side: int, crop_pct: float, resized: int) -> float:
+    """``crop_pct`` such that timm's ``floor(side / crop_pct)`` is ``resized`` (not one pixel less)."""
+    while math.floor(side / crop_pct) < resized:
+        crop_pct = math.nextafter(crop_pct, 0.0)
+    return crop_pct
+
+
 def data_config_from_processor(processor: Any, image_size: int | None = None) -> dict[str, Any]:
-    """A timm-style data config (``input_size``, ``crop_pct``, ``interpolation``, ``mean``, ``std``)."""
+    """A timm-style data config (``input_size``, ``crop_pct``, ``crop_mode``, ``interpolation``, ``mean``,
+    ``std``, and ``channel_order`` ``"bgr"`` for MobileViT) that :func:`build_transforms` turns into the
+    pixels the processor gives."""
     if hasattr(processor, "data_config") and isinstance(processor.data_config, dict):
         config = dict(processor.data_config)
         config["input_size"] = tuple(config.get("input_size", (3, 224, 224)))
     else:
-        size = getattr(processor, "size", None)
-        crop = getattr(processor, "crop_size", None)
-        do_crop = bool(getattr(processor, "do_center_crop", False)) and crop is not None
-        shortest = _size_value(size, "shortest_edge")
-        height = _size_value(size, "height")
-        crop_h = _size_value(crop, "height") if do_crop else None
-        if crop_h and shortest:  # resize short side, then centre crop (MobileNet, ResNet-style processors)
-            side, crop_pct = crop_h, crop_h / shortest
-        elif crop_h and height:
-            side, crop_pct = crop_h, crop_h / height
-        elif shortest:  # ConvNeXt-style: shortest_edge is the output size, crop_pct below 384
-            side = shortest
-            crop_pct = float(getattr(processor, "crop_pct", None) or 1.0) if shortest < 384 else 1.0
-        elif height:  # ViT-style: resize straight to height x width
-            side, crop_pct = height, 1.0
-        else:
-            side, crop_pct = 224, 0.875
+        (height, width), crop_pct, crop_mode = _geometry(processor)
         resample = getattr(processor, "resample", 2)
         resample = int(resample) if resample is not None else 2
-        if getattr(processor, "do_normalize", True):
-            mean = tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN)
-            std = tuple(getattr(processor, "image_std", None) or IMAGENET_STD)
-        else:
-            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        mean, std = _rescaled_normalisation(processor)
         config = {
-            "input_size": (3, side, side),
+            "input_size": (3, height, width),
             "crop_pct": crop_pct,
-            "crop_mode": "center",
+            "crop_mode": crop_mode,
             "interpolation": _PIL_RESAMPLE.get(resample, "bilinear"),
             "mean": mean,
             "std": std,
         }
+        if getattr(processor, "do_flip_channel_order", False):
+            config["channel_order"] = "bgr"
+        if crop_mode == "center" or crop_pct < 1.0:
+            config["crop_rounding"] = "floor"  # transformers' centre crop offset: floor, not round
     if image_size is not None:
         config["input_size"] = (3, int(image_size), int(image_size))
     return config
+
+
+def _img_size(input_size) -> int | tuple[int, int]:
+    height, width = int(input_size[-2]), int(input_size[-1])
+    return height if height == width else (height, width)
 
 
 def build_transforms(
@@ -109,11 +162,19 @@ def build_transforms(
     augmentation: str = "rrc_flip",
     crop_scale_min: float = 0.6,
     hflip_prob: float = 0.5,
+    auto_augment: str | None = None,
+    random_erasing: float = 0.0,
+    color_jitter: float = 0.0,
 ) -> tuple[Callable, Callable]:
-    """(train transform, eval transform) for PIL images, both ending in a normalised CHW float tensor."""
+    """(train transform, eval transform) for PIL images, both ending in a normalised CHW float tensor.
+
+    Both are timm's ``create_transform`` of the same size, interpolation and normalisation (with
+    :class:`FlipChannelOrder` before the tensor for a BGR checkpoint); ``auto_augment`` (a timm policy
+    string), ``random_erasing`` (its probability) and ``color_jitter`` go to timm's training transform of
+    ``rrc_flip``."""
 
     common = {
-        "input_size": data_config["input_size"],
+        "input_size": _img_size(data_config["input_size"]),
         "interpolation": data_config.get("interpolation", "bilinear"),
         "mean": tuple(data_config["mean"]),
         "std": tuple(data_config["std"]),
@@ -124,6 +185,9 @@ def build_transforms(
         crop_pct=data_config.get("crop_pct"),
         crop_mode=data_config.get("crop_mode"),
     )
+    if data_config.get("crop_rounding") == "floor":
+        eval_transform = T.Compose([_floor_crop(step) for step in _flat_steps(eval_transform)])
+    bgr = data_config.get("channel_order") == "bgr"
     if augmentation == "none":
         train_transform = eval_transform
     elif augmentation == "flip":
@@ -134,10 +198,56 @@ def build_transforms(
             is_training=True,
             scale=(crop_scale_min, 1.0),
             hflip=hflip_prob,
-            color_jitter=0.0,
+            color_jitter=float(color_jitter),
+            auto_augment=auto_augment or None,
+            re_prob=float(random_erasing),
         )
         train_transform = T.Compose([EnlargeTiny.for_crop_scale(crop_scale_min), *train_transform.transforms])
+    if bgr:
+        eval_transform = _with_bgr(eval_transform)
+        train_transform = eval_transform if augmentation == "none" else _with_bgr(train_transform)
     return train_transform, eval_transform
+
+
+def _with_bgr(transform) -> T.Compose:
+    """``transform`` with :class:`FlipChannelOrder` inserted before its conversion to a tensor."""
+    steps = _flat_steps(transform)
+    at = next(
+        (i for i, step in enumerate(steps) if isinstance(step, (T.ToTensor, T.PILToTensor, ToUint8Tensor))),
+        len(steps),
+    )
+    return T.Compose([*steps[:at], FlipChannelOrder(), *steps[at:]])
+
+
+def _floor_crop(step):
+    return FloorCenterCrop(step.size) if type(step) is T.CenterCrop else step
+
+
+class FloorCenterCrop(T.CenterCrop):
+    """``CenterCrop`` whose offsets are ``floor((side - crop) / 2)``, as transformers' image processors
+    crop (torchvision rounds half to even, one pixel further for an odd margin)."""
+
+    def forward(self, image):
+        width, height = image.size if isinstance(image, Image.Image) else (image.shape[-1], image.shape[-2])
+        crop_height, crop_width = self.size
+        if crop_height > height or crop_width > width:
+            return super().forward(image)
+        top, left = (height - crop_height) // 2, (width - crop_width) // 2
+        return T.functional.crop(image, top, left, crop_height, crop_width)
+
+
+class FlipChannelOrder:
+    """An RGB PIL image with its channels in BGR order (MobileViT's ``do_flip_channel_order``), still a PIL
+    image, so the uint8 split (:func:`split_normalize`) keeps working."""
+
+    def __call__(self, image):
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        red, green, blue = image.split()
+        return Image.merge("RGB", (blue, green, red))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
 class EnlargeTiny:
@@ -335,7 +445,13 @@ def apply_image_size(processor: Any, model_config: Any, image_size: int | None) 
         shortest = _size_value(size, "shortest_edge")
         if crop is not None and getattr(processor, "do_center_crop", False):
             processor.crop_size = {"height": side, "width": side}
-            if shortest:
+            if shortest and type(processor).__name__.startswith(
+                "Levit"
+            ):  # it scales shortest_edge by 256/224
+                processor.size = {
+                    "shortest_edge": side * shortest // max(1, _size_value(crop, "height") or side)
+                }
+            elif shortest:
                 processor.size = {"shortest_edge": int(round(side / crop_pct))}
             else:
                 processor.size = {"height": int(round(side / crop_pct)), "width": int(round(side / crop_pct))}
