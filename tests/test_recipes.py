@@ -69,3 +69,28 @@ def test_recipe_shared_paths_exist(recipe, monkeypatch):
     for key, value in shared_paths.items():
         resolved = (ROOT / value).resolve()
         assert resolved.exists(), f"{recipe.relative_to(ROOT)}: {key} {value} does not exist"
+
+
+# Recipes that start from a Hugging Face Hub id (tests cannot download: their keys and values are checked)
+HUB_RECIPES = {
+    "recipes/vit/hotdog/config_full.yaml": "google/vit-base-patch16-224",
+    "recipes/convnext/hotdog/config_full.yaml": "facebook/convnext-tiny-224",
+    "recipes/convnext/cifar10/config_in22k.yaml": "timm/convnext_tiny.fb_in22k",
+}
+
+
+@pytest.mark.parametrize("rel", sorted(HUB_RECIPES))
+def test_hub_recipe_values(rel, monkeypatch):
+    """Each Hub recipe names its checkpoint by Hub id (not a local path) and every value of the file arrives in
+    the parsed arguments unchanged (numbers as numbers)."""
+    monkeypatch.chdir(ROOT)
+    raw = yaml.safe_load((ROOT / rel).read_text(encoding="utf-8"))
+    parsed = parse_train_args([rel])
+    assert parsed[0].model_name_or_path == HUB_RECIPES[rel]
+    assert re.fullmatch(r"[\w.-]+/[\w.-]+", HUB_RECIPES[rel]) and not (ROOT / HUB_RECIPES[rel]).exists()
+    for key, value in raw.items():
+        holders = [args for args in parsed[:3] if hasattr(args, key)]
+        assert holders, f"{rel}: {key} is in no argument dataclass"
+        got = getattr(holders[0], key)
+        assert got == value and type(got) is type(value), f"{rel}: {key} = {got!r}, the file says {value!r}"
+    assert 0 < parsed[2].layer_decay < 1 and parsed[2].num_train_epochs >= 1

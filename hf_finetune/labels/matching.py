@@ -1,6 +1,7 @@
 """Decide which rows of a pretrained classifier start each target class.
 
-When a classifier pretrained on *source* labels (usually ImageNet-1k) is fine-tuned on *target* labels,
+When a classifier pretrained on *source* labels (usually ImageNet-1k, or one of the larger ImageNet sets of
+:mod:`hf_finetune.labels.label_sets`: 12k, 21k/22k) is fine-tuned on *target* labels,
 a target class that corresponds to one or more source classes starts from those classifier rows instead
 of a fresh one. This module only decides the rows and records how (:mod:`hf_finetune.labels.report`);
 copying them is done elsewhere.
@@ -16,10 +17,10 @@ For every target label an explicit ``mapping`` entry wins. Otherwise the first l
 2. ``synonym``     the target equals one of the label's comma-separated synonyms.
 3. ``plural``      a singular/plural variant of the target (``ants`` -> ``ant``, ``daisies`` -> ``daisy``)
                    equals a synonym.
-4. ``synset``      the target is a WordNet synset id (``n07697537``) and the sources are ImageNet-1k.
+4. ``synset``      the target is a WordNet synset id (``n07697537``) and the sources are a known ImageNet set.
 5. ``head``        many-to-one: the target (or its singular/plural) is the last word of a multi-word
                    synonym (``cat`` -> ``tabby cat``, ``Persian cat``, ...).
-6. ``definition``  many-to-one, ImageNet-1k sources only: the target is the genus of the class's WordNet
+6. ``definition``  many-to-one, known ImageNet sets only: the target is the genus of the class's WordNet
                    definition (``Chihuahua: an old breed of tiny short-haired dog ...`` -> ``dog``), or the
                    genus of that genus, and so on (:mod:`hf_finetune.labels.genus`). A target that
                    names one WordNet sense reaches its synonyms' classes too (``automobile`` is
@@ -28,7 +29,7 @@ For every target label an explicit ``mapping`` entry wins. Otherwise the first l
                    match's note lists them.
 
 Levels 5 and 6 form one many-to-one stage, because English compounds are a weak signal on their own
-(a ``hot dog`` is no dog, a ``sea lion`` no lion) and definitions are the stronger one: on ImageNet-1k
+(a ``hot dog`` is no dog, a ``sea lion`` no lion) and definitions are the stronger one: on ImageNet
 sources a ``head`` row is kept only when its definition chain confirms the target, and the rows of both
 levels are merged. The match's ``kind`` is ``head`` when every row came from a head match, otherwise
 ``definition``.
@@ -42,13 +43,15 @@ a source row.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from hf_finetune.errors import ConfigError, suggest
 from hf_finetune.labels.genus import genus_chain_of, target_sense, wordnet
-from hf_finetune.labels.imagenet import BACKGROUND, SYNSET_RE, imagenet_classes, imagenet_offset
+from hf_finetune.labels.imagenet import BACKGROUND, SYNSET_RE
+from hf_finetune.labels.label_sets import recognize_label_set
 from hf_finetune.labels.names import name_forms, normalize_label, number_variants, synonyms
 from hf_finetune.labels.report import LabelMappingReport, LabelMatch
 
@@ -61,38 +64,58 @@ _NONE_WORDS = ("none", "null", "off", "fresh")
 
 
 class _Source:
-    """Pre-normalized source labels."""
+    """Pre-normalized source labels; ``known`` is their ImageNet label set when they are one."""
 
     def __init__(self, labels: Sequence[str]) -> None:
         self.labels = [str(s) for s in labels]
-        self.offset = imagenet_offset(self.labels)
-        synsets = imagenet_classes()[0] if self.offset is not None else ()
-        self.synset_row = (
-            {s: i + self.offset for i, s in enumerate(synsets)} if self.offset is not None else {}
-        )
+        self.known = recognize_label_set(self.labels)
+        self.offset = self.known.offset if self.known is not None else None
+        known = self.known.label_set if self.known is not None else None
+        self.synset_row = {s: i + self.known.offset for i, s in enumerate(known.synsets)} if known else {}
         self.row_synset = {row: s for s, row in self.synset_row.items()}
-        descriptions = imagenet_classes()[1]
         self.whole: list[set[str]] = []
         self.syns: list[list[str]] = []
         for row, label in enumerate(self.labels):
             text = label
-            if row in self.row_synset and SYNSET_RE.match(label.strip()):
-                text = descriptions[row - (self.offset or 0)]  # synset-id labels: match on the names
+            if known is not None and row in self.row_synset and SYNSET_RE.match(label.strip()):
+                text = known.descriptions[row - self.known.offset]  # synset-id labels: match on the names
             self.whole.append(name_forms(normalize_label(text)))
             self.syns.append(synonyms(text))
         self.background = {i for i, s in enumerate(self.labels) if normalize_label(s) == BACKGROUND}
+        # name form -> rows, so that a 21k-row source is searched by lookups rather than row by row
+        self.whole_index: dict[str, list[int]] = {}
+        self.syn_index: dict[str, list[int]] = {}
+        self.last_word: dict[str, list[tuple[int, str]]] = {}  # multi-word synonyms by their last word
+        for row in self.rows():
+            for form in self.whole[row]:
+                self.whole_index.setdefault(form, []).append(row)
+            for name in self.syns[row]:
+                for form in name_forms(name):
+                    self.syn_index.setdefault(form, []).append(row)
+                if " " in name:
+                    self.last_word.setdefault(name.split()[-1], []).append((row, name))
 
     def rows(self) -> Iterable[int]:
         return (i for i in range(len(self.labels)) if i not in self.background)
+
+    def lookup(self, index: Mapping[str, list[int]], forms: Iterable[str]) -> list[int]:
+        """The rows (ascending, background excluded) that ``index`` has for any of ``forms``."""
+        return sorted({row for form in forms for row in index.get(form, ())})
 
     def describe(self, row: int) -> str:
         text = f"{row}: {self.labels[row]}"
         synset = self.row_synset.get(row)
         if synset is not None:
-            definition = imagenet_classes()[2][row - (self.offset or 0)]
+            definition = self.known.label_set.definitions[row - self.known.offset]
             short = definition if len(definition) <= 40 else definition[:40].rstrip() + "..."
             text += f" [{short}]"
         return text
+
+
+@functools.lru_cache(maxsize=4)
+def _source(labels: tuple[str, ...]) -> _Source:
+    """The (read-only) :class:`_Source` of ``labels``, built once: a 21k-row set takes about a second."""
+    return _Source(labels)
 
 
 def _names_match(forms: set[str], names: Iterable[str]) -> bool:
@@ -107,9 +130,9 @@ def _single_level(target: str, source: _Source) -> tuple[str, list[int]] | None:
     forms = name_forms(norm)
     variants = set().union(*(name_forms(v) for v in number_variants(norm)))
     levels = [
-        ("exact", [i for i in source.rows() if source.whole[i] & forms]),
-        ("synonym", [i for i in source.rows() if _names_match(forms, source.syns[i])]),
-        ("plural", [i for i in source.rows() if _names_match(variants, source.syns[i])]),
+        ("exact", source.lookup(source.whole_index, forms)),
+        ("synonym", source.lookup(source.syn_index, forms)),
+        ("plural", source.lookup(source.syn_index, variants)),
     ]
     for kind, rows in levels:
         if rows:
@@ -128,11 +151,7 @@ def _many_level(target: str, source: _Source) -> tuple[str, list[int], str] | No
     if not norm:
         return None
     words = {norm} | number_variants(norm)
-    head_rows = [
-        i
-        for i in source.rows()
-        if any(" " in s and s.split()[-1] in words and s not in words for s in source.syns[i])
-    ]
+    head_rows = sorted({row for word in words for row, s in source.last_word.get(word, ()) if s not in words})
     def_rows: list[int] = []
     vetoed: list[int] = []
     sense_rows: list[int] = []  # reached through a synonym of the target (automobile -> car)
@@ -282,7 +301,7 @@ def match_labels(
     mapping key that is not a target label and for a value that names no source row or several.
     """
     targets = [str(t) for t in target_labels]
-    source = _Source(source_labels)
+    source = _source(tuple(str(s) for s in source_labels))
     explicit = _mapping_targets(mapping or {}, targets)
     matches: list[LabelMatch] = []
     for pos, target in enumerate(targets):
@@ -295,7 +314,8 @@ def match_labels(
             matches.append(LabelMatch(target, [], [], "none", [], "automatic matching off"))
     if auto:
         matches = _complements(matches, source, explicit)
-    return LabelMappingReport(matches, len(source.labels), source.offset)
+    name = source.known.label_set.name if source.known is not None else None
+    return LabelMappingReport(matches, len(source.labels), source.offset, label_set=name)
 
 
 def _complements(matches: list[LabelMatch], source: _Source, explicit: Mapping[int, Any]) -> list[LabelMatch]:

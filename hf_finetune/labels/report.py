@@ -32,6 +32,7 @@ class LabelMappingReport:
     num_source_labels: int
     imagenet_offset: int | None
     bias_calibration: dict[str, Any] | None = None  # label_bias_from_data (hf_finetune.models.head_init)
+    label_set: str | None = None  # the ImageNet set recognised (hf_finetune.labels.label_sets)
 
     @property
     def reused(self) -> list[LabelMatch]:
@@ -43,6 +44,7 @@ class LabelMappingReport:
         return {
             "num_source_labels": self.num_source_labels,
             "imagenet_offset": self.imagenet_offset,
+            **({"label_set": self.label_set} if self.label_set is not None else {}),
             "matches": [asdict(m) for m in self.matches],
             **({"bias_calibration": self.bias_calibration} if self.bias_calibration is not None else {}),
         }
@@ -66,6 +68,7 @@ class LabelMappingReport:
             num_source_labels=int(d["num_source_labels"]),
             imagenet_offset=None if offset is None else int(offset),
             bias_calibration=d.get("bias_calibration"),
+            label_set=d.get("label_set"),
         )
 
     def table(self, max_sources: int = 3) -> str:
