@@ -139,25 +139,25 @@ def main() -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     sizes = {"train": args.train, "validation": args.validation, "test": args.test}
-    results: dict = {}
     report = {"machine": describe(), "data": {"seed": args.data_seed, "sizes": sizes}, "epochs": args.epochs}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "mosaics"
         build_mosaics(data, sizes, seed=args.data_seed)
-        for name in args.models:
-            for mapping in args.mapping:
-                runs = results.setdefault(f"{name}/{mapping}", {})
-                for seed in args.seeds:
-                    run = one_run(MODELS[name], mapping, seed, data, args.epochs, Path(tmp))
-                    runs[str(seed)] = run
-                    maps = " ".join(f"{run['eval_map'][e]:.3f}" for e in sorted(run["eval_map"]))
-                    print(
-                        f"{name:18s} {mapping:7s} seed {seed}: validation mAP by epoch {maps}; "
-                        f"test mAP {run['test']['test_map']:.3f} ({run['seconds']:.0f} s)",
-                        flush=True,
-                    )
-                    args.json.write_text(json.dumps({**report, "runs": results}, indent=1) + "\n")
+        # seed by seed, so that the first runs are a one-seed look at every model and head
+        results = {f"{name}/{mapping}": {} for name in args.models for mapping in args.mapping}
+        for seed in args.seeds:
+            for key in results:
+                name, mapping = key.split("/")
+                run = one_run(MODELS[name], mapping, seed, data, args.epochs, Path(tmp))
+                results[key][str(seed)] = run
+                maps = " ".join(f"{run['eval_map'][e]:.3f}" for e in sorted(run["eval_map"]))
+                print(
+                    f"{name:18s} {mapping:7s} seed {seed}: validation mAP by epoch {maps}; "
+                    f"test mAP {run['test']['test_map']:.3f} ({run['seconds']:.0f} s)",
+                    flush=True,
+                )
+                args.json.write_text(json.dumps({**report, "runs": results}, indent=1) + "\n")
     print()
     print(table(results, args.epochs))
     return 0
