@@ -7,7 +7,7 @@ hotdog-imbalanced (20 of the 100 training hotdogs; validation unchanged) for cla
 ../shared/models/timm-tf_efficientnet_lite0 (timm, via TimmWrapper) unless --models says otherwise.
 
     python bench/recipes_table.py [--datasets hotdog cifar10] [--models efficientnet_lite0]
-        [--epochs 3] [--techniques plain probe ...] [--json results.json]
+        [--epochs 3] [--techniques plain probe ... | augmentations] [--json results.json]
 
 Prints one table per model and dataset: accuracy before fine-tuning (epoch 0), after, its difference from the
 plain recipe, and wall seconds (load + train + evaluate + save).
@@ -35,6 +35,7 @@ MODELS = {
 }
 PER_CLASS_TRAIN, PER_CLASS_VAL = 60, 20
 
+AUGMENTATION_FLAGS = ("--auto_augment", "--random_erasing", "--color_jitter")
 # name -> recipe flags on top of the plain recipe (hf-finetune train's defaults)
 TECHNIQUES = {
     "plain": [],
@@ -49,7 +50,14 @@ TECHNIQUES = {
     "early stopping (patience 1)": ["--early_stopping_patience", "1"],
     "LoRA r 8": ["--lora_r", "8"],
     "class_balance none": ["--class_balance", "none"],  # plain is auto: weighted loss on hotdog-imbalanced
+    # timm's augmentations (issue 23 point 5); --techniques augmentations runs these five and plain
+    "RandAugment rand-m9-mstd0.5-inc1": ["--auto_augment", "rand-m9-mstd0.5-inc1"],
+    "TrivialAugment-like rand-n1-mstd101": ["--auto_augment", "rand-n1-mstd101"],
+    "AugMix augmix-m5-w4-d2": ["--auto_augment", "augmix-m5-w4-d2"],
+    "random_erasing 0.25": ["--random_erasing", "0.25"],
+    "color_jitter 0.4": ["--color_jitter", "0.4"],
 }
+AUGMENTATIONS = [name for name, flags in TECHNIQUES.items() if flags and flags[0] in AUGMENTATION_FLAGS]
 IMBALANCED_KEEP = 20  # hotdog-imbalanced: 20 of the 100 training hotdogs, against 100 not_hotdogs (5x)
 
 
@@ -137,7 +145,13 @@ def main() -> None:
         default=["hotdog", "cifar10"],
         choices=["hotdog", "cifar10", "hotdog-imbalanced"],
     )
-    parser.add_argument("--techniques", nargs="+", default=list(TECHNIQUES), choices=list(TECHNIQUES))
+    parser.add_argument(
+        "--techniques",
+        nargs="+",
+        default=[n for n in TECHNIQUES if n not in AUGMENTATIONS],
+        choices=[*TECHNIQUES, "augmentations"],
+        help="the rows; 'augmentations' stands for timm's auto_augment / random_erasing / color_jitter rows",
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=42)
@@ -155,7 +169,8 @@ def main() -> None:
     if missing:
         raise SystemExit(f"needs the checkpoints of ../shared: missing {missing}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hf-finetune-recipes-"))
-    names = ["plain", *[n for n in args.techniques if n != "plain"]]
+    asked = [n for t in args.techniques for n in (AUGMENTATIONS if t == "augmentations" else [t])]
+    names = ["plain", *[n for n in asked if n != "plain"]]
     started = time.time()
     results: dict = {}
     for model in args.models:

@@ -153,3 +153,58 @@ def test_split_normalize_leaves_other_transforms_alone():
         ToUint8Tensor()(Image.new("F", (4, 4)))
     gray = ToUint8Tensor()(Image.new("L", (5, 3), 7))
     assert gray.shape == (1, 3, 5) and gray.dtype == torch.uint8 and int(gray.sum()) == 7 * 15
+
+
+# --- timm augmentations: auto_augment, random_erasing, color_jitter ---------------------------------------
+
+
+def _step_names(transform) -> list[str]:
+    return [type(step).__name__ for step in transform.transforms]
+
+
+def test_timm_augmentations_are_in_the_training_transform():
+    """Each key puts timm's own op in the training transform, in timm's order, and nothing in evaluation."""
+    config = data_config_from_processor(ViTImageProcessor(size={"height": 48, "width": 48}))
+    plain, evaluate = build_transforms(config)
+    assert not {"RandAugment", "AugMixAugment", "AutoAugment", "RandomErasing", "ColorJitter"} & set(
+        _step_names(plain)
+    )
+    rand, evaluate2 = build_transforms(config, auto_augment="rand-m9-mstd0.5-inc1", random_erasing=0.25)
+    names = _step_names(rand)
+    assert names.index("RandomHorizontalFlip") < names.index("RandAugment") < names.index("Normalize")
+    assert names[-1] == "RandomErasing" and rand.transforms[-1].probability == 0.25
+    assert rand.transforms[names.index("RandAugment")].ops[0].magnitude == 9
+    assert _step_names(evaluate2) == _step_names(evaluate)
+    assert "AugMixAugment" in _step_names(build_transforms(config, auto_augment="augmix-m5-w4-d2")[0])
+    assert "AutoAugment" in _step_names(build_transforms(config, auto_augment="original")[0])
+    jitter = build_transforms(config, color_jitter=0.3)[0]
+    assert jitter.transforms[_step_names(jitter).index("ColorJitter")].brightness == (0.7, 1.3)
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    for transform in (rand, jitter, build_transforms(config, auto_augment="augmix-m5-w4-d2")[0]):
+        assert transform(image).shape == (3, 48, 48)  # a squash model's crops keep its size
+
+
+def test_bad_augmentation_keys_are_one_line_config_errors():
+    from hf_finetune.config.data import DataArguments
+    from hf_finetune.errors import ConfigError
+
+    ok = DataArguments(
+        train_dir="x", auto_augment="rand-m9-mstd0.5-inc1", random_erasing=0.25, color_jitter=0.4
+    )
+    assert (ok.auto_augment, ok.random_erasing, ok.color_jitter) == ("rand-m9-mstd0.5-inc1", 0.25, 0.4)
+    assert DataArguments(train_dir="x", auto_augment="none").auto_augment is None
+    for kwargs, message in [
+        (
+            {"auto_augment": "trivialaugment"},
+            "auto_augment: got 'trivialaugment'; expected a timm .*Unknown AA",
+        ),
+        ({"auto_augment": "rand-zz9"}, "auto_augment: got 'rand-zz9'; .*Unknown RandAugment config section"),
+        ({"auto_augment": "rand-m9", "augmentation": "flip"}, "auto_augment: .*rrc_flip only"),
+        ({"random_erasing": 1.5}, "random_erasing: got 1.5; expected .*probability"),
+        ({"random_erasing": 0.2, "augmentation": "none"}, "random_erasing: .*rrc_flip only"),
+        ({"color_jitter": -0.1}, "color_jitter: got -0.1"),
+        ({"color_jitter": "lots"}, "color_jitter: got 'lots'; expected a number"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as caught:
+            DataArguments(train_dir="x", **kwargs)
+        assert "\n" not in str(caught.value)

@@ -45,6 +45,9 @@ TABLE_JSON = r"""
   {"flags": ["--strict"], "metavar": "STRICT", "nargs": "?", "help": "Make any bad image file (no image extension, zero bytes, not an image, a decompression bomb, an aspect ratio beyond 50:1, or one that fails to decode) an error naming it; by default bad files are skipped and listed in OUTPUT/bad_images.json. (default: False)"}
 ]}
 ],
+  {"flags": ["--auto_augment"], "metavar": "AUTO_AUGMENT", "nargs": null, "help": "A timm augmentation policy applied after random-resized-crop and flip (augmentation rrc_flip): RandAugment 'rand-m9-mstd0.5-inc1', TrivialAugment-like 'rand-n1-mstd101', AugMix 'augmix-m5-w4-d2', AutoAugment 'original' or 'v0', '3a' (DeiT III); unset: none. Passed to timm's create_transform. (default: None)"},
+  {"flags": ["--random_erasing"], "metavar": "RANDOM_ERASING", "nargs": null, "help": "Probability of timm's RandomErasing on each training image (augmentation rrc_flip); 0: off. (default: 0.0)"},
+  {"flags": ["--color_jitter"], "metavar": "COLOR_JITTER", "nargs": null, "help": "Brightness/contrast/saturation jitter strength of timm's training transform (augmentation rrc_flip; 0.4 is timm's usual); 0: off. timm skips it when auto_augment is set. (default: 0.0)"},
 "FinetuneTrainingArguments": [
 {"title": "transformers' training keys, with fine-tuning defaults (FinetuneBaseConfig)", "ours": true, "keys": [
   {"flags": ["--output_dir"], "metavar": "OUTPUT_DIR", "nargs": null, "help": "Where the fine-tuned model, its processor, metrics and checkpoints are written. (default: outputs/hf-finetune)"},

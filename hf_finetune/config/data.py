@@ -2,7 +2,8 @@
 
 * the source, exactly one of ``dataset_name`` (a Hub dataset), ``train_dir`` (an image folder) or
   ``train_file`` (a CSV/JSONL file), with its validation split, columns and sample limits;
-* the preprocessing: ``image_size``, ``augmentation``, ``crop_scale_min``, ``hflip_prob``;
+* the preprocessing: ``image_size``, ``augmentation``, ``crop_scale_min``, ``hflip_prob``, and timm's
+  augmentations ``auto_augment`` (a policy string, checked by timm), ``random_erasing``, ``color_jitter``;
 * ``strict``: whether a bad image file is an error or skipped and listed;
 * the kind of labels: ``problem_type`` (one class per image, or a set of classes per image) and
   ``label_separator`` (how one text cell names several classes).
@@ -128,6 +129,27 @@ class DataArguments:
         },
     )
     hflip_prob: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip in training."})
+    auto_augment: str | None = field(
+        default=None,
+        metadata={
+            "help": "A timm augmentation policy applied after random-resized-crop and flip (augmentation rrc_flip): "
+            "RandAugment 'rand-m9-mstd0.5-inc1', TrivialAugment-like 'rand-n1-mstd101', AugMix 'augmix-m5-w4-d2', "
+            "AutoAugment 'original' or 'v0', '3a' (DeiT III); unset: none. Passed to timm's create_transform."
+        },
+    )
+    random_erasing: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of timm's RandomErasing on each training image (augmentation rrc_flip); 0: off."
+        },
+    )
+    color_jitter: float = field(
+        default=0.0,
+        metadata={
+            "help": "Brightness/contrast/saturation jitter strength of timm's training transform (augmentation "
+            "rrc_flip; 0.4 is timm's usual); 0: off. timm skips it when auto_augment is set."
+        },
+    )
     strict: bool = field(
         default=False,
         metadata={
@@ -140,6 +162,46 @@ class DataArguments:
     def __post_init__(self):
         check_recipe_values(self)  # types and ranges of every numeric key (config.ranges.RANGES)
         self.check_data()
+
+    def check_auto_augment(self) -> None:
+        """``auto_augment`` is a policy timm's ``create_transform`` builds (asked on a 32 px transform), and only
+        with the augmentation that applies it; ``random_erasing`` and ``color_jitter`` likewise."""
+        for key in ("random_erasing", "color_jitter"):
+            value = getattr(self, key)
+            require(
+                isinstance(value, (int, float)) and not isinstance(value, bool),
+                key,
+                value,
+                "a number in [0, 1]",
+            )
+            require(
+                value == 0 or self.augmentation == "rrc_flip",
+                key,
+                value,
+                f"0 with augmentation {self.augmentation!r} (timm applies it in augmentation rrc_flip only)",
+            )
+        if self.auto_augment is None or self.auto_augment in ("", "none"):
+            self.auto_augment = None
+            return
+        require(
+            self.augmentation == "rrc_flip",
+            "auto_augment",
+            self.auto_augment,
+            f"no policy with augmentation {self.augmentation!r} (timm applies it in augmentation rrc_flip only)",
+        )
+        policy = self.auto_augment
+        expected = (
+            "a timm auto_augment policy such as 'rand-m9-mstd0.5-inc1', 'rand-n1-mstd101', 'augmix-m5-w4-d2', "
+            "'original', 'v0' or '3a'"
+        )
+        require(isinstance(policy, str), "auto_augment", policy, expected)
+        from timm.data import create_transform
+
+        try:
+            create_transform(32, is_training=True, auto_augment=policy)
+        except Exception as err:  # timm asserts or raises on any policy it does not know
+            reason = str(err).strip() or type(err).__name__
+            require(False, "auto_augment", policy, f"{expected} (timm: {reason})")
 
     def check_data(self) -> None:
         sources = {
@@ -170,6 +232,7 @@ class DataArguments:
             0.0 < self.crop_scale_min <= 1.0, "crop_scale_min", self.crop_scale_min, "a fraction in (0, 1]"
         )
         require(0.0 <= self.hflip_prob <= 1.0, "hflip_prob", self.hflip_prob, "a probability in [0, 1]")
+        self.check_auto_augment()
         require(
             self.problem_type in PROBLEM_TYPES,
             "problem_type",
@@ -177,7 +240,8 @@ class DataArguments:
             f"one of {list(PROBLEM_TYPES)}",
         )
         require(
-            isinstance(self.label_separator, str) and len(self.label_separator.strip()) <= 1
+            isinstance(self.label_separator, str)
+            and len(self.label_separator.strip()) <= 1
             and self.label_separator == self.label_separator.strip(),
             "label_separator",
             self.label_separator,

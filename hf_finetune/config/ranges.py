@@ -65,6 +65,8 @@ RANGES: dict[str, Range] = {
     ),
     "crop_scale_min": Range(0.0, 1.0, "a fraction in (0, 1]", low_open=True),
     "hflip_prob": _FRACTION,
+    "random_erasing": _FRACTION,
+    "color_jitter": Range(0.0, 1.0, "a jitter strength from 0 (off) to 1"),
     # TrainingArguments keys
     "per_device_train_batch_size": _count(1, 65536, "a positive integer"),
     "per_device_eval_batch_size": _count(1, 65536, "a positive integer"),

@@ -198,7 +198,7 @@ def build_transforms(
             is_training=True,
             scale=(crop_scale_min, 1.0),
             hflip=hflip_prob,
-            color_jitter=float(color_jitter),
+            color_jitter=float(color_jitter) or None,  # 0: no ColorJitter step at all
             auto_augment=auto_augment or None,
             re_prob=float(random_erasing),
         )

@@ -54,7 +54,13 @@ def preprocessing(loaded, data_args, training_args, channels_last: bool):
     resize_position_embeddings(loaded.model, data_args.image_size)  # once, before any forward pass
     _tune_for_cpu_bf16(loaded.model, training_args, data_config, channels_last)
     train_transform, eval_transform = build_transforms(
-        data_config, data_args.augmentation, data_args.crop_scale_min, data_args.hflip_prob
+        data_config,
+        data_args.augmentation,
+        data_args.crop_scale_min,
+        data_args.hflip_prob,
+        data_args.auto_augment,
+        data_args.random_erasing,
+        data_args.color_jitter,
     )
     logger.info(
         "preprocessing: %s px, crop_pct %.3f, %s, mean %s, std %s; training augmentation: %s",
