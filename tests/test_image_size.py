@@ -97,14 +97,14 @@ def _timm_model(name: str, folder=None):
     from transformers import AutoModelForImageClassification
 
     torch.manual_seed(0)
-    net = timm.create_model(name, pretrained=False, num_classes=len(SOURCE_LABELS), depth=1).eval()
+    net = timm.create_model(name, pretrained=False, num_classes=len(SOURCE_LABELS), **TIMM_ARGS[name]).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = folder or tmp
         timm.models.save_for_hf(
             net,
             str(path),
             model_config={"label_names": SOURCE_LABELS},
-            model_args={"depth": 1},
+            model_args=TIMM_ARGS[name],
             safe_serialization=True,
         )
         config = load_source_config(str(path))  # drops the num_classes save_for_hf repeats in model_args
@@ -113,7 +113,13 @@ def _timm_model(name: str, folder=None):
 
 HF_RESIZED = ["vit", "deit", "dinov2_registers", "clip", "siglip", "swin_absolute"]
 HF_AS_IS = ["swin", "beit"]  # Swin pads to whole windows; BEiT interpolates at each forward pass
-TIMM = ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"]
+# one block each; timm Swin has no position table: set_input_size sets its windows and relative position tables
+TIMM_ARGS = {
+    "vit_tiny_patch16_224": {"depth": 1},
+    "deit_tiny_distilled_patch16_224": {"depth": 1},
+    "swin_tiny_patch4_window7_224": {"depths": (1, 1, 1, 1), "embed_dim": 32, "num_heads": (1, 2, 2, 4)},
+}
+TIMM = list(TIMM_ARGS)
 
 
 def _logits(model, side: int, seed: int = 1) -> torch.Tensor:
@@ -172,7 +178,7 @@ def test_resize_once_equals_transformers_interpolation(family):
     assert (_logits(model, 48) - expected).abs().max().item() <= tolerance
 
 
-@pytest.mark.parametrize("name", TIMM)
+@pytest.mark.parametrize("name", TIMM[:2])
 def test_timm_resize_equals_timm_dynamic_size(name):
     """timm's set_input_size at 64 px gives the logits of the same weights with ``dynamic_img_size`` (timm
     resampling at each forward pass); the class (and distillation) rows are kept; model_args carry img_size."""
@@ -193,6 +199,37 @@ def test_timm_resize_equals_timm_dynamic_size(name):
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.allclose(model(pixel_values=pixels).logits, dynamic(pixels), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family", HF_AS_IS)
+def test_window_and_relative_bias_models_run_at_a_new_size_as_they_are(family):
+    """transformers Swin (windows only) pads to whole windows and BEiT interpolates its relative position bias at
+    each forward pass: nothing is changed (same tensors, same config) and the model runs at 48 and 40 px."""
+    model = _hf_model(family)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for side in (48, 40):
+        assert resize_position_embeddings(model, side) is None
+        assert tuple(_logits(model, side).shape) == (2, len(SOURCE_LABELS))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert model.config.image_size == 32
+
+
+def test_timm_model_that_would_not_rebuild_is_refused(monkeypatch):
+    """Without the window sizes passed, timm's set_input_size scales Swin's windows with the grid, which
+    ``timm.create_model(img_size=...)`` does not: the saved folder would compute other outputs, so it is refused
+    in one line rather than saved."""
+    model = _timm_model("swin_tiny_patch4_window7_224")
+    original = model.timm_model.set_input_size
+
+    def scaling_windows(img_size=None, window_size=None, **kwargs):  # the window sizes asked for are dropped
+        original(img_size=img_size, **kwargs)
+
+    monkeypatch.setattr(model.timm_model, "set_input_size", scaling_windows)
+    with pytest.raises(ConfigError) as info:
+        resize_position_embeddings(model, 64)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("image_size: got 64; timm swin_tiny_patch4_window7_224")
+    assert "set_input_size" in message and "it works at 224 px only" in message
 
 
 @pytest.mark.parametrize("family", ["levit", "hiera"])

@@ -18,6 +18,7 @@ interpolated once, when the run prepares the model, not at every forward pass.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -100,19 +101,63 @@ def _resize_timm(model, side: int) -> str | None:
     if own == side:
         return None
     line = None
-    if getattr(timm_model, "pos_embed", None) is not None and hasattr(timm_model, "set_input_size"):
-        old_grid = tuple(timm_model.patch_embed.grid_size)
-        timm_model.set_input_size(img_size=(side, side))  # timm.layers.resample_abs_pos_embed, bicubic
+    if "img_size" in _parameters(getattr(timm_model, "set_input_size", None)):
+        # resample_abs_pos_embed (bicubic, prefix tokens kept); relative position tables and windows set anew,
+        # Swin's windows kept at the sizes timm.create_model(img_size=...) builds (set_input_size would scale them)
+        windows = getattr(timm_model, "_ref_window_sizes", None)
+        keep = (
+            {"window_size": list(windows)}
+            if windows is not None and "window_size" in _parameters(timm_model.set_input_size)
+            else {}
+        )
+        timm_model.set_input_size(img_size=(side, side), **keep)
         model.config.model_args = dict(getattr(model.config, "model_args", None) or {}, img_size=side)
-        new_grid = tuple(timm_model.patch_embed.grid_size)
+        has_table = getattr(timm_model, "pos_embed", None) is not None
         line = (
-            f"image_size {side}: timm {family} position embeddings interpolated once (bicubic, timm "
-            f"set_input_size) from a {old_grid[0]}x{old_grid[1]} to a {new_grid[0]}x{new_grid[1]} patch grid, "
-            f"{getattr(timm_model, 'num_prefix_tokens', 0)} prefix token(s) kept; model_args img_size {side}"
+            f"image_size {side}: timm {family} resized once by timm's set_input_size from {own} px"
+            + (
+                f" (position embeddings interpolated bicubically, {timm_model.num_prefix_tokens} prefix token(s) "
+                "kept)"
+                if has_table and hasattr(timm_model, "num_prefix_tokens")
+                else ""
+            )
+            + f"; model_args img_size {side}"
         )
     if own is not None:
-        _check_forward(model, side, f"timm {family}", own)
+        reference = _check_forward(model, side, f"timm {family}", own)
+        if line is not None:
+            _check_timm_rebuild(model, side, family, own, reference)
     return line
+
+
+def _check_timm_rebuild(model, side: int, family: str, own: int, reference: torch.Tensor) -> None:
+    """The saved folder rebuilds this model: ``timm.create_model`` with the config's ``model_args`` (as
+    ``TimmWrapper`` and ``timm.create_model("local-dir:...")`` call it) takes the resized weights and gives the same
+    output on a zero image."""
+    import timm
+
+    config = model.config
+    try:
+        fresh = timm.create_model(
+            config.architecture, pretrained=False, num_classes=config.num_labels, **(config.model_args or {})
+        )
+        fresh.load_state_dict(model.timm_model.state_dict(), strict=True)
+        fresh.to(reference.device).eval()
+        with torch.no_grad():
+            output = fresh(torch.zeros(1, 3, side, side, dtype=reference.dtype, device=reference.device))
+        same = torch.allclose(output, reference, rtol=1e-4, atol=1e-5)
+        why = "rebuilt from its saved config it computes other outputs"
+    except (RuntimeError, ValueError, TypeError, AssertionError) as err:
+        same, why = False, f"it cannot be rebuilt from its saved config ({str(err).strip().splitlines()[0]})"
+    if not same:
+        raise _refusal(side, f"timm {family}", model, own, f"resized by timm's set_input_size, {why}")
+
+
+def _parameters(function) -> set[str]:
+    try:
+        return set(inspect.signature(function).parameters) if function is not None else set()
+    except (TypeError, ValueError):
+        return set()
 
 
 def _timm_own_side(model) -> int | None:
@@ -213,21 +258,22 @@ def _like(old, value: int):
     return value
 
 
-def _check_forward(model, side: int, family: str, own: int) -> None:
+def _check_forward(model, side: int, family: str, own: int) -> torch.Tensor:
     """One zero image at ``side`` px through the model in evaluation mode (no gradient, no random numbers drawn);
-    each module's training flag is restored after."""
+    each module's training flag is restored after. Returns its logits."""
     param = next(model.parameters())
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
-            model(pixel_values=torch.zeros(1, 3, side, side, dtype=param.dtype, device=param.device))
+            output = model(pixel_values=torch.zeros(1, 3, side, side, dtype=param.dtype, device=param.device))
     except (RuntimeError, ValueError, AssertionError, IndexError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise _refusal(side, family, model, own, f"a forward pass at {side} px fails ({first})") from None
     finally:
         for module, training in modes.items():
             module.training = training
+    return output.logits
 
 
 def _refusal(side: int, family: str, model, own: int, why: str) -> ConfigError:
