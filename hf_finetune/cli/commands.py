@@ -225,22 +225,32 @@ def _map_labels(argv: list[str]) -> int:
     from hf_finetune.labels.mapping_file import parse_label_mapping
     from hf_finetune.labels.matching import match_labels
     from hf_finetune.models.loading import load_source_config, source_label_names
+    from hf_finetune.models.zero_shot import zero_shot_mapping
 
     data = load_image_dataset(data_args)
-    config = load_source_config(
-        model_args.model_name_or_path,
-        model_args.model_revision,
-        model_args.cache_dir,
-        model_args.trust_remote_code,
-    )
-    source_labels = source_label_names(config)
-    auto, explicit = parse_label_mapping(model_args.label_mapping)
-    report = match_labels(list(data.labels), source_labels, explicit, auto)
+    report = zero_shot_mapping(model_args, list(data.labels))  # CLIP/SigLIP: rows from text
+    if report is not None:
+        summary = (
+            f"{len(report.reused)} of {len(data.labels)} target labels start from the text embeddings of their "
+            f"names in {len(model_args.zero_shot_templates)} prompt templates (zero-shot head of "
+            f"{model_args.model_name_or_path})"
+        )
+    else:
+        config = load_source_config(
+            model_args.model_name_or_path,
+            model_args.model_revision,
+            model_args.cache_dir,
+            model_args.trust_remote_code,
+        )
+        source_labels = source_label_names(config)
+        auto, explicit = parse_label_mapping(model_args.label_mapping)
+        report = match_labels(list(data.labels), source_labels, explicit, auto)
+        summary = (
+            f"{len(report.reused)} of {len(data.labels)} target labels start from source rows "
+            f"({len(source_labels)} source labels in {model_args.model_name_or_path})"
+        )
     print(terminal_text(report.table(), keep_newlines=True))
-    print(
-        f"{len(report.reused)} of {len(data.labels)} target labels start from source rows "
-        f"({len(source_labels)} source labels in {model_args.model_name_or_path})"
-    )
+    print(summary)
     if extra.output:
         from pathlib import Path
 

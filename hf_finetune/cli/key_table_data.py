@@ -18,6 +18,9 @@ TABLE_JSON = r"""
   {"flags": ["--label_init_from_data"], "metavar": "LABEL_INIT_FROM_DATA", "nargs": "?", "help": "Before training, let the pretrained model look at up to 32 training images per class: targets no name matched start from the source rows it predicts for them, and targets built from several rows get them weighted by those predictions (Co-Tuning-style; reported as kind 'data'). (default: False)"},
   {"flags": ["--label_bias_from_data"], "metavar": "LABEL_BIAS_FROM_DATA", "nargs": "?", "help": "When some rows are reused, shift the head's biases before training so that its predictions on up to 32 training images per class fit their labels (maximum likelihood over the biases alone; weights untouched): the source's class prior (e.g. the 999 ImageNet classes behind a complement like not_hotdog) gives way to the data's. Reported in label_mapping.json; false keeps the rows' own biases. (default: True)"},
   {"flags": ["--no_label_bias_from_data"], "metavar": null, "nargs": 0, "help": "When some rows are reused, shift the head's biases before training so that its predictions on up to 32 training images per class fit their labels (maximum likelihood over the biases alone; weights untouched): the source's class prior (e.g. the 999 ImageNet classes behind a complement like not_hotdog) gives way to the data's. Reported in label_mapping.json; false keeps the rows' own biases. (default: False)"}
+]},
+{"title": "How a CLIP or SigLIP checkpoint (image and text towers) starts its classes from their names (ZeroShotArguments)", "ours": true, "keys": [
+  {"flags": ["--zero_shot_templates"], "metavar": "ZERO_SHOT_TEMPLATES", "nargs": "+", "help": "CLIP/SigLIP checkpoints (CLIPModel, SiglipModel with a tokenizer): each class starts from the text embedding of its name in these sentences ('{}' is the name, '_' read as a space), each embedding normalised, averaged and normalised again (the CLIP paper's prompt ensemble). label_mapping: none gives a fresh head instead. (default: ['a photo of a {}.', 'a bad photo of a {}.', 'a good photo of a {}.', 'a close-up photo of a {}.', 'a cropped photo of a {}.', 'a bright photo of a {}.', 'a dark photo of a {}.'])"}
 ]}
 ],
 "DataArguments": [
@@ -42,12 +45,12 @@ TABLE_JSON = r"""
   {"flags": ["--augmentation"], "metavar": "{rrc_flip,flip,none}", "nargs": null, "help": "Training augmentation: rrc_flip (random-resized-crop + horizontal flip), flip (resize, center crop, flip) or none (the evaluation transform). (default: rrc_flip)"},
   {"flags": ["--crop_scale_min"], "metavar": "CROP_SCALE_MIN", "nargs": null, "help": "Smallest area fraction of random-resized-crop (ImageNet training from scratch uses 0.08; a short fine-tune keeps most of each image). (default: 0.6)"},
   {"flags": ["--hflip_prob"], "metavar": "HFLIP_PROB", "nargs": null, "help": "Probability of a horizontal flip in training. (default: 0.5)"},
-  {"flags": ["--strict"], "metavar": "STRICT", "nargs": "?", "help": "Make any bad image file (no image extension, zero bytes, not an image, a decompression bomb, an aspect ratio beyond 50:1, or one that fails to decode) an error naming it; by default bad files are skipped and listed in OUTPUT/bad_images.json. (default: False)"}
-]}
-],
   {"flags": ["--auto_augment"], "metavar": "AUTO_AUGMENT", "nargs": null, "help": "A timm augmentation policy applied after random-resized-crop and flip (augmentation rrc_flip): RandAugment 'rand-m9-mstd0.5-inc1', TrivialAugment-like 'rand-n1-mstd101', AugMix 'augmix-m5-w4-d2', AutoAugment 'original' or 'v0', '3a' (DeiT III); unset: none. Passed to timm's create_transform. (default: None)"},
   {"flags": ["--random_erasing"], "metavar": "RANDOM_ERASING", "nargs": null, "help": "Probability of timm's RandomErasing on each training image (augmentation rrc_flip); 0: off. (default: 0.0)"},
   {"flags": ["--color_jitter"], "metavar": "COLOR_JITTER", "nargs": null, "help": "Brightness/contrast/saturation jitter strength of timm's training transform (augmentation rrc_flip; 0.4 is timm's usual); 0: off. timm skips it when auto_augment is set. (default: 0.0)"},
+  {"flags": ["--strict"], "metavar": "STRICT", "nargs": "?", "help": "Make any bad image file (no image extension, zero bytes, not an image, a decompression bomb, an aspect ratio beyond 50:1, or one that fails to decode) an error naming it; by default bad files are skipped and listed in OUTPUT/bad_images.json. (default: False)"}
+]}
+],
 "FinetuneTrainingArguments": [
 {"title": "transformers' training keys, with fine-tuning defaults (FinetuneBaseConfig)", "ours": true, "keys": [
   {"flags": ["--output_dir"], "metavar": "OUTPUT_DIR", "nargs": null, "help": "Where the fine-tuned model, its processor, metrics and checkpoints are written. (default: outputs/hf-finetune)"},

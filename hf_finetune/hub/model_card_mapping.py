@@ -1,5 +1,6 @@
 """The label-mapping section of the model card (:mod:`hf_finetune.hub.model_card`): which rows of the pretrained
-classifier started each class, from the run's ``label_mapping.json`` and ``labels.json``."""
+classifier started each class, from the run's ``label_mapping.json`` and ``labels.json``; for a CLIP/SigLIP
+zero-shot head (:mod:`hf_finetune.models.zero_shot`), that the rows came from the text embeddings of the names."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def mapping_section(
         shown = [f"{i}: {n}" for i, n in zip(indices, names, strict=False)][:max_sources]
         more = len(indices) - len(shown)
         sources = "; ".join(shown) + (f"; ... +{more} more" if more > 0 else "")
+        if match.get("kind") == "text":  # a zero-shot head (hf_finetune.models.zero_shot): its prompts
+            sources = str(match.get("note", ""))
         rows.append(
             {
                 "target": markdown_text(match.get("target", "")),
@@ -42,6 +45,16 @@ def mapping_section(
         "of several source rows started from their mean row (bias + log n, or a balanced mean). The others "
         "(`none`) started as the model initialises its head."
     )
+    from_text = sum(1 for m in mapping.get("matches", []) if m.get("kind") == "text")
+    if from_text:
+        summary = (
+            f"{from_text} of {len(rows)} target classes started from the text embeddings of their names, not "
+            "from a classifier: the checkpoint is a CLIP/SigLIP image-text model, and each class's row is the "
+            "mean of the normalised text embeddings of its name in the prompt templates (`zero_shot_templates`), "
+            "projected onto the image tower's pooled feature and scaled by its logit scale (`kind: text`, the "
+            "first prompt shown). Before training the model was its zero-shot classifier, up to the "
+            "normalisation of the image embedding (the same top-1 class for every image)."
+        )
     calibration = mapping.get("bias_calibration")
     if calibration:
         summary += (

@@ -80,7 +80,7 @@ class LabelMappingReport:
             ]
             extra = len(m.source_indices) - len(shown)
             text = "; ".join(shown) + (f"; ... +{extra} more" if extra > 0 else "")
-            rows.append((m.target, m.kind, text or "-"))
+            rows.append((m.target, m.kind, text or (m.note if m.kind == "text" else "") or "-"))
         w0 = max(len(r[0]) for r in rows)
         w1 = max(len(r[1]) for r in rows)
         lines = [f"{a:<{w0}} | {b:<{w1}} | {c}".rstrip() for a, b, c in rows]

@@ -19,6 +19,7 @@ from hf_finetune.data.multi_label import is_multi_label
 from hf_finetune.inference.metrics import build_compute_metrics
 from hf_finetune.models.loading import load_model_for_labels
 from hf_finetune.models.lora import apply_lora
+from hf_finetune.models.zero_shot import load_zero_shot_model
 from hf_finetune.run.inputs import TrainingInputs, training_inputs
 from hf_finetune.run.prepare import head_from_data, lora_on, prepare_model, preprocessing
 from hf_finetune.runtime import performance
@@ -143,7 +144,7 @@ def load_model(model_args, training_args, labels: list[str], multi_label: bool =
     """The pretrained model with a head for ``labels`` (:func:`hf_finetune.models.loading.load_model_for_labels`);
     ``multi_label``: a sigmoid head (the data has a set of classes per image)."""
 
-    loaded = load_model_for_labels(
+    loaded = load_zero_shot_model(model_args, labels, multi_label) or load_model_for_labels(
         model_args.model_name_or_path,
         labels,
         revision=model_args.model_revision,

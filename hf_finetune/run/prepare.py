@@ -15,6 +15,7 @@ from hf_finetune.models.freezing import configure_batchnorm, freeze_parameters
 from hf_finetune.models.head_init import calibrate_head_bias, data_driven_rows, source_probabilities_per_class
 from hf_finetune.models.heads import copy_source_rows
 from hf_finetune.models.position_embeddings import resize_position_embeddings
+from hf_finetune.models.zero_shot import scale_to_training_images
 from hf_finetune.runtime import performance, same_padding, tuning
 from hf_finetune.runtime.plan import RunPlan
 
@@ -86,6 +87,7 @@ def head_from_data(loaded, data, eval_transform, model_args, training_args) -> N
         )
     if model_args.label_init_from_data and loaded.source_head is not None:
         _init_rows_from_data(loaded, data, eval_transform, model_args.label_merge, autocast)
+    scale_to_training_images(loaded, data.dataset["train"], eval_transform, training_args.device)  # CLIP/SigLIP
     if model_args.label_bias_from_data and loaded.mapping is not None and loaded.mapping.reused:
         _calibrate_bias(loaded, data, eval_transform, training_args.device, autocast)
 
