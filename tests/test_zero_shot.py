@@ -241,6 +241,8 @@ def test_explicit_names_and_none(clip_checkpoint):
     assert torch.equal(head.weight[:2], plain.weight[:2])  # cat, dog: their own names
     assert not torch.allclose(head.weight[2], plain.weight[2])  # hot_dog from "frankfurter"
     assert "'a photo of a frankfurter.'" in loaded.mapping.matches[2].note
+    with pytest.raises(ConfigError, match="label_mapping: key 'zebr' is not one of the 5 target labels"):
+        _zero_shot_head(clip_checkpoint, label_mapping=json.dumps({"zebr": "zebra"}))
 
 
 def test_other_checkpoints_and_bad_input(tiny_hf_checkpoint, clip_checkpoint, tmp_path):
@@ -255,6 +257,15 @@ def test_other_checkpoints_and_bad_input(tiny_hf_checkpoint, clip_checkpoint, tm
         (no_tokenizer / name).write_bytes((clip_checkpoint / name).read_bytes())
     with pytest.raises(ModelLoadError, match="tokenizer.*label_mapping: none"):
         _zero_shot_head(no_tokenizer)
+    from transformers import CLIPConfig, CLIPModel
+
+    from hf_finetune.models.zero_shot_timm import timm_vision_tower
+
+    odd = CLIPModel(
+        CLIPConfig(text_config=TINY, vision_config=dict(TINY, image_size=32, patch_size=8, hidden_act="relu"))
+    )
+    with pytest.raises(ModelLoadError, match="hidden_act 'relu'.*label_mapping: none"):
+        timm_vision_tower(odd)
 
 
 def test_map_labels_and_card_say_the_rows_came_from_text(clip_checkpoint, tmp_path, capsys):
