@@ -43,6 +43,7 @@ def _hf_model(family: str):
     built = {
         "vit": lambda: t.ViTForImageClassification(t.ViTConfig(**TOWER, **_labels())),
         "deit": lambda: t.DeiTForImageClassification(t.DeiTConfig(**TOWER, **_labels())),
+        "dinov2": lambda: t.Dinov2ForImageClassification(t.Dinov2Config(**TOWER, **_labels())),
         "dinov2_registers": lambda: t.Dinov2WithRegistersForImageClassification(
             t.Dinov2WithRegistersConfig(**TOWER, num_register_tokens=2, **_labels())
         ),
@@ -111,7 +112,7 @@ def _timm_model(name: str, folder=None):
         return AutoModelForImageClassification.from_pretrained(str(path), config=config).eval()
 
 
-HF_RESIZED = ["vit", "deit", "dinov2_registers", "clip", "siglip", "swin_absolute"]
+HF_RESIZED = ["vit", "deit", "dinov2", "dinov2_registers", "clip", "siglip", "swin_absolute"]
 HF_AS_IS = ["swin", "beit"]  # Swin pads to whole windows; BEiT interpolates at each forward pass
 # one block each; timm Swin has no position table: set_input_size sets its windows and relative position tables
 TIMM_ARGS = {
