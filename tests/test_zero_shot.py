@@ -316,8 +316,11 @@ def test_a_run_starts_from_the_zero_shot_classifier(clip_checkpoint, tmp_path):
             zero_shot_templates=[TEMPLATE],
         ),
         DataArguments(train_dir=str(root)),
-        FinetuneTrainingArguments(output_dir=str(out), max_steps=1, per_device_train_batch_size=4),
+        FinetuneTrainingArguments(
+            output_dir=str(out), max_steps=1, per_device_train_batch_size=4, drop_path_rate=0.1
+        ),
     )
+    assert json.loads((out / "config.json").read_text())["model_args"]["drop_path_rate"] == 0.1
     report = json.loads((out / "label_mapping.json").read_text())
     assert [m["kind"] for m in report["matches"]] == ["text"] * 3
     assert all("mean image-embedding norm of 12 training images" in m["note"] for m in report["matches"])

@@ -40,6 +40,7 @@ from hf_finetune.labels.mapping_file import parse_label_mapping
 from hf_finetune.labels.matching import _mapping_targets
 from hf_finetune.labels.prompts import DEFAULT_TEMPLATES, prompts_for
 from hf_finetune.labels.report import LabelMappingReport, LabelMatch
+from hf_finetune.models.drop_path import set_drop_path_rate
 from hf_finetune.models.head_init import _batches, _per_class_subset
 from hf_finetune.models.loading import LoadedModel, load_image_processor, load_source_config
 from hf_finetune.models.zero_shot_timm import ZERO_SHOT_MODELS, timm_vision_tower
@@ -127,7 +128,9 @@ def class_text_embeddings(
     return torch.stack(rows)
 
 
-def _timm_classifier(model: Any, labels: Sequence[str], processor: Any, multi_label: bool) -> tuple[Any, Any]:
+def _timm_classifier(
+    model: Any, labels: Sequence[str], processor: Any, multi_label: bool, drop_path_rate: float | None = None
+) -> tuple[Any, Any]:
     """A ``TimmWrapperForImageClassification`` holding the converted image tower, with a head for ``labels``, and
     its ``TimmWrapperImageProcessor``: ``pipeline()`` preprocesses a timm folder from ``config.pretrained_cfg``,
     which is the checkpoint's own processor in timm's terms (:func:`~hf_finetune.data.transforms.data_config_from_processor`)."""
@@ -151,6 +154,7 @@ def _timm_classifier(model: Any, labels: Sequence[str], processor: Any, multi_la
         pretrained_cfg=pretrained_cfg,
     )
     config.label_names = list(labels)
+    set_drop_path_rate(config, drop_path_rate, True, architecture)
     if multi_label:
         config.problem_type = "multi_label_classification"
     classifier = TimmWrapperForImageClassification(config).eval()
@@ -196,6 +200,7 @@ def create_zero_shot_head(
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     label_mapping: Any = "auto",
     multi_label: bool = False,
+    drop_path_rate: float | None = None,
 ) -> ZeroShotHead:
     """The image classifier for ``labels`` made from a CLIP or SigLIP dual encoder ``model``.
 
@@ -209,6 +214,7 @@ def create_zero_shot_head(
         label_mapping: the recipe's ``label_mapping``; an explicit ``{target: name | [names] | none}`` gives the
             names whose prompts start the target (``none``: the row stays as timm initialises it).
         multi_label: the classifier's ``problem_type`` is ``multi_label_classification`` (sigmoid outputs).
+        drop_path_rate: stochastic depth of the timm model's blocks (the recipe key; None: timm's default, 0).
 
     Returns:
         A :class:`ZeroShotHead`: ``model`` is a ``TimmWrapperForImageClassification`` whose head is
@@ -221,7 +227,7 @@ def create_zero_shot_head(
     projection = None if model_type == "siglip" else model.visual_projection.weight.detach().double()
     scale = float(model.logit_scale.detach().double().exp())
     bias = float(model.logit_bias.detach().double().reshape(-1)[0]) if model_type == "siglip" else 0.0
-    classifier, timm_processor = _timm_classifier(model, labels, processor, multi_label)
+    classifier, timm_processor = _timm_classifier(model, labels, processor, multi_label, drop_path_rate)
     weight = scale * (text @ projection if projection is not None else text)
     head = classifier.timm_model.head
     with torch.no_grad():
@@ -290,7 +296,7 @@ def _load_dual_encoder(model_args: Any) -> tuple[Any, Any] | None:
 
 
 def load_zero_shot_model(
-    model_args: Any, labels: Sequence[str], multi_label: bool = False
+    model_args: Any, labels: Sequence[str], multi_label: bool = False, training_args: Any = None
 ) -> LoadedModel | None:
     """The run's model when ``model_args.model_name_or_path`` is a CLIP or SigLIP dual encoder (and
     ``label_mapping`` is not ``none``): :func:`create_zero_shot_head`'s classifier as a
@@ -302,8 +308,11 @@ def load_zero_shot_model(
     name = model_args.model_name_or_path
     processor = load_image_processor(name, revision=model_args.model_revision, cache_dir=model_args.cache_dir)
     templates = list(model_args.zero_shot_templates)
+    drop_path_rate = getattr(
+        training_args, "drop_path_rate", None
+    )  # the recipe key, as any timm model takes it
     head = create_zero_shot_head(
-        model, tokenizer, processor, labels, templates, model_args.label_mapping, multi_label
+        model, tokenizer, processor, labels, templates, model_args.label_mapping, multi_label, drop_path_rate
     )
     logger.info(
         "zero-shot head: %s's image tower as timm %s; %d classes from the text embeddings of their names in %d "

@@ -144,7 +144,7 @@ def load_model(model_args, training_args, labels: list[str], multi_label: bool =
     """The pretrained model with a head for ``labels`` (:func:`hf_finetune.models.loading.load_model_for_labels`);
     ``multi_label``: a sigmoid head (the data has a set of classes per image)."""
 
-    loaded = load_zero_shot_model(model_args, labels, multi_label) or load_model_for_labels(
+    loaded = load_zero_shot_model(model_args, labels, multi_label, training_args) or load_model_for_labels(
         model_args.model_name_or_path,
         labels,
         revision=model_args.model_revision,
