@@ -52,8 +52,9 @@ def mapping_section(
             "from a classifier: the checkpoint is a CLIP/SigLIP image-text model, and each class's row is the "
             "mean of the normalised text embeddings of its name in the prompt templates (`zero_shot_templates`), "
             "projected onto the image tower's pooled feature and scaled by its logit scale (`kind: text`, the "
-            "first prompt shown). Before training the model was its zero-shot classifier, up to the "
-            "normalisation of the image embedding (the same top-1 class for every image)."
+            "first prompt shown). As loaded, the model ranked every image's classes as its zero-shot classifier "
+            "does; its logits differ by the norm of each image's embedding, which a linear head cannot divide "
+            "by (the rows were divided by its mean over training images instead)."
         )
     calibration = mapping.get("bias_calibration")
     if calibration:
@@ -61,6 +62,6 @@ def mapping_section(
             f" Before training the head's biases were fitted to {calibration['images']} training images "
             f"(`label_bias_from_data`; their loss {calibration['loss_before']:.3f} -> "
             f"{calibration['loss_after']:.3f}), replacing the source's class prior with the data's; the "
-            "weights stayed the source rows."
+            f"weights stayed the {'text' if from_text else 'source'} rows."
         )
     return summary, rows

@@ -19,9 +19,10 @@ remote code. Its head is the linear layer ``W = s * T P`` (``T`` the rows ``t_c`
 What a linear head cannot carry is the division by ``|P h|``: the saved classifier's logits are
 ``|P h| * (z - b) + b``, the zero-shot logits with their distance from ``b`` multiplied by a positive factor
 per image. The top-1 class is the same for every image (and so is every ranking); the scores are not: CLIP's
-softmax is taken at temperature ``1 / |P h|`` and SigLIP's sigmoids move with it. No architecture that
-``pipeline()`` loads without remote code normalises a pooled feature before its classifier, so the saved model
-trains from this head and :func:`zero_shot_logits` gives the zero-shot scores exactly (within 1e-5 of
+softmax is taken at temperature ``1 / |P h|`` and SigLIP's sigmoids move with it. timm's ViT has no layer
+between the pooled feature and the head that could normalise it (``fc_norm`` is a LayerNorm that replaces the
+final norm), so the saved model trains from this head (a run divides it by the training images' mean ``|P h|``,
+:func:`scale_to_training_images`) and :func:`zero_shot_logits` gives the zero-shot scores exactly (within 1e-5 of
 transformers' ``zero-shot-image-classification`` pipeline) from the same model.
 """
 
