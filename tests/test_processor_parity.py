@@ -146,6 +146,25 @@ def test_synthetic_non_square_image(family):
     assert mean < MEAN_BOUND and worst < MAX_BOUND, (family, mean, worst)
 
 
+@pytest.mark.parametrize("family", ["vit", "deit", "levit", "convnext", "clip", "mobilevit", "efficientnet"])
+def test_at_another_image_size_the_saved_processor_still_agrees(family):
+    """``image_size: 96``: the processor saved with the model (``apply_image_size``) preprocesses as training's
+    evaluation transform at 96 px."""
+    from hf_finetune.data.transforms import apply_image_size
+
+    processor = make_processor(family)
+    config = data_config_from_processor(processor, 96)
+    apply_image_size(processor, object(), 96)
+    assert data_config_from_processor(processor)["input_size"] == config["input_size"] == (3, 96, 96)
+    _, eval_transform = build_transforms(config, augmentation="none")
+    y, x = np.mgrid[0:61, 0:97]
+    image = Image.fromarray(np.stack([x * 2.5, y * 4.0, (x + y) * 1.5], -1).clip(0, 255).astype(np.uint8))
+    theirs = torch.as_tensor(np.asarray(processor(images=[image], return_tensors="pt")["pixel_values"]))[0]
+    ours = eval_transform(image)
+    assert ours.shape == theirs.shape == (3, 96, 96)
+    assert float((ours - theirs).abs().mean()) < MEAN_BOUND * 4, family
+
+
 def test_bgr_and_offset_survive_the_uint8_split_and_training():
     """MobileViT's BGR order and EfficientNet's offset/include_top normalisation are in the training transform
     too, and in the uint8 + on-device normalisation split, bit for bit."""

@@ -451,10 +451,10 @@ def apply_image_size(processor: Any, model_config: Any, image_size: int | None) 
                 processor.size = {
                     "shortest_edge": side * shortest // max(1, _size_value(crop, "height") or side)
                 }
-            elif shortest:
-                processor.size = {"shortest_edge": int(round(side / crop_pct))}
+            elif shortest:  # timm's resize: floor(side / crop_pct), as training resizes
+                processor.size = {"shortest_edge": math.floor(side / crop_pct)}
             else:
-                processor.size = {"height": int(round(side / crop_pct)), "width": int(round(side / crop_pct))}
+                processor.size = {"height": math.floor(side / crop_pct), "width": math.floor(side / crop_pct)}
         elif shortest:
             processor.size = {"shortest_edge": side}
         else:
