@@ -1,8 +1,13 @@
 """Freezing the bottom of a network and handling its BatchNorm statistics.
 
-The body's blocks are found from the model's structure, not from a per-architecture list: the blocks are
-the children of the largest ``ModuleList``/``Sequential`` inside the body (ViT's ``encoder.layer``,
-MobileNetV2's ``layer``, ResNet's ``encoder.stages``, timm EfficientNet's ``blocks`` stages, ...).
+The body's blocks are found from the model's structure, not from a per-architecture list:
+
+* a timm model (``TimmWrapper``'s ``timm_model``) names its stages itself: the ``blocks`` pattern of its
+  ``group_matcher(coarse=True)`` (the grouping timm's own layer decay uses): ResNet's ``layer1`` ... ``layer4``,
+  RegNet's ``s1`` ... ``s4``, ViT's ``blocks.i``, EfficientNet's ``blocks.i`` stages;
+* any other model: the blocks are the children of the largest ``ModuleList``/``Sequential`` inside the body
+  (ViT's ``encoder.layer``, MobileNetV2's ``layer``, ResNet's ``encoder.stages``, ...).
+
 Everything of the body that comes before the first block (the stem, embeddings) is frozen with the first
 block.
 """
@@ -57,10 +62,47 @@ def _param_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def body_layout(model: nn.Module) -> BodyLayout:
-    """Find the stem and the ordered blocks of ``model``'s body."""
-    head = set(head_parameter_names(model))
-    order = [n for n, _ in model.named_parameters() if n not in head]
+def _timm_block_patterns(timm_model: nn.Module) -> list[str]:
+    """The regular expressions of a timm model's ``group_matcher(coarse=True)`` that number its blocks."""
+    try:
+        matcher = timm_model.group_matcher(coarse=True)
+    except (NotImplementedError, TypeError):
+        return []
+    spec = matcher.get("blocks") if isinstance(matcher, dict) else None
+    if isinstance(spec, str):
+        return [spec]
+    if isinstance(
+        spec, (list, tuple)
+    ):  # [(pattern, None): numbered blocks, (pattern, (99999,)): the final norm]
+        return [entry[0] for entry in spec if isinstance(entry, (list, tuple)) and entry[1] is None]
+    return []
+
+
+def _timm_blocks(model: nn.Module, order: list[str]) -> list[tuple[str, list[str]]] | None:
+    """The blocks of a timm model from its ``group_matcher`` (module name, parameter names), or None."""
+    timm_model = getattr(model, "timm_model", None)
+    if timm_model is None or not hasattr(timm_model, "group_matcher"):
+        return None
+    patterns = [re.compile(p) for p in _timm_block_patterns(timm_model)]
+    prefix = "timm_model."
+    modules = {n for n, _ in model.named_modules()}
+    blocks: dict[int, tuple[str, list[str]]] = {}
+    for name in order:
+        if not name.startswith(prefix):
+            continue
+        for pattern in patterns:
+            found = pattern.match(name[len(prefix) :])
+            if found and found.groups() and found.group(1) is not None and found.group(1).isdigit():
+                module_name = prefix + found.group(0).rstrip(".")
+                if module_name not in modules:
+                    continue
+                blocks.setdefault(int(found.group(1)), (module_name, []))[1].append(name)
+                break
+    return [blocks[k] for k in sorted(blocks)] if len(blocks) >= 2 else None
+
+
+def _largest_container_blocks(model: nn.Module, head: set[str]) -> list[tuple[str, list[str]]]:
+    """The children (with parameters outside the head) of the body's largest ``ModuleList``/``Sequential``."""
     best_name, best_module, best_size = None, None, -1
     for name, module in model.named_modules():
         if not isinstance(module, (nn.ModuleList, nn.Sequential)):
@@ -68,20 +110,29 @@ def body_layout(model: nn.Module) -> BodyLayout:
         children = [c for c in module.children() if _param_count(c) > 0]
         if len(children) < 2:
             continue
-        size = _param_count(module)
+        size = sum(p.numel() for n, p in module.named_parameters(prefix=name) if n not in head)
         if size > best_size:
             best_name, best_module, best_size = name, module, size
     if best_module is None:
-        return BodyLayout(stem=[], blocks=[], rest=order)
+        return []
     blocks: list[tuple[str, list[str]]] = []
-    in_blocks: set[str] = set()
     for child_name, child in best_module.named_children():
-        if _param_count(child) == 0:
-            continue
         prefix = f"{best_name}.{child_name}" if best_name else child_name
         names = [f"{prefix}.{n}" for n, _ in child.named_parameters()]
-        blocks.append((prefix, names))
-        in_blocks.update(names)
+        names = [n for n in names if n not in head]
+        if names:
+            blocks.append((prefix, names))
+    return blocks
+
+
+def body_layout(model: nn.Module) -> BodyLayout:
+    """Find the stem and the ordered blocks of ``model``'s body (head tensors are in none of them)."""
+    head = set(head_parameter_names(model))
+    order = [n for n, _ in model.named_parameters() if n not in head]
+    blocks = _timm_blocks(model, order) or _largest_container_blocks(model, head)
+    if not blocks:
+        return BodyLayout(stem=[], blocks=[], rest=order)
+    in_blocks = {n for _, names in blocks for n in names}
     first_block_index = min(order.index(n) for n in in_blocks) if in_blocks else len(order)
     last_block_index = max(order.index(n) for n in in_blocks) if in_blocks else len(order)
     stem = [n for i, n in enumerate(order) if i < first_block_index and n not in in_blocks]

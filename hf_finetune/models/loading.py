@@ -24,6 +24,12 @@ from hf_finetune.data.multi_label import MULTI_LABEL_PROBLEM_TYPE
 from hf_finetune.errors import ConfigError, DataError, ModelLoadError
 from hf_finetune.labels.mapping_file import parse_label_mapping
 from hf_finetune.labels.matching import match_labels
+from hf_finetune.models.backbone_only import (
+    classifier_config_for_tower,
+    is_vision_tower,
+    load_vision_tower,
+    new_head_reason,
+)
 from hf_finetune.models.drop_path import drop_path_modules, set_drop_path_rate
 from hf_finetune.models.freezing import set_wrap_classes
 from hf_finetune.models.heads import (
@@ -60,13 +66,17 @@ class LoadedModel:
     name_or_path: str = ""
     mapping: Any = None  # hf_finetune.labels.matching.LabelMappingReport when label mapping ran
     source_head: dict[str, Any] | None = None  # the checkpoint's own head tensors, when they were needed
+    new_head: str | None = None  # why the head is new: a backbone-only checkpoint (models/backbone_only.py)
 
     def describe(self) -> str:
         origin = "timm (via TimmWrapper)" if self.is_timm else "transformers"
+        source = "no classification head" if self.new_head else f"{len(self.source_labels)} source labels"
         lines = [
             f"model {self.name_or_path}: {type(self.model).__name__}, {origin}, "
-            f"{len(self.source_labels)} source labels -> {len(self.labels)} target labels"
+            f"{source} -> {len(self.labels)} target labels"
         ]
+        if self.new_head:
+            lines.append(f"head: new; {self.new_head}")
         if self.reinitialized:
             shapes = ", ".join(
                 f"{n} {list(self.reinitialized_shapes.get(n, ()))}" for n in self.reinitialized
@@ -147,6 +157,8 @@ def load_source_config(
                 "dropped the duplicate model_args.num_classes of the timm config (save_for_hf writes it)"
             )
     else:
+        # a vision tower (CLIPVisionModel) loads as the family's classifier (CLIPForImageClassification)
+        config = classifier_config_for_tower(config) or config
         if config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
             raise ModelLoadError(
                 f"model_name_or_path: {model_name_or_path} is a {config.model_type!r} checkpoint, which "
@@ -252,22 +264,24 @@ def load_model_for_labels(
     source.use_safetensors = None if allow_pickle_weights else True
     source_labels = source_label_names(config)
     is_timm = is_timm_config(config)
-    same_labels = list(labels) == source_labels
+    new_head = new_head_reason(config, model_name_or_path)  # a backbone-only checkpoint: no rows to map
+    same_labels = list(labels) == source_labels and new_head is None
     source_config = copy.deepcopy(config)
     # Which target labels start from which source rows
-    mapping = _match_to_source(labels, source_labels, label_mapping, same_labels)
+    mapping = None if new_head else _match_to_source(labels, source_labels, label_mapping, same_labels)
     # The model, with a head for the target labels
     if not same_labels:
         _set_target_labels(config, labels, is_timm)
     _set_problem_type(config, multi_label)
     drop_path_set = set_drop_path_rate(config, drop_path_rate, is_timm, model_name_or_path)
     model, info = _from_pretrained(source, config, ignore_mismatched_sizes=not same_labels)
+    _load_tower(model, info, source, config, new_head)  # a CLIPVisionModel's tensors into the classifier
     if drop_path_set is not None:
         _check_drop_path(model, model_name_or_path, drop_path_rate, drop_path_set)
     reinitialized = [] if same_labels else _reinitialized_head(model, info, len(labels))
     # The source head's rows copied into the new head for the matched labels
     source_head = None
-    if (mapping is not None and mapping.reused) or (keep_source_head and not same_labels):
+    if (mapping is not None and mapping.reused) or (keep_source_head and not same_labels and not new_head):
         source_head = _source_head(source, source_config, len(source_labels))
         _copy_matched_rows(model, source_head, mapping, label_merge)
     set_wrap_classes(model)  # FSDP auto-wrap by block class (recipes/accelerate_configs/fsdp.yaml)
@@ -287,6 +301,7 @@ def load_model_for_labels(
         name_or_path=str(model_name_or_path),
         mapping=mapping,
         source_head=source_head if keep_source_head else None,
+        new_head=new_head,
     )
 
 
@@ -300,6 +315,14 @@ class _Source:
     trust_remote_code: bool
     token: str | None
     use_safetensors: bool | None = True
+
+    def tower_kwargs(self) -> dict[str, Any]:
+        return dict(
+            revision=self.revision,
+            cache_dir=self.cache_dir,
+            token=self.token,
+            use_safetensors=self.use_safetensors,
+        )
 
     def from_pretrained(self, config, **kwargs):
         return AutoModelForImageClassification.from_pretrained(
@@ -371,6 +394,14 @@ def _from_pretrained(source: _Source, config, ignore_mismatched_sizes: bool):
         if source.use_safetensors and "safetensors" in first.lower():
             raise ModelLoadError(_pickle_refusal(name)) from None
         raise ModelLoadError(f"model_name_or_path: cannot load the weights of {name!r} ({first})") from None
+
+
+def _load_tower(model, info: dict[str, Any], source: _Source, config, new_head: str | None) -> None:
+    """A vision tower checkpoint: its tensors go into the classifier's tower (the names no longer missing)."""
+    if not (new_head and is_vision_tower(config)):
+        return
+    loaded = load_vision_tower(model, source.name_or_path, **source.tower_kwargs())
+    info["missing_keys"] = [k for k in info.get("missing_keys", []) if k not in loaded]
 
 
 def _check_drop_path(model, model_name_or_path: str, drop_path_rate: float, drop_path_set: str) -> None:

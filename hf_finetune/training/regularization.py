@@ -12,6 +12,9 @@
   cross-entropy; Mixup/CutMix mix the multi-hot rows with the images' weights (:class:`MultiHotMixup`), label
   smoothing moves each target to ``(1 - e) y + e / 2``, and class balance is BCE's ``pos_weight``
   (:func:`multi_label_loss`).
+* **Two-head distilled models** (DeiT's and LeViT's ``...WithTeacher`` classes, which compute no loss): both
+  heads are trained on the labels and the loss is the mean of their two losses, as DeiT fine-tuning without
+  a teacher does (:func:`head_logits`); the prediction stays the model's ``logits``, the mean of the heads.
 * **Drop path** (``drop_path_rate``) is set when the model loads: :mod:`hf_finetune.models.drop_path`.
 * **Early stopping**: transformers' ``EarlyStoppingCallback`` (:func:`early_stopping_callback`).
 
@@ -22,6 +25,7 @@ does exactly what ``Trainer`` does when its feature is off.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from typing import Any
@@ -54,6 +58,8 @@ __all__ = [
     "soft_target_cross_entropy",
     "MultiHotMixup",
     "multi_label_loss",
+    "head_logits",
+    "computes_own_loss",
     "smoothed_targets",
     "early_stopping_callback",
     "feature_cache_wanted",
@@ -160,6 +166,25 @@ def multi_label_loss(
     )
 
 
+def computes_own_loss(model) -> bool:
+    """Whether ``model`` (unwrapped from DDP/FSDP and peft) computes a loss from ``labels`` itself: the
+    two-head distilled classes (``DeiTForImageClassificationWithTeacher``) take no ``labels``."""
+    base = unwrap_model(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return "labels" in inspect.signature(base.forward).parameters
+
+
+def head_logits(outputs) -> list[torch.Tensor]:
+    """The logits each head scores the labels with: ``cls_logits`` and ``distillation_logits`` of a two-head
+    distilled model, otherwise ``logits`` alone."""
+    if isinstance(outputs, dict):
+        heads = [outputs.get(k) for k in ("cls_logits", "distillation_logits")]
+        if all(h is not None for h in heads):
+            return heads
+        return [outputs["logits"]]
+    return [outputs[0]]
+
+
 # --- early stopping ---------------------------------------------------------------------------------------
 
 
@@ -203,7 +228,8 @@ class RegularizationMixin:
         )
         smoothing = float(getattr(self.args, "label_smoothing_factor", 0.0) or 0.0)
         multi_label = "labels" in inputs and inputs["labels"].is_floating_point()
-        own_loss = mixing or self.class_weights is not None or (multi_label and smoothing > 0)
+        two_heads = "labels" in inputs and not computes_own_loss(model)
+        own_loss = mixing or self.class_weights is not None or (multi_label and smoothing > 0) or two_heads
         if not own_loss or "labels" not in inputs:
             self.loss_is_scaled_for_ga = None  # the Trainer's own rule
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -218,11 +244,11 @@ class RegularizationMixin:
         else:
             targets = smoothed_targets(labels, num_classes, smoothing)
         outputs = model(**inputs)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        if multi_label:
-            loss = multi_label_loss(logits, targets, self.class_weights)
-        else:
-            loss = soft_target_cross_entropy(logits, targets, self.class_weights)
+        loss_of = multi_label_loss if multi_label else soft_target_cross_entropy
+        heads = head_logits(outputs)
+        loss = sum(loss_of(logits, targets, self.class_weights) for logits in heads) / len(heads)
+        if two_heads and isinstance(outputs, dict):  # evaluation reads the model's prediction only
+            outputs = {"logits": outputs["logits"]}
         self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
         return (loss, outputs) if return_outputs else loss
 

@@ -149,6 +149,10 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
     ):
         args, kwargs = _speed_resolved(args, kwargs)
         super().__init__(*args, **kwargs)
+        if not self.label_names and self.args.label_names is None:
+            # a model whose forward takes no labels (two-head distilled DeiT/LeViT): the batches still carry
+            # them, and compute_loss scores both heads (training/regularization.py)
+            self.label_names = ["labels"]
         use_run_progress(self)  # one training bar, evaluations as lines (training/progress.py)
         # uint8 pixel_values from the loader -> normalised float on the device (normalize_on_device)
         self.pixel_normalizer = pixel_normalizer
