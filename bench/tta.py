@@ -36,7 +36,12 @@ def score(predictions) -> dict[str, float]:
     if predictions.multi_label:
         targets = predictions.labels.astype(np.float64)
         bce = np.logaddexp(0, logits) - targets * logits
-        return {"map": multi_label_metrics(logits, targets)["map"], "log_loss": float(bce.sum(axis=1).mean())}
+        metrics = multi_label_metrics(logits, targets, predictions.thresholds)
+        return {
+            "map": metrics["map"],
+            "f1_micro": metrics["f1_micro"],  # at the model's thresholds, as hf-finetune eval reports it
+            "log_loss": float(bce.sum(axis=1).mean()),
+        }
     log_p = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
     labels = predictions.labels
     return {

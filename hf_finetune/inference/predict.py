@@ -244,9 +244,8 @@ def predict_images(
         loaded = _preprocess(batch, processor, strict, bad, views)
         scores = _batch_scores(model, [item for _, item in loaded], model_device, tta, function)
         for (file, _), row_scores in zip(loaded, scores, strict=True):
-            record: dict[str, Any] = {
-                "path": shown_name(file)
-            }  # a name that is not UTF-8 with \xNN: printable
+            # a name that is not UTF-8 shows its bytes as \xNN: printable, writable
+            record: dict[str, Any] = {"path": shown_name(file)}
             if thresholds is not None:
                 record["labels"] = _above_threshold(row_scores, thresholds, id2label)
             record["predictions"] = _rank(row_scores, id2label, top_k)
