@@ -108,6 +108,7 @@ def _train(checkpoint, image_folder, image_size: int, out):
             per_device_eval_batch_size=12,
             layer_decay=0.8,
             seed=0,
+            load_best_model_at_end=False,  # the saved model is the trained one, even where epoch 0 scored higher
             tune_depthwise_precision=False,
             tune_inplace_activations=False,
             dataloader_num_workers=0,
@@ -126,6 +127,7 @@ def _check_reload(family, checkpoint, trained: dict, out, image_folder) -> None:
     from PIL import Image
     from transformers import pipeline
 
+    from hf_finetune.models.heads import head_parameter_names
     from hf_finetune.models.loading import load_model_for_labels
 
     reference = load_model_for_labels(str(checkpoint), TARGETS, label_mapping="none").model
@@ -133,6 +135,8 @@ def _check_reload(family, checkpoint, trained: dict, out, image_folder) -> None:
     reference.load_state_dict(trained, strict=True)
     reference.eval()
     assert any(not torch.equal(start[n].float(), trained[n]) for n in start if start[n].is_floating_point())
+    for name in head_parameter_names(reference):  # every head trained (both of a two-head model)
+        assert not torch.equal(start[name].float(), trained[name]), name
 
     images = [Image.open(p).convert("RGB") for p in sorted((image_folder / "val").rglob("*.png"))[:3]]
     classifier = pipeline("image-classification", model=str(out))
@@ -172,6 +176,38 @@ def test_family(family, tiny_image_folder, tmp_path):
     _check_reload(family, checkpoint, trained, out, tiny_image_folder)
 
 
+@pytest.mark.parametrize("name", ["deit-distilled", "levit"])
+def test_two_head_loss_is_the_mean_of_both_heads_cross_entropies(name, tmp_path):
+    """DeiT's and LeViT's with-teacher classes compute no loss: the Trainer's loss is the mean of the two heads'
+    cross-entropies on the labels (DeiT fine-tuning without a teacher), and evaluation sees the mean logits."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForImageClassification
+
+    from hf_finetune.training.regularization import RegularizationMixin, computes_own_loss
+
+    family = next(f for f in FAMILIES if f.name == name)
+    checkpoint = build_checkpoint(family, tmp_path / "checkpoint")
+
+    model = AutoModelForImageClassification.from_pretrained(checkpoint).eval()
+    assert not computes_own_loss(model)
+    trainer = SimpleNamespace(
+        mixup=None,
+        class_weights=None,
+        args=SimpleNamespace(label_smoothing_factor=0.0),
+        state=SimpleNamespace(epoch=0),
+    )
+    size = family.image_size
+    inputs = {"pixel_values": torch.randn(4, 3, size, size), "labels": torch.tensor([0, 1, 5, 6])}
+    with torch.no_grad():
+        loss, outputs = RegularizationMixin.compute_loss(trainer, model, inputs, return_outputs=True)
+        raw = model(pixel_values=inputs["pixel_values"])
+    ce = torch.nn.functional.cross_entropy
+    expected = (ce(raw.cls_logits, inputs["labels"]) + ce(raw.distillation_logits, inputs["labels"])) / 2
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert list(outputs) == ["logits"] and torch.equal(outputs["logits"], raw.logits)
+
+
 def test_families_page_is_current():
     from tests.families_table import PAGE
 
@@ -200,7 +236,12 @@ def test_backbone_only_checkpoint_loads_with_a_new_head(kind, tmp_path):
     body_name, config_name, classifier_name = BACKBONES[kind]
     torch.manual_seed(0)
     config = getattr(transformers, config_name)(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, patch_size=8, image_size=32
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        patch_size=8,
+        image_size=32,
     )
     body = getattr(transformers, body_name)(config).eval()
     body.save_pretrained(tmp_path / "body")
