@@ -75,3 +75,48 @@ def test_a_trainer_built_by_hand_from_fresh_arguments_trains(model, tmp_path):
     assert isinstance(trainer.args.dataloader_num_workers, int) and isinstance(trainer.args.bf16, bool)
     assert args.dataloader_num_workers is None  # the parsed arguments are not changed
     assert trainer.train().global_step == 2
+
+
+def test_best_model_and_resume_loads_restore_renamed_vit_tensors(tmp_path):
+    """transformers 5 saves ViT in its former tensor layout; the Trainer's own non-strict load of a checkpoint would
+    restore only the embeddings and the head. Both loads of FinetuneTrainer restore every tensor bit for bit."""
+    import torch
+    from safetensors import safe_open
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_finetune.config.arguments import FinetuneTrainingArguments
+    from hf_finetune.training.trainer import FinetuneTrainer
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+        patch_size=8, num_labels=3,
+    )  # fmt: skip
+    model = ViTForImageClassification(config)
+    checkpoint = tmp_path / "checkpoint-5"
+    model.save_pretrained(checkpoint)
+    with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as handle:
+        assert set(handle.keys()) - set(model.state_dict())  # the files do use other names
+    expected = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    trainer = FinetuneTrainer(
+        model=model,
+        args=FinetuneTrainingArguments(
+            output_dir=str(tmp_path / "out"),
+            report_to="none",
+            eval_strategy="no",
+            save_strategy="no",
+            load_best_model_at_end=False,
+            eval_on_start=False,
+        ),
+    )
+    for load in ("best", "resume"):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(1.0)
+        if load == "best":
+            trainer.state.best_model_checkpoint = str(checkpoint)
+            trainer._load_best_model()
+        else:
+            trainer._load_from_checkpoint(str(checkpoint))
+        after = model.state_dict()
+        assert all(torch.equal(after[name], expected[name]) for name in expected), load

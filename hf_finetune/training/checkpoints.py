@@ -10,6 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+from transformers import PreTrainedModel
+
 from hf_finetune.errors import ConfigError
 from hf_finetune.models.weights_check import check_safetensors_files
 
@@ -21,6 +24,7 @@ __all__ = [
     "resolve_resume",
     "write_checkpoint_recipe",
     "later_checkpoints",
+    "load_renamed_checkpoint",
 ]
 
 logger = logging.getLogger("hf_finetune")
@@ -30,6 +34,30 @@ CHECKPOINT_RECIPE = (
 )
 FINAL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+def load_renamed_checkpoint(model, folder: str | Path) -> bool:
+    """Load the weights of checkpoint ``folder`` into ``model`` when it is a transformers model whose files name
+    its tensors otherwise; True when it did (False: nothing done, the Trainer's own load applies).
+
+    transformers 5 saves some families (ViT, DeiT, DINOv2, CLIP, ...) in their former tensor layout and converts
+    them back in ``from_pretrained``; the Trainer's best-model and resume loads read the file with a non-strict
+    ``load_state_dict`` and skip that conversion, which would leave every renamed tensor (the whole encoder) as it
+    was, with a warning only. Here the checkpoint goes through ``from_pretrained`` and is copied in strictly."""
+    bare = getattr(model, "module", model)
+    weights = Path(folder) / FINAL_WEIGHTS[0]
+    if not isinstance(bare, PreTrainedModel) or not weights.is_file():
+        return False
+    with safe_open(str(weights), framework="pt") as handle:
+        saved = set(handle.keys())
+    if saved <= set(bare.state_dict()):
+        return False
+    loaded = type(bare).from_pretrained(str(folder), config=bare.config)
+    bare.load_state_dict(loaded.state_dict(), strict=True)
+    logger.info(
+        "loaded %s through from_pretrained: its files name the tensors in transformers' former layout", folder
+    )
+    return True
 
 
 def is_finished_model_dir(path: str | Path) -> bool:

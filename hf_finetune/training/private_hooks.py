@@ -62,8 +62,18 @@ PRIVATE_OVERRIDES: dict[str, PrivateOverride] = {
         signature="(self, resume_from_checkpoint: str, model: torch.nn.modules.module.Module | None = None) "
         "-> None",
         reason="--resume with ema_decay: loads the EMA's state of the checkpoint being resumed, right after "
-        "its weights. No public hook is given that checkpoint's path (callbacks see args and state only; "
+        "its weights; and loads a checkpoint whose files name the tensors in transformers' former layout "
+        "(ViT-family) through from_pretrained, which the Trainer's non-strict load would leave unloaded. No "
+        "public hook is given that checkpoint's path (callbacks see args and state only; "
         "args.resume_from_checkpoint may be 'last').",
+    ),
+    "_load_best_model": PrivateOverride(
+        owner="hf_finetune.training.trainer.FinetuneTrainer",
+        signature="(self) -> None",
+        reason="load_best_model_at_end on a model whose checkpoint files name the tensors in transformers' "
+        "former layout (ViT, DeiT, DINOv2, CLIP, ...): the Trainer's non-strict load_state_dict would restore "
+        "only the tensors whose names did not change, silently; this loads the checkpoint through "
+        "from_pretrained instead. It runs before on_train_end, and no public hook replaces the load.",
     ),
 }
 

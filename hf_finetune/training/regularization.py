@@ -40,6 +40,7 @@ from transformers.modeling_utils import unwrap_model
 from hf_finetune.data.multi_label import is_multi_label, positive_counts
 from hf_finetune.data.splits import label_column
 from hf_finetune.errors import ConfigError
+from hf_finetune.training.checkpoints import load_renamed_checkpoint
 from hf_finetune.training.ema import EmaCallback, WeightEma
 from hf_finetune.training.imbalance import (
     MAX_POS_WEIGHT,
@@ -291,7 +292,8 @@ class RegularizationMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # private: the only hook given the path of the checkpoint being resumed (private_hooks.py)
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if not load_renamed_checkpoint(model if model is not None else self.model, resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self.ema is not None:
             self.ema.load_or_reset(resume_from_checkpoint, unwrap_model(self.model))
 

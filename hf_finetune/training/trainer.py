@@ -40,7 +40,11 @@ from hf_finetune.errors import CheckpointWriteError
 from hf_finetune.models.heads import head_parameter_names
 from hf_finetune.runtime.plan import RunPlan
 from hf_finetune.runtime.speed_plan import resolve_speed
-from hf_finetune.training.checkpoints import later_checkpoints, write_checkpoint_recipe
+from hf_finetune.training.checkpoints import (
+    later_checkpoints,
+    load_renamed_checkpoint,
+    write_checkpoint_recipe,
+)
 from hf_finetune.training.layer_decay import layer_ids
 from hf_finetune.training.progress import use_run_progress
 from hf_finetune.training.regularization import RegularizationMixin
@@ -313,6 +317,12 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
         if not os.listdir(staging_root):
             os.rmdir(staging_root)
         self._rotate(run_dir, final)
+
+    def _load_best_model(self) -> None:
+        # private: the best checkpoint's weights, renamed tensors included (training/checkpoints.py)
+        best = self.state.best_model_checkpoint
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled or not load_renamed_checkpoint(self.model, best):
+            super()._load_best_model()
 
     def _rotate(self, run_dir: str, newest: str | None = None) -> None:
         """Delete checkpoints beyond ``save_total_limit`` (never the best one), as the Trainer would have; never
