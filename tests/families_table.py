@@ -15,20 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import SOURCE_LABELS  # the tiny checkpoints' source labels, shared with the other tests
+
 __all__ = ["Family", "FAMILIES", "EXCLUDED", "build_checkpoint", "render_table", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "families.md"
 
-SOURCE_LABELS = [
-    "tench",
-    "goldfish",
-    "great white shark",
-    "hotdog, hot dog, red hot",
-    "ant, emmet, pismire",
-    "cat",
-    "dog",
-]
 
 # Checked for every family by tests/test_families.py (the columns of the table).
 CHECKS = [
