@@ -25,6 +25,7 @@ __all__ = [
     "classification_metrics",
     "per_class_report",
     "build_compute_metrics",
+    "first_array",
 ]
 
 logger = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def per_class_report(logits: np.ndarray, labels: np.ndarray, label_names: list[s
     return {"per_class": per_class, "confusion_matrix": matrix.tolist(), **summary}
 
 
-def _first_array(value: Any) -> np.ndarray:
+def first_array(value: Any) -> np.ndarray:
     """Trainer may hand over a tuple (logits, hidden states, ...); the first entry is what we need."""
     while isinstance(value, (tuple, list)):
         if not value:
@@ -175,8 +176,8 @@ def build_compute_metrics(
     modules = load_extra_metrics(metrics, multi_label=multi_label)
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        logits = _first_array(prediction.predictions)
-        labels = _first_array(prediction.label_ids)
+        logits = first_array(prediction.predictions)
+        labels = first_array(prediction.label_ids)
         if multi_label:
             if logits.ndim != 2 or logits.shape[1] != num_classes:
                 raise ValueError(f"num_classes={num_classes} but logits have shape {logits.shape}")

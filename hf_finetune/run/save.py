@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from safetensors import SafetensorError
 
@@ -23,7 +22,7 @@ from hf_finetune.errors import CheckpointWriteError, FinalSaveInterrupted
 from hf_finetune.hub.model_card import CARD_NAME, PER_CLASS_NAME, render_model_card
 from hf_finetune.hub.push import normalize_timm_config
 from hf_finetune.inference import reports
-from hf_finetune.inference.metrics import per_class_report
+from hf_finetune.inference.metrics import first_array, per_class_report
 from hf_finetune.inference.multi_label_metrics import multi_label_report, sigmoid
 from hf_finetune.inference.reports import TRAINING_FIGURES
 from hf_finetune.models.lora import save_lora
@@ -101,12 +100,7 @@ def _per_class_report(prediction, labels: list[str], model=None) -> tuple[dict[s
     if prediction is None:
         return None, None
 
-    def first(value):
-        while isinstance(value, (tuple, list)):
-            value = value[0]
-        return np.asarray(value)
-
-    logits, targets = first(prediction.predictions), first(prediction.label_ids)
+    logits, targets = first_array(prediction.predictions), first_array(prediction.label_ids)
     config = getattr(getattr(model, "module", model), "config", None)
     if targets.ndim == 2 or getattr(config, "problem_type", None) == "multi_label_classification":
         chosen = getattr(config, "label_thresholds", None) or {}

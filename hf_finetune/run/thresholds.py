@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 from hf_finetune.data.multi_label import is_multi_label
+from hf_finetune.inference.metrics import first_array
 from hf_finetune.inference.multi_label_metrics import fit_thresholds, multi_label_metrics, sigmoid
 
 __all__ = ["THRESHOLD_KEYS", "choose_thresholds", "with_thresholds"]
@@ -30,19 +30,13 @@ logger = logging.getLogger("hf_finetune")
 THRESHOLD_KEYS = ("f1_micro", "f1_macro", "exact_match")
 
 
-def _array(value: Any) -> np.ndarray:
-    while isinstance(value, (tuple, list)):
-        value = value[0]
-    return np.asarray(value)
-
-
 def with_thresholds(compute_metrics: Callable, thresholds: np.ndarray) -> Callable:
     """``compute_metrics`` whose threshold-dependent figures (:data:`THRESHOLD_KEYS`) are computed at
     ``thresholds`` instead of 0.5."""
 
     def compute(prediction) -> dict[str, float]:
         values = dict(compute_metrics(prediction))
-        logits, targets = _array(prediction.predictions), _array(prediction.label_ids)
+        logits, targets = first_array(prediction.predictions), first_array(prediction.label_ids)
         at = multi_label_metrics(logits, targets, thresholds)
         values.update({key: at[key] for key in THRESHOLD_KEYS if key in at})
         return values
@@ -60,7 +54,7 @@ def choose_thresholds(trainer, loaded, data, threshold, evaluation) -> dict[str,
     eval_metrics, prediction = evaluation
     if not is_multi_label(data.dataset["train"]) or prediction is None:
         return None
-    logits, targets = _array(prediction.predictions), _array(prediction.label_ids)
+    logits, targets = first_array(prediction.predictions), first_array(prediction.label_ids)
     # rounded as saved, so that the figures below are those a later eval of the saved model computes
     thresholds = np.round(fit_thresholds(sigmoid(logits), targets, threshold), 6)
     chosen = {name: float(t) for name, t in zip(data.labels, thresholds, strict=True)}
