@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("train", "predict", "eval", "map-labels", "push")
+COMMANDS = ("train", "predict", "eval", "map-labels", "push", "export", "app", "search", "lr-find")
 HELP_SECONDS = (
     2.0  # generous for a loaded CI machine; an import of transformers' TrainingArguments takes more
 )

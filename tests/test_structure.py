@@ -23,11 +23,14 @@ LAYERS = {
     "training": 4,
     "inference": 4,
     "hub": 5,
+    "export": 5,
+    "app": 5,
     "run": 6,
-    "cli": 7,
-    "demo": 8,
-    "__init__": 9,
-    "__main__": 9,
+    "search": 7,
+    "cli": 8,
+    "demo": 9,
+    "__init__": 10,
+    "__main__": 10,
 }
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80

@@ -7,6 +7,7 @@ import argparse
 
 __all__ = [
     "COMMANDS",
+    "MODULE_COMMANDS",
     "add_predict_arguments",
     "add_eval_arguments",
     "add_map_labels_arguments",
@@ -21,7 +22,15 @@ COMMANDS = {
     "eval": "metrics of a saved model on a split of a dataset",
     "map-labels": "show which pretrained classifier rows would start each target label, without training",
     "push": "push a finished output folder to the Hugging Face Hub with its model card",
+    "export": "export a finished model to ONNX, with its preprocessing and labels beside the graph",
+    "app": "a web page (Gradio, on 127.0.0.1) to try a finished model on your own images",
+    "search": "search hyperparameters of a recipe with Optuna (Trainer.hyperparameter_search)",
+    "lr-find": "a learning-rate range test: the loss over an exponential ramp, and the suggested rate",
 }
+
+# Commands that live in a module of their own, hf_finetune/cli/<module>.py, whose ``run(argv) -> int`` parses
+# its arguments with a light parser (answering --help before any heavy import) and runs the command.
+MODULE_COMMANDS = {"export": "export", "app": "app", "search": "search", "lr-find": "lr_find"}
 
 PUSH_DESCRIPTION = (
     COMMANDS["push"] + ". The token comes from HF_TOKEN or `hf auth login`; it is never "

@@ -5,6 +5,10 @@
     hf-finetune eval MODEL (--train_dir DIR | --dataset_name ID | --train_file F) [--split validation]
     hf-finetune map-labels --model_name_or_path M (--train_dir DIR | --dataset_name ID) [--label_mapping ...]
     hf-finetune push OUTPUT_DIR --repo-id ORG/NAME [--private] [--revision BRANCH] [--commit-message MSG]
+    hf-finetune export MODEL_DIR --format onnx [--output DIR] [--quantize int8]
+    hf-finetune app MODEL_DIR [--port 7860]
+    hf-finetune search RECIPE.yaml --space SPACE.yaml [--n_trials N] [--timeout SECONDS]
+    hf-finetune lr-find RECIPE.yaml [--key value ...]
 
 Errors a user can fix print one line (``hf-finetune: error: ...``) and exit with status 2, no traceback.
 Heavy libraries are imported inside the commands; ``--help`` comes from light tables (:mod:`hf_finetune.cli.help`),
@@ -19,6 +23,7 @@ import sys
 
 from hf_finetune.cli.arguments import (
     COMMANDS,
+    MODULE_COMMANDS,
     PUSH_DESCRIPTION,
     add_eval_arguments,
     add_map_labels_arguments,
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if command != "push" and wants_help(rest):  # from light tables: no transformers, no torch
+    if command != "push" and command not in MODULE_COMMANDS and wants_help(rest):  # from light tables: no transformers, no torch
         return command_help(command, rest)
     setup_logging()
     quiet_known_noise()
@@ -329,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
             "map-labels": _map_labels,
             "push": _push,
         }
+        if command in MODULE_COMMANDS:  # hf_finetune/cli/<module>.py: its own light parser answers --help
+            import importlib
+
+            return importlib.import_module(f"hf_finetune.cli.{MODULE_COMMANDS[command]}").run(rest)
         return handlers[command](rest)
     except HfFinetuneError as err:
         print(f"hf-finetune: error: {terminal_text(_one_line(err))}", file=sys.stderr)
