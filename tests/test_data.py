@@ -299,7 +299,7 @@ def test_table_file_errors(table_images, tmp_path):
         _load(tmp_path, train_file=str(folder / "absent.csv"))
     (folder / "rows.txt").write_text("a,b\n")
     with pytest.raises(
-        DataError, match=r"rows.txt has extension '\.txt'; expected a \.csv, \.json or \.jsonl"
+        DataError, match=r"rows.txt has extension '\.txt'; expected a \.csv, \.json, \.jsonl, \.parquet"
     ):
         _load(tmp_path, train_file=str(folder / "rows.txt"))
     (folder / "cols.csv").write_text("photo_file,kind\nx.png,red\n")

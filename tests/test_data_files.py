@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
+import io
+import json
+import shutil
+import tarfile
+from collections import Counter
 from pathlib import Path
 
+import datasets
 import pytest
+from PIL import Image
 
+from hf_finetune.config.arguments import DataArguments
 from hf_finetune.data.data_files import DataSource, data_source, file_builder, is_data_spec
+from hf_finetune.data.loading import load_image_dataset
 from hf_finetune.errors import DataError
 
 
@@ -21,7 +30,7 @@ def _touch(path: Path, text: str = "x") -> Path:
     ("name", "builder"),
     [
         ("a.csv", "csv"),
-        ("a.tsv", "csv"),
+        ("a.tsv", None),
         ("a.json", "json"),
         ("a.JSONL", "json"),
         ("a.jsonl.gz", "json"),
@@ -114,3 +123,144 @@ def test_is_data_spec_tells_local_specs_from_hub_ids(tmp_path):
     assert is_data_spec(str(tmp_path / "*.parquet"))
     assert is_data_spec(str(tmp_path))
     assert not is_data_spec("owner/some-dataset")
+
+
+# --- the loaders per format, in this process --------------------------------------------------------------
+
+COLOURS = {
+    "cat": [(200, 30, 30), (220, 40, 20), (180, 20, 40)],
+    "dog": [(30, 30, 200), (20, 40, 220), (40, 20, 180)],
+}
+CLASSES = sorted(COLOURS)
+ROWS = [(name, colour) for name in CLASSES for colour in COLOURS[name]] * 2  # 12 images, 6 per class
+
+
+def _png(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _tar(path: Path, rows: list[tuple[int, str, tuple]]) -> None:
+    with tarfile.open(path, "w") as archive:
+        for index, name, colour in rows:
+            members = {
+                "png": _png(colour),
+                "cls": str(CLASSES.index(name)).encode(),
+                "json": json.dumps({"label": name}).encode(),
+                "txt": name.encode(),
+            }
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"sample{index:03d}.{ext}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory) -> Path:
+    """The same 12 images (8x8 PNGs, two classes) as every format: parquet (one file, shards, paths), Arrow,
+    save_to_disk (a Dataset, a DatasetDict), WebDataset shards, and a multi-label parquet file."""
+    root = tmp_path_factory.mktemp("formats")
+    images = root / "images"
+    images.mkdir()
+    for index, (_, colour) in enumerate(ROWS):
+        (images / f"{index:03d}.png").write_bytes(_png(colour))
+    embedded = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    rows = {"image": [{"bytes": _png(c), "path": None} for _, c in ROWS], "label": [n for n, _ in ROWS]}
+    table = datasets.Dataset.from_dict(rows, features=embedded)
+    table.to_parquet(str(root / "images.parquet"))
+    (root / "shards").mkdir()
+    for shard in range(2):
+        table.shard(2, shard, contiguous=True).to_parquet(str(root / "shards" / f"part-{shard}.parquet"))
+    paths = {"file": [f"images/{i:03d}.png" for i in range(len(ROWS))], "class": [n for n, _ in ROWS]}
+    datasets.Dataset.from_dict(paths).to_parquet(str(root / "paths.parquet"))
+    table.save_to_disk(str(root / "saved"))
+    shutil.copy(next((root / "saved").glob("*.arrow")), root / "images.arrow")
+    datasets.DatasetDict(
+        {"train": table.select(range(8)), "validation": table.select(range(8, 12))}
+    ).save_to_disk(str(root / "saved_dict"))
+    (root / "wds").mkdir()
+    indexed = [(i, n, c) for i, (n, c) in enumerate(ROWS)]
+    _tar(root / "wds" / "shard-0.tar", indexed[:6])
+    _tar(root / "wds" / "shard-1.tar", indexed[6:])
+    multi = [["cat"], ["dog"], ["cat", "dog"]] * 4
+    multi_features = datasets.Features(
+        {"image": datasets.Image(), "labels": datasets.List(datasets.Value("string"))}
+    )
+    datasets.Dataset.from_dict({"image": rows["image"], "labels": multi}, features=multi_features).to_parquet(
+        str(root / "multi.parquet")
+    )
+    return root
+
+
+def _load(root: Path, **kwargs):
+    return load_image_dataset(DataArguments(**kwargs), seed=0, cache_dir=str(root / "hf_cache"))
+
+
+def _colours(data) -> list[tuple[int, int, int]]:
+    """The colour of every image of every split, decoded from its bytes or path."""
+    found = []
+    for split in data.dataset.values():
+        for row in split:
+            image = row["image"]
+            source = io.BytesIO(image["bytes"]) if image["bytes"] else image["path"]
+            with Image.open(source) as opened:
+                found.append(opened.convert("RGB").getpixel((4, 4)))
+    return sorted(found)
+
+
+@pytest.mark.parametrize(
+    ("key", "spec", "names"),
+    [
+        ("train_file", "images.parquet", CLASSES),
+        ("train_file", "shards/part-*.parquet", CLASSES),
+        ("train_file", "shards", CLASSES),
+        ("train_file", "paths.parquet", CLASSES),
+        ("train_file", "images.arrow", CLASSES),
+        ("train_file", "saved", CLASSES),
+        ("train_file", "wds/shard-*.tar", ["0", "1"]),  # the cls member: class ids
+        ("dataset_name", "images.parquet", CLASSES),
+        ("dataset_name", "shards/*.parquet", CLASSES),
+        ("dataset_name", "saved", CLASSES),
+        ("dataset_name", "saved_dict", CLASSES),
+        ("dataset_name", "wds", ["0", "1"]),
+    ],
+)
+def test_every_format_gives_the_same_images_and_labels(formats, key, spec, names):
+    data = _load(formats, **{key: str(formats / spec)})
+    assert data.labels == names
+    assert set(data.dataset) == {"train", "validation"}
+    assert sum(len(split) for split in data.dataset.values()) == len(ROWS)
+    for split in data.dataset.values():
+        assert isinstance(split.features["image"], datasets.Image) and not split.features["image"].decode
+        assert isinstance(split.features["label"], datasets.ClassLabel)
+    counts = Counter(data.labels[i] for split in data.dataset.values() for i in split["label"])
+    assert sorted(counts.values()) == [len(ROWS) // 2] * 2
+    assert _colours(data) == sorted(colour for _, colour in ROWS)
+    if spec == "saved_dict":
+        assert [len(data.dataset[s]) for s in ("train", "validation")] == [8, 4]
+
+
+@pytest.mark.parametrize("member", ["txt", "json.label"])
+def test_webdataset_label_member_named_by_label_column_name(formats, member):
+    data = _load(formats, train_file=str(formats / "wds" / "*.tar"), label_column_name=member)
+    assert data.labels == CLASSES
+    by_colour = {colour: name for name, colour in ROWS}
+    for split in data.dataset.values():
+        for row in split:
+            with Image.open(io.BytesIO(row["image"]["bytes"])) as opened:
+                assert by_colour[opened.convert("RGB").getpixel((4, 4))] == data.labels[row["label"]]
+
+
+def test_multi_label_parquet_and_parquet_validation_file(formats):
+    data = _load(
+        formats,
+        train_file=str(formats / "multi.parquet"),
+        validation_file=str(formats / "multi.parquet"),
+        test_file=str(formats / "paths.parquet"),
+        label_column_name=None,
+    )
+    assert data.multi_label and data.labels == CLASSES
+    hot = data.dataset["validation"]["label"]
+    assert [sum(row) for row in hot] == [1.0, 1.0, 2.0] * 4
+    assert len(data.dataset["test"]) == len(ROWS)

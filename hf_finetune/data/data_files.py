@@ -8,7 +8,7 @@ so the map-style loaders and the streamed ones share one answer.
 ====================  ============  ==================================================================
 what is given          builder       ``data_files``
 ====================  ============  ==================================================================
-``*.csv``/``*.tsv``    ``csv``       the files
+``*.csv``              ``csv``       the files
 ``*.json``/``*.jsonl`` ``json``      the files
 ``*.parquet``          ``parquet``   the files
 ``*.arrow``            ``arrow``     the files (Arrow stream files, as ``save_to_disk`` writes)
@@ -41,6 +41,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DataSource",
     "data_source",
+    "describe_source",
     "file_builder",
     "is_data_spec",
 ]
@@ -49,7 +50,6 @@ BUILDERS = ("csv", "json", "parquet", "arrow", "webdataset", "imagefolder", "dis
 
 DATA_EXTENSIONS = {
     ".csv": "csv",
-    ".tsv": "csv",
     ".json": "json",
     ".jsonl": "json",
     ".ndjson": "json",
@@ -65,7 +65,7 @@ _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 # Files datasets writes beside its data (a save_to_disk folder, a cache or a Hub download): never data.
 _METADATA_NAMES = frozenset({"dataset_info.json", "dataset_infos.json", "state.json", "dataset_dict.json"})
 _EXPECTED = (
-    "a .csv, .tsv, .json, .jsonl, .parquet, .arrow or .tar (WebDataset) file, a glob of them, "
+    "a .csv, .json, .jsonl, .parquet, .arrow or .tar (WebDataset) file, a glob of them, "
     "a folder of them, a save_to_disk folder or a folder of images"
 )
 
@@ -119,6 +119,19 @@ def data_source(spec: str, key: str) -> DataSource:
     if builder is None:
         raise DataError(f"{key}: {path} has extension {path.suffix.lower()!r}; expected {_EXPECTED}")
     return DataSource(builder, [str(path.resolve())])
+
+
+def describe_source(source: DataSource, spec: str) -> str:
+    """A few words for logs and errors: ``parquet file /d/a.parquet``, ``3 WebDataset shards /d/*.tar``..."""
+    kind = {"csv": "CSV", "json": "JSON", "arrow": "Arrow", "webdataset": "WebDataset"}.get(
+        source.builder, source.builder
+    )
+    if source.folder is not None:
+        return f"{'save_to_disk' if source.builder == 'disk' else 'image'} folder {source.folder}"
+    noun = "shard" if source.builder == "webdataset" else "file"
+    if len(source.data_files) == 1:
+        return f"{kind} {noun} {source.data_files[0]}"
+    return f"{len(source.data_files)} {kind} {noun}s {spec}"
 
 
 def _is_glob(text: str) -> bool:

@@ -18,6 +18,15 @@ import datasets
 from hf_finetune.config.arguments import DataArguments
 from hf_finetune.data.class_names import check_case_collisions, check_split_labels, label_name, sorted_names
 from hf_finetune.data.columns import column_values, contract_features, find_columns
+from hf_finetune.data.data_files import DataSource, data_source, describe_source, is_data_spec
+from hf_finetune.data.file_sources import (
+    READ_ERRORS,
+    load_source,
+    quiet_loader_errors,
+    read_error,
+    unreadable_file,
+    webdataset_label,
+)
 from hf_finetune.data.label_sets import (
     choose_multi_label,
     is_list_feature,
@@ -28,7 +37,7 @@ from hf_finetune.data.label_sets import (
 from hf_finetune.data.multi_label import multi_hot_features
 from hf_finetune.errors import DataError, suggest
 
-__all__ = ["VALIDATION_SPLIT_NAMES", "hub_dataset_splits"]
+__all__ = ["VALIDATION_SPLIT_NAMES", "dataset_splits", "hub_dataset_splits"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +52,21 @@ def hub_dataset_splits(
     otherwise. A test split with unlabelled rows is dropped (warned); another split with them is an error."""
     raw, source, local = _load(data_args, cache_dir)
     chosen = _chosen_splits(raw, data_args, source)
+    return dataset_splits(chosen, data_args, source, {split: local for split in chosen})
+
+
+def dataset_splits(
+    chosen: dict[str, datasets.Dataset], data_args: DataArguments, source: str, roots: dict[str, Path]
+) -> tuple[dict[str, datasets.Dataset], list[str], str]:
+    """(splits, class names, ``source``) of datasets already loaded, one per split (``train``, ``validation``,
+    ``test``): their image and label columns found, labels matched to train's by name, reduced to the
+    contract. A relative image path of a split is read from its folder in ``roots``."""
     image_column, label_column = find_columns(chosen["train"].features, data_args, source)
     found = [
         _label_sets_found(d, label_column, data_args.label_separator, source, s) for s, d in chosen.items()
     ]
     if choose_multi_label(data_args.problem_type, found):
-        return _multi_label_splits(chosen, image_column, label_column, data_args, source, local)
+        return _multi_label_splits(chosen, image_column, label_column, data_args, source, roots)
     train_label = chosen["train"].features[label_column]
     if isinstance(train_label, datasets.ClassLabel):
         labels = list(train_label.names)
@@ -79,7 +97,7 @@ def hub_dataset_splits(
             raise DataError(
                 f"{where}: {unlabeled} of {len(dataset)} rows have no label; expected a label on every row"
             )
-        splits[split] = _to_contract(dataset, image_column, label_column, ids, features, local)
+        splits[split] = _to_contract(dataset, image_column, label_column, ids, features, roots[split])
     return splits, labels, source
 
 
@@ -92,19 +110,49 @@ def _load(data_args: DataArguments, cache_dir: str | None) -> tuple[datasets.Dat
             "one of its splits"
         )
     local = Path(os.path.expanduser(name))
+    if is_data_spec(name) and not local.is_dir():  # a data file or a glob of them: all train
+        found = data_source(name, "dataset_name")
+        loaded = load_source(found, "dataset_name", cache_dir, data_args.label_column_name)
+        return (
+            datasets.DatasetDict({"train": loaded}),
+            describe_source(found, name),
+            Path(found.data_files[0]).parent,
+        )
     source = f"dataset folder {local.resolve()}" if local.is_dir() else f"hub dataset {name}"
     if data_args.dataset_config_name:
         source += f" ({data_args.dataset_config_name})"
+    if _is_saved(local):  # written by save_to_disk: one Dataset (its rows are train) or a DatasetDict
+        loaded = load_source(DataSource("disk", [str(local.resolve())]), "dataset_name", cache_dir)
+        if isinstance(loaded, datasets.Dataset):
+            return (
+                datasets.DatasetDict({"train": loaded}),
+                source + " (one split, saved with save_to_disk)",
+                local,
+            )
+        return loaded, source + " (saved with save_to_disk)", local
     try:
-        if (local / "state.json").is_file():  # one Dataset written by save_to_disk: its rows are train
-            raw = datasets.DatasetDict({"train": datasets.load_from_disk(str(local))})
-            source += " (one split, saved with save_to_disk)"
-        else:
+        with quiet_loader_errors():
             raw = datasets.load_dataset(name, data_args.dataset_config_name, cache_dir=cache_dir)
-    except (FileNotFoundError, ConnectionError, ValueError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except (ConnectionError, *READ_ERRORS) as err:
+        if local.is_dir():
+            found = data_source(str(local), "dataset_name")
+            if unreadable_file(found) is not None:
+                raise read_error(found, "dataset_name", err) from None
+        cause = err.__cause__ if isinstance(err, datasets.exceptions.DatasetGenerationError) else None
+        message = (str(cause or err).strip().splitlines() or [type(cause or err).__name__])[0]
         raise DataError(f"dataset_name: could not load {name!r}: {message}") from None
+    if local.is_dir() and all({"__key__", "__url__"} <= set(split.features) for split in raw.values()):
+        raw = datasets.DatasetDict(
+            {
+                n: webdataset_label(d, data_args.label_column_name, f"{source} split {n}")
+                for n, d in raw.items()
+            }
+        )
     return raw, source, local
+
+
+def _is_saved(folder: Path) -> bool:
+    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
 
 
 def _chosen_splits(
@@ -183,7 +231,7 @@ def _multi_label_splits(
     label_column: str,
     data_args: DataArguments,
     source: str,
-    local: Path,
+    roots: dict[str, Path],
 ) -> tuple[dict[str, datasets.Dataset], list[str], str]:
     """The multi-hot splits: the classes of a ``Sequence(ClassLabel)``/``ClassLabel`` train column in its order,
     else the names train holds, sorted; a row of another split naming a class train lacks is an error."""
@@ -207,7 +255,7 @@ def _multi_label_splits(
     splits = {}
     for split, dataset in chosen.items():
         hot = multi_hot_rows(sets[split], labels, f"{source} split {_split_name(dataset, split)}")
-        splits[split] = _to_contract(dataset, image_column, label_column, hot, features, local)
+        splits[split] = _to_contract(dataset, image_column, label_column, hot, features, roots[split])
     return splits, labels, source
 
 

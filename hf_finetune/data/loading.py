@@ -39,6 +39,7 @@ import datasets
 from hf_finetune.config.arguments import DataArguments
 from hf_finetune.data.class_names import check_case_collisions, check_split_labels, sorted_names
 from hf_finetune.data.columns import contract_features
+from hf_finetune.data.file_splits import FileSplit, open_file_split, splits_with_images
 from hf_finetune.data.folders import metadata_file, scan_folder
 from hf_finetune.data.hub_dataset import hub_dataset_splits
 from hf_finetune.data.image_check import REPORT_NAME, reset_decode_failures, summarize_reasons
@@ -50,7 +51,7 @@ from hf_finetune.data.label_sets import (
 )
 from hf_finetune.data.multi_label import is_multi_label, multi_hot_column, multi_hot_features
 from hf_finetune.data.splits import label_column, label_counts, stratified_split_indices
-from hf_finetune.data.tables import LabelTable, open_table, table_kind, table_label_sets, table_rows
+from hf_finetune.data.tables import LabelTable, open_table, table_label_sets, table_rows
 from hf_finetune.errors import DataError
 
 __all__ = ["LoadedData", "load_image_dataset"]
@@ -62,8 +63,8 @@ _Rows = tuple[list[str], list[str]]
 # Files the up-front check skipped: (path, reason), in the order they were found.
 _Bad = list[tuple[str, str]]
 # One split of a local source before its rows are read: a folder of class folders (and its recipe key), or an
-# opened labels file.
-_Pending = tuple[Path, str] | LabelTable
+# opened labels file (several for a glob), or a dataset holding its images (parquet, Arrow, WebDataset...).
+_Pending = tuple[Path, str] | FileSplit
 
 
 @dataclass
@@ -176,8 +177,11 @@ def _from_local(
 ) -> tuple[dict[str, datasets.Dataset], list[str], str]:
     """The splits of an image folder or CSV/JSONL file; files the up-front check refuses are skipped and
     appended to ``bad`` (``strict``: the first is an error instead)."""
-    pending, source = _local_sources(data_args, cache_dir)
-    tables = [item for item in pending.values() if isinstance(item, LabelTable)]
+    pending, source, roots = _local_sources(data_args, cache_dir)
+    if any(isinstance(item, datasets.Dataset) for item in pending.values()):
+        return splits_with_images(pending, roots, data_args, source)
+    tables = [t for item in pending.values() for t in (item if isinstance(item, list) else [item])]
+    tables = [item for item in tables if isinstance(item, LabelTable)]
     separator = data_args.label_separator
     if choose_multi_label(data_args.problem_type, [table_label_sets(table, separator) for table in tables]):
         return _multi_label_splits(pending, source, data_args, bad, strict)
@@ -197,10 +201,14 @@ def _from_local(
     return splits, labels, source
 
 
-def _local_sources(data_args: DataArguments, cache_dir: str | None) -> tuple[dict[str, _Pending], str]:
-    """Each split of an image folder or CSV/JSONL source, before its rows are read, and the source's
-    description. A folder holding a labels file (``metadata.csv``/``metadata.jsonl``) is read as that file."""
+def _local_sources(
+    data_args: DataArguments, cache_dir: str | None
+) -> tuple[dict[str, _Pending], str, dict[str, Path]]:
+    """Each split of an image folder or data files, before its rows are read, the source's description and
+    each split's folder. A folder holding a labels file (``metadata.csv``/``metadata.jsonl``) is read as that
+    file; a data file, glob or folder by :func:`hf_finetune.data.file_splits.open_file_split`."""
     pending: dict[str, _Pending] = {}
+    roots: dict[str, Path] = {}
 
     def folder(path: Path, key: str) -> _Pending:
         labels_file = metadata_file(path, key) if path.is_dir() else None
@@ -231,11 +239,9 @@ def _local_sources(data_args: DataArguments, cache_dir: str | None) -> tuple[dic
             pending["train"] = folder(root, "train_dir")
             source = f"image folder {root}"
     else:
-        path = _existing(
-            data_args.train_file, "train_file", "a CSV or JSONL file of (image path, label) rows"
+        pending["train"], source, roots["train"] = open_file_split(
+            str(data_args.train_file), "train_file", data_args, cache_dir
         )
-        pending["train"] = open_table(path, "train_file", data_args, cache_dir)
-        source = f"{table_kind(path, 'train_file')} file {path}"
 
     if data_args.validation_dir is not None and data_args.validation_file is not None:
         raise DataError("validation_dir/validation_file: both are set; expected at most one of them")
@@ -246,10 +252,13 @@ def _local_sources(data_args: DataArguments, cache_dir: str | None) -> tuple[dic
     for key, split in (("validation_file", "validation"), ("test_file", "test")):
         value = getattr(data_args, key)
         if value is not None:
-            path = _existing(value, key, "a CSV or JSONL file of (image path, label) rows")
-            pending[split] = open_table(path, key, data_args, cache_dir)
-            source += f", {split} file {path}"
-    return pending, source
+            pending[split], described, roots[split] = open_file_split(str(value), key, data_args, cache_dir)
+            single = isinstance(pending[split], LabelTable)
+            source += f", {split} file {pending[split].path}" if single else f", {split}: {described}"
+    for split, item in pending.items():
+        if split not in roots:  # an image folder, or its labels file
+            roots[split] = item[0] if isinstance(item, tuple) else item.path.parent
+    return pending, source, roots
 
 
 def _read(
@@ -261,6 +270,9 @@ def _read(
     known: list[str] | None = None,
 ) -> tuple[list[str], list]:
     """The rows of one pending split (names, or tuples of names when ``multi_label``)."""
+    if isinstance(item, list):  # a glob of CSV/JSONL files: their rows in file order
+        parts = [_read(table, data_args, bad, strict, multi_label, known) for table in item]
+        return [p for paths, _ in parts for p in paths], [n for _, names in parts for n in names]
     if isinstance(item, LabelTable):
         return table_rows(item, data_args, bad, strict, multi_label, known)
     paths, names = scan_folder(*item, bad, strict)

@@ -29,6 +29,7 @@ __all__ = [
     "open_table",
     "table_label_sets",
     "table_rows",
+    "table_from_dataset",
     "read_table",
 ]
 
@@ -74,14 +75,22 @@ class LabelTable:
     label_column: str
     images: list
     labels: list
+    folder: Path | None = None  # where relative image paths are read from; the file's folder when None
 
 
 def open_table(path: Path, key: str, data_args: DataArguments, cache_dir: str | None) -> LabelTable:
     """Read a CSV/JSONL file and find its image and label columns (an unreadable or empty file is an error)."""
-    table = _load_table(path, key, cache_dir)
+    return table_from_dataset(_load_table(path, key, cache_dir), path, key, data_args)
+
+
+def table_from_dataset(
+    table: datasets.Dataset, path: Path, key: str, data_args: DataArguments, folder: Path | None = None
+) -> LabelTable:
+    """The image and label columns of rows already read from ``path`` (any format ``datasets`` reads) whose
+    image column holds paths, relative ones read from ``folder`` (``path``'s folder when ``None``)."""
     image_column, label_column = find_columns(table.features, data_args, f"{key} {path}")
     images, labels = column_values(table, image_column), column_values(table, label_column)
-    return LabelTable(path, key, image_column, label_column, images, labels)
+    return LabelTable(path, key, image_column, label_column, images, labels, folder)
 
 
 def table_label_sets(table: LabelTable, separator: str) -> tuple[str, int | None, object]:
@@ -148,7 +157,7 @@ def _table_rows(table: LabelTable, data_args: DataArguments, multi_label: bool) 
     """(absolute image paths, label names) of every row; relative paths are read from the file's folder. A row
     without a path or (single-label) label, or naming a file that does not exist, is an error naming the row."""
     path, key, image_column, label_column = table.path, table.key, table.image_column, table.label_column
-    folder = path.parent
+    folder = table.folder if table.folder is not None else path.parent
     paths: list[str] = []
     names: list = []
     for row, (image, label) in enumerate(zip(table.images, table.labels, strict=True), start=1):
