@@ -33,7 +33,7 @@ ALWAYS_ALLOWED = frozenset(
         "hub_revision", "hub_strategy", "cache_dir", "bf16", "channels_last", "tune_depthwise_precision",
         "tune_inplace_activations", "static_same_padding", "keep_freed_memory", "dataloader_num_workers",
         "dataloader_persistent_workers", "dataloader_pin_memory", "cache_images", "normalize_on_device",
-        "metrics", "threshold", "test_file",
+        "image_cache_dir", "metrics", "threshold", "test_file",
     }
 )  # fmt: skip
 NEVER_ALLOWED = {"model_name_or_path", "model_revision"}  # a checkpoint holds that model's weights

@@ -2,7 +2,7 @@
 
 * ``bf16``: bfloat16 autocast;
 * the loader: ``dataloader_num_workers``, ``dataloader_persistent_workers``, ``dataloader_pin_memory``;
-* the data path: ``cache_images``, ``normalize_on_device``, ``feature_cache``;
+* the data path: ``cache_images`` (and where: ``image_cache_dir``), ``normalize_on_device``, ``feature_cache``;
 * the model: ``channels_last``, ``static_same_padding``, and with bf16 on a CPU ``tune_depthwise_precision``,
   ``tune_inplace_activations``;
 * the process: ``keep_freed_memory``.
@@ -126,6 +126,17 @@ class SpeedArguments:
             "help": "Decode and resize every image once into a memory-mapped datasets cache (validation: the "
             "final crop; training: no larger than random-resized-crop needs). Unset/auto: on when training "
             "on a GPU, where the data pipeline is the bottleneck; off on a CPU."
+        },
+    )
+    image_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where cache_images writes its decoded copy of the images (temporary: one folder per "
+            "process, removed at the end of the run and when it fails). Unset: OUTPUT_DIR/.image-cache, inside "
+            "the output folder; a folder: FOLDER/.image-cache-<hash of the output folder>, and nothing is "
+            "written into the output folder. Before writing, the free space there is checked against an "
+            "estimate of the decoded size (times 1.25, plus 256 MiB); when short, images are decoded on the fly and one "
+            "log line says why."
         },
     )
     normalize_on_device: bool | None = field(

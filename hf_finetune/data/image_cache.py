@@ -1,8 +1,10 @@
 """``cache_images``: decode and resize every image once, into memory-mapped Arrow files.
 
 Each epoch otherwise decodes every file again and resizes it from its full size. With the cache, one pass
-(before training) writes 8-bit RGB pixels to ``output_dir/.image-cache/<split>.arrow`` with ``datasets``
-(batch by batch: memory stays flat, and the files are memory-mapped, never loaded whole):
+(before training) writes 8-bit RGB pixels to ``<split>.arrow`` files with ``datasets`` (batch by batch: memory
+stays flat, and the files are memory-mapped, never loaded whole), one folder per process
+(:func:`cache_folder`): ``output_dir/.image-cache/rank<i>``, or under ``image_cache_dir`` when that key is set;
+removed at the end of the run (:meth:`ImageCache.remove`), and when the run fails:
 
 * validation, and training with ``augmentation: flip`` or ``none``: the deterministic part of the
   validation transform (resize, centre crop) is done once; what is left per epoch is ``ToTensor`` and
@@ -12,13 +14,22 @@ Each epoch otherwise decodes every file again and resizes it from its full size.
   for the model's input); larger images are downscaled to that side once. Random-resized-crop then runs
   on it every epoch as before; for images within the limit the result is bit for bit the uncached one.
 
+Before anything is written, the free space where the cache goes is checked against an estimate of the decoded
+size (:func:`estimate_cache_bytes`) with a margin (:func:`cache_fits`); when it is short, no cache is made, one
+log line says why, and the run decodes images on the fly.
+
 An image that fails to decode is left out of the cache (logged and reported as
 :func:`hf_finetune.data.image_check.record_decode_failure` says; under ``strict: true`` it is an error).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -36,9 +47,40 @@ from hf_finetune.data.image_check import BadImageError, record_decode_failure
 from hf_finetune.data.transforms import ToUint8Tensor, as_rgb
 from hf_finetune.errors import DataError
 
-__all__ = ["CACHE_DIR", "ImageCache", "split_transform", "train_side_limit", "build_image_cache"]
+__all__ = [
+    "CACHE_DIR",
+    "ImageCache",
+    "split_transform",
+    "train_side_limit",
+    "cache_root",
+    "cache_folder",
+    "estimate_cache_bytes",
+    "cache_fits",
+    "build_image_cache",
+]
 
 CACHE_DIR = ".image-cache"
+SPACE_MARGIN = 1.25  # the estimate times this, plus SPACE_RESERVE, must be free
+SPACE_RESERVE = 256 * 2**20  # bytes left free on the disk beyond the cache
+ROW_OVERHEAD = 64  # Arrow bytes per cached row beyond its pixels (offsets, height, width, label)
+HEADER_SAMPLE = 64  # images whose header is read to estimate the training split's kept size (rrc_flip)
+
+logger = logging.getLogger("hf_finetune")
+
+
+def cache_root(output_dir: str | Path, image_cache_dir: str | Path | None) -> Path:
+    """The folder that holds every process's cache of one run: ``output_dir/.image-cache`` by default; with
+    ``image_cache_dir``, ``image_cache_dir/.image-cache-<hash of the output folder>`` (two runs that share the
+    location do not share a cache). The run removes it at its end and when it fails."""
+    if image_cache_dir is None or str(image_cache_dir) == "":
+        return Path(output_dir) / CACHE_DIR
+    tag = hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:10]
+    return Path(image_cache_dir) / f"{CACHE_DIR}-{tag}"
+
+
+def cache_folder(output_dir: str | Path, image_cache_dir: str | Path | None, process_index: int) -> Path:
+    """One process's cache folder: ``<cache_root>/rank<process_index>``."""
+    return cache_root(output_dir, image_cache_dir) / f"rank{process_index}"
 
 
 def split_transform(transform) -> tuple[Callable, Callable]:
@@ -90,8 +132,10 @@ class ImageCache:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-        if self.folder.parent.name == CACHE_DIR and not any(self.folder.parent.iterdir()):
-            self.folder.parent.rmdir()  # the last rank's folder gone: the cache folder goes too
+        parent = self.folder.parent
+        if parent.name.startswith(CACHE_DIR) and parent.is_dir() and not any(parent.iterdir()):
+            with contextlib.suppress(OSError):  # another rank may remove it first
+                parent.rmdir()  # the last rank's folder gone: the cache folder goes too
 
 
 def _cache_split(dataset, prepare: Callable, path: Path, desc: str):
@@ -151,6 +195,89 @@ def cached_batch_transform(finish: Callable) -> Callable:
     return apply
 
 
+def _header_size(value: Any) -> tuple[int, int] | None:
+    """``(width, height)`` from an image's header (a path, ``{"path", "bytes"}`` or a PIL image); None when it
+    cannot be read (the decoder reports such files when it meets them)."""
+    if isinstance(value, Image.Image):
+        return value.size
+    try:
+        if isinstance(value, dict):
+            source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value.get("path")
+        else:
+            source = value
+        with Image.open(source) as opened:
+            return opened.size
+    except Exception:  # noqa: BLE001 - an unreadable file only leaves the sample
+        return None
+
+
+def _kept_bytes(dataset, limit: int) -> float:
+    """Mean bytes of an image kept at most ``limit`` pixels on its short side (rrc_flip's training cache), from
+    the headers of up to HEADER_SAMPLE images spread over the split."""
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), HEADER_SAMPLE)).round().astype(int))
+    sizes = [_header_size(dataset[int(i)]["image"]) for i in picks]
+    kept = []
+    for width, height in (s for s in sizes if s is not None):
+        scale = min(1.0, limit / max(1, min(width, height)))
+        kept.append(3 * max(1, round(width * scale)) * max(1, round(height * scale)))
+    return sum(kept) / len(kept) if kept else 3.0 * limit * limit
+
+
+def estimate_cache_bytes(
+    splits: dict[str, Any], data_config: dict[str, Any], augmentation: str, crop_scale_min: float
+) -> int:
+    """Bytes the cache of ``splits["train"]`` and ``splits["validation"]`` will take: the validation crop
+    (``input_size``) per image, and for training the same, or with ``rrc_flip`` the image kept no larger than
+    :func:`train_side_limit` (mean over a sample of headers); plus ROW_OVERHEAD per row."""
+    _, height, width = (int(v) for v in data_config["input_size"])
+    crop = 3 * height * width
+    total = 0.0
+    for name in ("train", "validation"):
+        dataset = splits[name]
+        if len(dataset) == 0:
+            continue
+        per_image = crop
+        if name == "train" and augmentation == "rrc_flip":
+            per_image = _kept_bytes(dataset, train_side_limit(width, crop_scale_min))
+        total += len(dataset) * (per_image + ROW_OVERHEAD)
+    return int(total)
+
+
+def _existing(folder: Path) -> Path:
+    """The folder, or its nearest ancestor that exists (where the cache's disk can be asked)."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return candidate
+    return Path.cwd()
+
+
+def cache_fits(estimate: int, folder: str | Path, copies: int | None = None) -> bool:
+    """Whether ``copies`` caches of ``estimate`` bytes (unset: one per process of this machine, the launcher's
+    ``LOCAL_WORLD_SIZE``) fit on the disk that holds ``folder``, with a margin (SPACE_MARGIN times, plus
+    SPACE_RESERVE left free); when they do not, one log line says so (needed, free, where) and that images are
+    decoded on the fly."""
+    if copies is None:
+        copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    where = _existing(Path(folder).absolute())
+    free = shutil.disk_usage(where).free
+    needed = int(estimate * max(1, copies) * SPACE_MARGIN) + SPACE_RESERVE
+    if needed <= free:
+        return True
+    logger.warning(
+        "cache_images: not enough free space, images are decoded on the fly instead: the decoded copy needs "
+        "about %.1f MiB (%.1f MiB estimated x %d process(es), +%d%%, +%d MiB kept free) and %s has %.1f MiB free "
+        "(image_cache_dir puts the cache elsewhere)",
+        needed / 2**20,
+        estimate / 2**20,
+        max(1, copies),
+        round((SPACE_MARGIN - 1) * 100),
+        SPACE_RESERVE // 2**20,
+        where,
+        free / 2**20,
+    )
+    return False
+
+
 def build_image_cache(
     splits: dict[str, Any],
     data_config: dict[str, Any],
@@ -160,10 +287,16 @@ def build_image_cache(
     train_transform,
     eval_transform,
     folder: str | Path,
-) -> ImageCache:
-    """Cache ``splits["train"]`` and ``splits["validation"]`` (image datasets) under ``folder``."""
+    copies: int | None = None,
+) -> ImageCache | None:
+    """Cache ``splits["train"]`` and ``splits["validation"]`` (image datasets) under ``folder``; None, with
+    nothing written, when the disk there lacks the space (:func:`cache_fits`; ``copies``: the processes of this
+    machine that each write a cache there)."""
 
     folder = Path(folder)
+    estimate = estimate_cache_bytes(splits, data_config, augmentation, crop_scale_min)
+    if not cache_fits(estimate, folder, copies):
+        return None
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)

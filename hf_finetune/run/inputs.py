@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hf_finetune.data.image_cache import CACHE_DIR as IMAGE_CACHE_DIR
-from hf_finetune.data.image_cache import build_image_cache
+from hf_finetune.data.image_cache import build_image_cache, cache_folder
 from hf_finetune.data.transforms import collate_images, make_batch_transform, split_normalize
 from hf_finetune.models.heads import head_parameter_names
 from hf_finetune.training.feature_cache import CACHE_DIR as FEATURE_CACHE_DIR
@@ -69,10 +68,12 @@ def training_inputs(
     train_transform, eval_transform, normalizer = _uint8_transforms(
         training_args, train_transform, eval_transform
     )
-    if training_args.cache_images:
-        image_cache = _image_cache(
-            splits, data_config, data_args, training_args, train_transform, eval_transform
-        )
+    image_cache = (
+        _image_cache(splits, data_config, data_args, training_args, train_transform, eval_transform)
+        if training_args.cache_images
+        else None
+    )
+    if image_cache is not None:  # None: the disk lacked the space (logged); images are decoded on the fly
         return TrainingInputs(
             model,
             image_cache.train,
@@ -134,8 +135,14 @@ def _image_cache(splits, data_config, data_args, training_args, train_transform,
         data_args.hflip_prob,
         train_transform,
         eval_transform,
-        Path(training_args.output_dir) / IMAGE_CACHE_DIR / f"rank{training_args.process_index}",
+        cache_folder(
+            training_args.output_dir,
+            getattr(training_args, "image_cache_dir", None),
+            training_args.process_index,
+        ),
     )
+    if image_cache is None:
+        return None
     logger.info(
         "cache_images: %d + %d images decoded and resized once in %.1f s (%.0f MiB, memory-mapped)",
         len(image_cache.train),

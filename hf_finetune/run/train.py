@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArguments, ModelArguments
-from hf_finetune.data.image_cache import CACHE_DIR as IMAGE_CACHE_DIR
+from hf_finetune.data.image_cache import cache_root as image_cache_root
 from hf_finetune.data.image_check import write_bad_image_report
 from hf_finetune.data.multi_label import is_multi_label
 from hf_finetune.errors import TrainingInterrupted
@@ -79,7 +79,7 @@ def main(
         # Choose the speed keys' auto values for this machine, into the plan (a copy of the parsed arguments)
         training_args = resolve_speed(training_args, plan)
         with _final_push_only(training_args):
-            with _nothing_left_on_failure(out):
+            with _nothing_left_on_failure(out, image_cache_root(out, training_args.image_cache_dir)):
                 # Set up the process: the seed, freed memory, warnings about code and pickles it will load
                 set_up_process(model_args, training_args)
                 # Load data
@@ -136,15 +136,15 @@ def _final_push_only(training_args):
 
 
 @contextlib.contextmanager
-def _nothing_left_on_failure(out: Path) -> Iterator[None]:
+def _nothing_left_on_failure(out: Path, image_cache: Path) -> Iterator[None]:
     """A run that fails before its final save removes its caches, and the output folder when the Trainer created
     it and nothing was written (a bad input, or a failure before any write, leaves nothing)."""
     existed = out.exists()
     try:
         yield
     except BaseException:
-        for cache_dir in (FEATURE_CACHE_DIR, IMAGE_CACHE_DIR):
-            shutil.rmtree(out / cache_dir, ignore_errors=True)
+        for cache_dir in (out / FEATURE_CACHE_DIR, image_cache):
+            shutil.rmtree(cache_dir, ignore_errors=True)
         if not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
