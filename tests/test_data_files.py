@@ -16,6 +16,7 @@ from PIL import Image
 
 from hf_finetune.config.arguments import DataArguments
 from hf_finetune.data.data_files import DataSource, data_source, file_builder, is_data_spec
+from hf_finetune.data.file_sources import load_source
 from hf_finetune.data.loading import load_image_dataset
 from hf_finetune.errors import DataError
 
@@ -264,3 +265,110 @@ def test_multi_label_parquet_and_parquet_validation_file(formats):
     hot = data.dataset["validation"]["label"]
     assert [sum(row) for row in hot] == [1.0, 1.0, 2.0] * 4
     assert len(data.dataset["test"]) == len(ROWS)
+
+
+# --- bad input: one line naming the key and the file -------------------------------------------------------
+
+
+def _truncated_copy(source: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = source.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    return target
+
+
+def _one_line(caught, *fragments: str) -> str:
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+def test_truncated_parquet_shard_and_tar_shard_are_named(formats, tmp_path):
+    shards = tmp_path / "shards"
+    shutil.copytree(formats / "shards", shards)
+    bad = _truncated_copy(formats / "images.parquet", shards / "part-2.parquet")
+    with pytest.raises(DataError) as caught:
+        _load(formats, train_file=str(shards / "*.parquet"))
+    _one_line(caught, "train_file: ", str(bad), "could not be read as parquet", "truncated")
+    with pytest.raises(DataError) as caught:  # the same folder as dataset_name: load_dataset's own inference
+        _load(formats, dataset_name=str(shards))
+    _one_line(caught, "dataset_name: ", str(bad), "truncated")
+    tars = tmp_path / "wds"
+    shutil.copytree(formats / "wds", tars)
+    bad_tar = _truncated_copy(formats / "wds" / "shard-1.tar", tars / "shard-1.tar")
+    with pytest.raises(DataError) as caught:
+        _load(formats, train_file=str(tars / "*.tar"), validation_file=str(formats / "images.parquet"))
+    _one_line(caught, "train_file: ", str(bad_tar), "WebDataset tar")
+
+
+def test_a_shard_gone_between_listing_and_reading_is_named(formats, tmp_path):
+    kept = shutil.copy(formats / "shards" / "part-0.parquet", tmp_path / "part-0.parquet")
+    gone = str(tmp_path / "part-1.parquet")
+    with pytest.raises(DataError) as caught:
+        load_source(DataSource("parquet", [str(kept), gone]), "train_file", str(formats / "hf_cache"))
+    _one_line(caught, "train_file: ", gone, "does not exist")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragments"),
+    [
+        (
+            {"validation_file": "nothing-*.parquet"},
+            ["validation_file: ", "nothing-*.parquet", "matches no file"],
+        ),
+        ({"test_file": "*.*"}, ["test_file: ", "mixes kinds of file"]),
+        ({"validation_file": "saved_dict"}, ["validation_file: ", "saved_dict", "give it as dataset_name"]),
+        ({"validation_file": "images"}, ["validation_file: ", "folder of images", "validation_dir"]),
+    ],
+)
+def test_bad_validation_and_test_specs(formats, kwargs, fragments):
+    spec = {key: str(formats / value) for key, value in kwargs.items()}
+    with pytest.raises(DataError) as caught:
+        _load(formats, train_file=str(formats / "images.parquet"), **spec)
+    _one_line(caught, *fragments)
+
+
+def test_webdataset_without_a_label_member(formats, tmp_path):
+    with tarfile.open(tmp_path / "only-images.tar", "w") as archive:
+        for index in range(2):
+            info = tarfile.TarInfo(f"s{index}.png")
+            data = _png((index, index, index))
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with pytest.raises(DataError) as caught:
+        _load(formats, train_file=str(tmp_path / "only-images.tar"))
+    _one_line(caught, "train_file: ", "only-images.tar", "no label member", ".cls, .txt or .json")
+
+
+# --- end to end: a tiny fine-tune on a parquet train_file, evaluated from the same file -----------------
+
+
+def test_tiny_training_and_eval_on_a_parquet_train_file(formats, tiny_hf_checkpoint, tmp_path, capsys):
+    from hf_finetune import cli
+    from hf_finetune.inference.evaluation import evaluate_model
+
+    out = tmp_path / "run"
+    argv = ["train", "--model_name_or_path", tiny_hf_checkpoint, "--train_file", formats / "images.parquet"]
+    argv += [
+        "--output_dir",
+        out,
+        "--image_size",
+        "32",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        "2",
+    ]
+    argv += ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
+    argv += ["--report_to", "none", "--dataloader_num_workers", "0", "--train_val_split", "0.34"]
+    assert cli.main([str(a) for a in argv]) == 0, capsys.readouterr().err[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "cat", "1": "dog"}
+    trained = json.loads((out / "eval_results.json").read_text())
+    assert trained["eval_samples"] == 4  # 34% of each class of 6, stratified: 2 + 2
+    data_args = DataArguments(train_file=str(formats / "shards" / "*.parquet"), train_val_split=0.34)
+    report = evaluate_model(str(out), data_args, split="validation", seed=42)
+    assert report["num_images"] == trained["eval_samples"]
+    assert report["accuracy"] == pytest.approx(trained["eval_accuracy"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "load_source",
     "quiet_loader_errors",
     "read_error",
+    "tar_end_problem",
     "unreadable_file",
     "webdataset_label",
 ]
@@ -63,6 +65,11 @@ def load_source(
 def _load(
     source: DataSource, key: str, cache_dir: str | None, label_column: str | None
 ) -> datasets.Dataset | datasets.DatasetDict:
+    if source.builder == "webdataset":  # datasets reads a truncated tar's first samples without a word
+        for path in source.data_files:
+            why = tar_end_problem(path)
+            if why is not None:
+                raise DataError(f"{key}: {path} could not be read as a WebDataset tar: {why}")
     try:
         if source.builder == "disk":
             return datasets.load_from_disk(source.data_files[0])
@@ -108,6 +115,22 @@ def read_error(source: DataSource, key: str, err: BaseException) -> DataError:
     return DataError(f"{key}: {where} could not be read as {_kind(source.builder)}: {message}")
 
 
+def tar_end_problem(path: str) -> str | None:
+    """Why the tar file at ``path`` is cut short, from its size and its last two blocks (a tar ends with two
+    512-byte blocks of zeros), or ``None``: a check of two blocks, not of every member."""
+    try:
+        size = os.path.getsize(path)
+        if size % 512 or size < 1024:
+            return f"its size ({size} bytes) is not a whole number of 512-byte tar blocks (truncated?)"
+        with open(path, "rb") as handle:
+            handle.seek(size - 1024)
+            if handle.read(1024).strip(b"\0"):
+                return "it does not end with a tar end-of-archive marker (truncated?)"
+    except OSError as err:
+        return f"{err.strerror or err} (moved or deleted after it was listed?)"
+    return None
+
+
 def unreadable_file(source: DataSource) -> tuple[str, str] | None:
     """(the first file of ``source`` that is missing or cannot be read whole, why), or ``None``: a parquet file's
     footer, an Arrow stream's batches and a tar's members are read; other files are only looked for."""
@@ -121,6 +144,8 @@ def unreadable_file(source: DataSource) -> tuple[str, str] | None:
                 with pyarrow.memory_map(path) as handle:
                     pyarrow.ipc.open_stream(handle).read_all()
             elif source.builder == "webdataset":
+                if tar_end_problem(path) is not None:
+                    return path, str(tar_end_problem(path))
                 with tarfile.open(path) as archive:
                     for member in archive:
                         if member.isfile():

@@ -11,6 +11,7 @@ is a ``Dataset``; then every split is reduced to the contract as a dataset is
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import datasets
@@ -66,35 +67,31 @@ def open_file_split(
 def splits_with_images(
     pending: dict[str, FileSplit], roots: dict[str, Path], data_args: DataArguments, source: str
 ) -> tuple[dict[str, datasets.Dataset], list[str], str]:
-    """The contract splits when some split holds its images: a split of paths joins them as a dataset of
-    (absolute path, label) rows in the columns found in it."""
+    """The contract splits when some split holds its images. Each split's own image and label columns are
+    found (a WebDataset's ``png`` beside a parquet file's ``image``) and named ``image`` and ``label``; a split
+    of paths joins as a dataset of (absolute path, label) rows."""
     chosen: dict[str, datasets.Dataset] = {}
     for split, item in pending.items():
         if isinstance(item, datasets.Dataset):
-            chosen[split] = item
+            image, label = find_columns(item.features, data_args, f"{source} split {split}")
+            item = item.select_columns([image, label])
+            chosen[split] = item.rename_columns(
+                {old: new for old, new in ((image, "image"), (label, "label"))}
+            )
             continue
         tables = item if isinstance(item, list) else [item]
         if not all(isinstance(t, LabelTable) for t in tables):
             raise DataError(f"{source}: split {split} is an image folder; expected a data file")
-        image, label = _named_columns(data_args, chosen, tables[0])
-        rows: dict[str, list] = {image: [], label: []}
+        rows: dict[str, list] = {"image": [], "label": []}
         for table in tables:
             base = table.folder if table.folder is not None else table.path.parent
-            rows[image] += [
+            rows["image"] += [
                 None if p is None else str(base / Path(str(p)).expanduser()) for p in table.images
             ]
-            rows[label] += table.labels
+            rows["label"] += table.labels
         chosen[split] = datasets.Dataset.from_dict(rows)
-    return dataset_splits(chosen, data_args, source, roots)
-
-
-def _named_columns(
-    data_args: DataArguments, chosen: dict[str, datasets.Dataset], table: LabelTable
-) -> tuple[str, str]:
-    """The (image, label) column names a split of paths takes: those of the train split when it holds images."""
-    if "train" in chosen:
-        return find_columns(chosen["train"].features, data_args, "train")
-    return table.image_column, table.label_column
+    named = dataclasses.replace(data_args, image_column_name="image", label_column_name="label")
+    return dataset_splits(chosen, named, source, roots)
 
 
 def _holds_images(feature: object) -> bool:

@@ -24,6 +24,7 @@ from hf_finetune.data.file_sources import (
     load_source,
     quiet_loader_errors,
     read_error,
+    tar_end_problem,
     unreadable_file,
     webdataset_label,
 )
@@ -130,6 +131,8 @@ def _load(data_args: DataArguments, cache_dir: str | None) -> tuple[datasets.Dat
                 local,
             )
         return loaded, source + " (saved with save_to_disk)", local
+    if local.is_dir():
+        _check_tar_shards(local)
     try:
         with quiet_loader_errors():
             raw = datasets.load_dataset(name, data_args.dataset_config_name, cache_dir=cache_dir)
@@ -149,6 +152,20 @@ def _load(data_args: DataArguments, cache_dir: str | None) -> tuple[datasets.Dat
             }
         )
     return raw, source, local
+
+
+def _check_tar_shards(folder: Path) -> None:
+    """A WebDataset folder's shards cut short are an error naming the first (``datasets`` reads their first
+    samples without a word); a folder of another kind is left to ``load_dataset``."""
+    try:
+        found = data_source(str(folder), "dataset_name")
+    except DataError:
+        return
+    if found.builder == "webdataset":
+        for path in found.data_files:
+            why = tar_end_problem(path)
+            if why is not None:
+                raise DataError(f"dataset_name: {path} could not be read as a WebDataset tar: {why}")
 
 
 def _is_saved(folder: Path) -> bool:
