@@ -1,5 +1,7 @@
-"""A source named by ``dataset_name``: a dataset on the Hub, or a local dataset folder (``load_dataset``'s or one
-written by ``save_to_disk``), reduced to the ``image``/``label`` splits of the data contract.
+"""A source named by ``dataset_name``: a dataset on the Hub, a local dataset folder (``load_dataset``'s or one
+written by ``save_to_disk``: a ``Dataset`` or a ``DatasetDict``), or a data file or glob
+(:mod:`hf_finetune.data.data_files`: its rows are train), reduced to the ``image``/``label`` splits of the data
+contract (:func:`dataset_splits`, also used for data files that hold their images).
 
 A label column of lists (``List``/``Sequence`` of ``ClassLabel``, strings or integers), or of text holding
 ``label_separator``, makes the splits multi-label (multi-hot ``label``; see :mod:`hf_finetune.data.label_sets`).

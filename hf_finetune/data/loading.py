@@ -1,4 +1,4 @@
-"""Loading the images and labels to fine-tune on, from an image folder, a CSV/JSONL file or a dataset.
+"""Loading the images and labels to fine-tune on, from an image folder, data files or a dataset.
 
 Whatever the source, :func:`load_image_dataset` returns a :class:`LoadedData` whose ``DatasetDict``
 has splits ``train``, ``validation`` (and ``test`` when the source has one), each with exactly two
@@ -6,7 +6,9 @@ columns: ``image`` (a ``datasets.Image(decode=False)`` feature: each row holds `
 files stay paths and nothing is decoded here, nor when a row is read: the batch transform decodes, through
 :func:`hf_finetune.data.image_check.open_image`, and skips a file that fails) and ``label``
 (``datasets.ClassLabel(names=labels)``), with the same features in every split. The sources are read by
-:mod:`hf_finetune.data.folders`, :mod:`hf_finetune.data.tables` and :mod:`hf_finetune.data.hub_dataset`.
+:mod:`hf_finetune.data.folders`, :mod:`hf_finetune.data.tables` and :mod:`hf_finetune.data.hub_dataset`; a
+``train_file``/``validation_file``/``test_file`` of any format (CSV, JSONL, parquet, Arrow, WebDataset tar
+shards, a ``save_to_disk`` folder; a file, glob or folder) by :mod:`hf_finetune.data.file_splits`.
 
 Every file of an image folder or CSV/JSONL file is checked before training, from its header
 (:mod:`hf_finetune.data.image_check`): bad ones are skipped, and listed in ``LoadedData.bad_files`` (and, by a
