@@ -1,0 +1,166 @@
+"""``hf-finetune search``: Optuna through ``Trainer.hyperparameter_search`` on real hotdog photos from a deliberately
+bad learning rate; the trials table, its plot and the best recipe (read back by ``train``'s parser); bad spaces and
+trial counts in one line, with nothing written."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+
+import pytest
+import yaml
+from conftest import SHARED_DATA, SHARED_MODELS, requires_shared
+
+from hf_finetune.cli.commands import main
+from hf_finetune.config.parser import parse_train_args
+
+BAD_LR = 1e-7
+EPOCHS = 2
+TRIALS = 4
+
+
+def _cli(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def _write(path, data):
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def hotdog_recipe(tmp_path_factory):
+    """MobileNetV1 0.25 with a fresh 2-way head (no ImageNet row reused, so a learning rate that does not move the
+    head stays near chance), the body frozen (its features computed once per trial), 64 px, 64 training photos."""
+    root = tmp_path_factory.mktemp("search")
+    recipe = {
+        "model_name_or_path": str(SHARED_MODELS / "hf-mobilenet_v1_0.25_128"),
+        "train_dir": str(SHARED_DATA / "hotdog" / "train"),
+        "validation_dir": str(SHARED_DATA / "hotdog" / "val"),
+        "output_dir": str(root / "model"),
+        "label_mapping": "none",
+        "learning_rate": BAD_LR,
+        "num_train_epochs": EPOCHS,
+        "per_device_train_batch_size": 16,
+        "max_train_samples": 64,
+        "image_size": 64,
+        "freeze_layers": -1,
+        "bf16": False,
+        "seed": 0,
+    }
+    return _write(root / "recipe.yaml", recipe)
+
+
+@requires_shared
+def test_search_beats_a_bad_learning_rate_on_hotdog(hotdog_recipe, tmp_path):
+    space = _write(tmp_path / "space.yaml", {"learning_rate": {"low": 1e-3, "high": 1.0, "log": True}})
+    out = tmp_path / "search"
+    argv = ["search", hotdog_recipe, "--space", space, "--n_trials", TRIALS, "--output_dir", out]
+    code, stdout, stderr = _cli(*argv)
+    assert code == 0, stderr[-3000:]
+    rows = list(csv.DictReader((out / "trials.csv").open(encoding="utf-8")))
+    assert [int(r["number"]) for r in rows] == list(range(TRIALS))
+    start = rows[0]
+    assert float(start["learning_rate"]) == BAD_LR  # trial 0: the recipe as given
+    assert len(start["per_epoch"].split()) == EPOCHS  # the objective reported after every epoch
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    best = max(done, key=lambda r: float(r["eval_accuracy"]))
+    start_acc, best_acc = float(start["eval_accuracy"]), float(best["eval_accuracy"])
+    print(
+        f"hotdog search: start (lr {BAD_LR:g}) {start_acc:.2f}, best {best_acc:.2f} at lr {best['learning_rate']}"
+    )
+    assert best_acc > start_acc
+    assert 1e-3 <= float(best["learning_rate"]) <= 1.0
+    assert f"best trial {best['number']}: eval_accuracy {best_acc:.4f}" in stdout
+    for row in rows:  # a pruned trial stopped below the median of the trials before it, at an epoch
+        assert row["state"] in ("COMPLETE", "PRUNED")
+        if row["state"] == "PRUNED":
+            assert len(row["per_epoch"].split()) < EPOCHS
+    # the best recipe: the original keys with the best value, read by train's own parser
+    recipe = yaml.safe_load((out / "best_recipe.yaml").read_text(encoding="utf-8"))
+    original = yaml.safe_load(hotdog_recipe.read_text(encoding="utf-8"))
+    assert set(recipe) == set(original)
+    assert {k: v for k, v in recipe.items() if k != "learning_rate"} == {
+        k: v for k, v in original.items() if k != "learning_rate"
+    }
+    model_args, data_args, training_args = parse_train_args([str(out / "best_recipe.yaml")])
+    assert training_args.learning_rate == pytest.approx(float(best["learning_rate"]), rel=1e-5)
+    assert (out / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["best_recipe.yaml", "trials.csv", "trials.png"]
+    assert not (hotdog_recipe.parent / "model").exists()  # the recipe's own output folder: not touched
+
+
+@pytest.fixture
+def small_recipe(tiny_hf_checkpoint, tiny_image_folder, tmp_path):
+    return _write(
+        tmp_path / "recipe.yaml",
+        {
+            "model_name_or_path": str(tiny_hf_checkpoint),
+            "train_dir": str(tiny_image_folder / "train"),
+            "output_dir": str(tmp_path / "model"),
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        (
+            {"learnin_rate": {"low": 1e-5, "high": 1e-2}},
+            "'learnin_rate' is not a recipe key (did you mean 'learning_rate'?)",
+        ),
+        ({"learning_rate": {"low": 1e-2, "high": 1e-5}}, "learning_rate: low 0.01 is not below high 1e-05"),
+        ({"learning_rate": {"low": 0, "high": 1e-2, "log": True}}, "a log range needs low > 0"),
+        ({"learning_rate": {"low": 1e-5}}, "learning_rate: a range needs both low and high"),
+        (
+            {"learning_rate": {"low": "small", "high": 1}},
+            "learning_rate: low is 'small'; expected a finite number",
+        ),
+        ({"learning_rate": {"lo": 1e-5, "high": 1}}, "unknown field 'lo' (did you mean 'low' or 'log'?)"),
+        ({"learning_rate": [1e-5, 1e-2]}, "learning_rate: got [1e-05, 0.01]; expected {low: L, high: H"),
+        ({"freeze_layers": {"choices": []}}, "freeze_layers: choices is []; expected a non-empty list"),
+        ({"freeze_layers": {"low": 0.5, "high": 2}}, "freeze_layers takes integers"),
+        ({"learning_rate": {"low": -1, "high": 1}}, "learning_rate: -1.0 is refused by the recipe"),
+        ({"lr_scheduler_type": {"choices": ["cosine", "wavy"]}}, "lr_scheduler_type: 'wavy' is refused"),
+    ],
+)
+def test_bad_space_is_one_line(small_recipe, tmp_path, space, message):
+    path = _write(tmp_path / "space.yaml", space)
+    out = tmp_path / "search"
+    code, _, stderr = _cli("search", small_recipe, "--space", path, "--output_dir", out)
+    assert code == 2
+    assert stderr.startswith("hf-finetune: error: search space ") and stderr.count("\n") == 1, stderr
+    assert message in stderr
+    assert not out.exists() and not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--n_trials", "0"], "--n_trials: got 0; expected at least 1 trial"),
+        (["--timeout", "-5"], "--timeout: got -5; expected a positive number of seconds"),
+        (["--n_trials", "two"], "invalid int value: 'two'"),
+        ([], "the following arguments are required: --space"),
+    ],
+)
+def test_bad_arguments_are_one_line(small_recipe, tmp_path, flags, message):
+    space = _write(tmp_path / "space.yaml", {"learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}})
+    space_flags = ["--space", space] if flags else []
+    code, _, stderr = _cli("search", small_recipe, *space_flags, *flags)
+    assert code == 2
+    assert stderr.startswith("hf-finetune: error: ") and stderr.count("\n") == 1, stderr
+    assert message in stderr
+
+
+def test_a_non_empty_output_folder_is_refused(small_recipe, tmp_path):
+    space = _write(tmp_path / "space.yaml", {"learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}})
+    out = tmp_path / "search"
+    out.mkdir()
+    (out / "trials.csv").write_text("mine", encoding="utf-8")
+    code, _, stderr = _cli("search", small_recipe, "--space", space, "--output_dir", out)
+    assert code == 2 and "is not empty" in stderr
+    assert (out / "trials.csv").read_text(encoding="utf-8") == "mine"
