@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import shutil
@@ -372,3 +373,26 @@ def test_tiny_training_and_eval_on_a_parquet_train_file(formats, tiny_hf_checkpo
     report = evaluate_model(str(out), data_args, split="validation", seed=42)
     assert report["num_images"] == trained["eval_samples"]
     assert report["accuracy"] == pytest.approx(trained["eval_accuracy"])
+
+
+@pytest.mark.parametrize("name", ["rows.csv", "rows.jsonl.gz"])
+def test_a_glob_of_path_files_reads_each_files_paths_from_its_folder(formats, tmp_path, name):
+    expected = []
+    for part, rows in (("a", ROWS[:6]), ("b", ROWS[6:])):
+        (tmp_path / part / "img").mkdir(parents=True)
+        lines = []
+        for index, (label, colour) in enumerate(rows):
+            (tmp_path / part / "img" / f"{index}.png").write_bytes(_png(colour))
+            expected.append(str(tmp_path / part / "img" / f"{index}.png"))
+            lines.append({"image": f"img/{index}.png", "label": label})
+        if name == "rows.csv":
+            text = "image,label\n" + "".join(f"{row['image']},{row['label']}\n" for row in lines)
+            (tmp_path / part / name).write_text(text)
+        else:
+            with gzip.open(tmp_path / part / name, "wt") as handle:
+                handle.writelines(json.dumps(row) + "\n" for row in lines)
+    data = _load(formats, train_file=str(tmp_path / "*" / name))
+    assert data.labels == CLASSES
+    paths = sorted(row["path"] for split in data.dataset.values() for row in split["image"])
+    assert paths == sorted(expected)
+    assert _colours(data) == sorted(colour for _, colour in ROWS)

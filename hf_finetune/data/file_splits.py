@@ -18,7 +18,7 @@ import datasets
 
 from hf_finetune.config.arguments import DataArguments
 from hf_finetune.data.columns import find_columns
-from hf_finetune.data.data_files import data_source, describe_source
+from hf_finetune.data.data_files import DataSource, data_source, describe_source
 from hf_finetune.data.file_sources import load_source
 from hf_finetune.data.hub_dataset import dataset_splits
 from hf_finetune.data.tables import TABLE_FORMATS, LabelTable, open_table, table_from_dataset, table_kind
@@ -61,7 +61,14 @@ def open_file_split(
     image_column, _ = find_columns(loaded.features, data_args, f"{key} {description}")
     if _holds_images(loaded.features[image_column]):
         return loaded, description, folder
-    return table_from_dataset(loaded, first, key, data_args, folder), description, folder
+    if found.builder == "disk" or len({Path(p).parent for p in found.data_files}) == 1:
+        return table_from_dataset(loaded, first, key, data_args, folder), description, folder
+    # files of paths in several folders: each file's relative paths are read from its own folder
+    tables = []
+    for path in found.data_files:
+        rows = load_source(DataSource(found.builder, [path]), key, cache_dir, data_args.label_column_name)
+        tables.append(table_from_dataset(rows, Path(path), key, data_args))
+    return tables, description, folder
 
 
 def splits_with_images(
