@@ -125,6 +125,11 @@ def _load(data_args: DataArguments, cache_dir: str | None) -> tuple[datasets.Dat
     if data_args.dataset_config_name:
         source += f" ({data_args.dataset_config_name})"
     if _is_saved(local):  # written by save_to_disk: one Dataset (its rows are train) or a DatasetDict
+        if data_args.dataset_config_name:
+            raise DataError(
+                f"dataset_name: {local.resolve()} was written by save_to_disk and has no configurations; "
+                f"remove dataset_config_name {data_args.dataset_config_name!r}"
+            )
         loaded = load_source(DataSource("disk", [str(local.resolve())]), "dataset_name", cache_dir)
         if isinstance(loaded, datasets.Dataset):
             return (
