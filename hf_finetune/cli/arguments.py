@@ -108,6 +108,13 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--commit-message", "--commit_message", dest="commit_message", default=None, help="the commit message"
     )
+    parser.add_argument(
+        "--space",
+        default=None,
+        metavar="ORG/NAME",
+        help="also create or update this Gradio Space: an app.py and requirements.txt that load the model repo "
+        "(docs/app.md)",
+    )
 
 
 def add_train_launch_arguments(parser: argparse.ArgumentParser) -> None:

@@ -294,8 +294,12 @@ def _push(argv: list[str]) -> int:
         private=True if args.private else None,
         revision=args.revision,
         commit_message=args.commit_message,
+        space=args.space,
     )
     print(f"pushed {len(result.files)} files to {result.repo_id}@{result.revision}: {result.commit_url}")
+    if result.space_id:
+        space_files = "app.py, requirements.txt, README.md"
+        print(f"pushed the Space {result.space_id} ({space_files}): {result.space_commit_url}")
     return 0
 
 

@@ -39,6 +39,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from hf_finetune.errors import ConfigError, HubError
 from hf_finetune.hub.model_card import CARD_NAME, FIGURES, PER_CLASS_NAME, render_model_card
+from hf_finetune.hub.space import space_files
 from hf_finetune.models.weights_check import check_safetensors_files
 
 __all__ = [
@@ -252,6 +253,8 @@ class PushResult:
     commit_url: str
     files: list[str] = field(default_factory=list)
     attempts: int = 1
+    space_id: str | None = None
+    space_commit_url: str | None = None
 
 
 def hub_client():
@@ -360,30 +363,30 @@ def push_to_hub(
     attempts: int = ATTEMPTS,
     backoff_s: float = BACKOFF_S,
     sleep: Callable[[float], None] = time.sleep,
+    space: str | None = None,
 ) -> PushResult:
     """Push the finished run in ``output_dir`` to the model repo ``repo_id`` in one commit.
 
     Creates the repo if needed (``private`` applies to a new repo only) and the branch ``revision`` if it is
     not ``main``; uploads :func:`upload_plan`. ``client`` defaults to :func:`hub_client`. Transient failures
     are retried ``attempts`` times in all, waiting ``backoff_s``, then twice as long each time.
+
+    ``space``: then also create or update the Gradio Space ``ORG/NAME`` serving the model, in a commit of its
+    own (:func:`hf_finetune.hub.space.space_files`: ``app.py``, ``requirements.txt``, its ``README.md``).
     """
     repo_id = check_repo_id(repo_id, "repo_id")
+    space = check_repo_id(space, "space") if space is not None else None
     out = Path(output_dir)
     plan = upload_plan(out, repo_id)
     token = resolve_token()
     client = client if client is not None else hub_client()
     branch = (revision or "main").strip() or "main"
+    space_plan = _space_plan(plan, repo_id, space, branch)
     message = commit_message or _default_commit_message(out)
     size = sum(len(c) if isinstance(c, bytes) else c.stat().st_size for c in plan.values())
     logger.info("pushing %d files (%.1f MB) of %s to %s@%s", len(plan), size / 1e6, out, repo_id, branch)
-    retry = {
-        "repo_id": repo_id,
-        "out": out,
-        "token": token,
-        "attempts": attempts,
-        "backoff_s": backoff_s,
-        "sleep": sleep,
-    }
+    retry = {"repo_id": repo_id, "out": out, "token": token}  # for _attempt: what a failure names
+    retry.update(attempts=attempts, backoff_s=backoff_s, sleep=sleep)
 
     used = 0
     _, n = _attempt(
@@ -403,7 +406,6 @@ def push_to_hub(
         used += n
 
     def commit():
-
         operations = [  # fresh operations for every attempt: create_commit mutates them
             CommitOperationAdd(
                 path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes) else str(content)
@@ -423,6 +425,46 @@ def push_to_hub(
     used += n
     commit_url = str(getattr(info, "commit_url", "") or info or "")
     logger.info("pushed %s@%s: %s", repo_id, branch, commit_url)
-    return PushResult(
-        repo_id=repo_id, revision=branch, commit_url=commit_url, files=list(plan), attempts=used
+    result = PushResult(repo_id, branch, commit_url, files=list(plan), attempts=used, space_id=space)
+    if space_plan is not None:
+        result.space_commit_url, n = _push_space(client, space, space_plan, private, token, retry)
+        result.attempts += n
+    return result
+
+
+def _space_plan(plan: dict[str, Path | bytes], repo_id: str, space: str | None, branch: str):
+    """The files of the Space ``space`` showing ``repo_id`` at ``branch`` (None without a Space)."""
+    if space is None:
+        return None
+    content = plan["config.json"]
+    config = json.loads(content if isinstance(content, bytes) else content.read_text(encoding="utf-8"))
+    return space_files(repo_id, space, config, revision=branch)
+
+
+def _push_space(client, space: str, files: dict[str, bytes], private, token: str, retry) -> tuple[str, int]:
+    """Create (if needed) the Gradio Space ``space`` and commit ``files`` to its main branch; (the commit's url,
+    attempts used)."""
+    _, used = _attempt(
+        f"creating the Space {space}",
+        lambda: client.create_repo(
+            space, token=token, private=private, repo_type="space", space_sdk="gradio", exist_ok=True
+        ),
+        **retry,
     )
+
+    def commit():
+        operations = [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()
+        ]
+        return client.create_commit(
+            space,
+            operations=operations,
+            commit_message="Gradio app of the model, written by hf-finetune push --space",
+            token=token,
+            repo_type="space",
+        )
+
+    info, n = _attempt(f"uploading the Space {space}", commit, **retry)
+    url = str(getattr(info, "commit_url", "") or info or "")
+    logger.info("pushed the Space %s: %s", space, url)
+    return url, used + n

@@ -192,8 +192,10 @@ def predict_images(
     progress: bool | None = None,
     strict: bool = False,
     tta: str = "none",
+    loaded: tuple[Any, Any] | None = None,
 ) -> list[dict]:
-    """Predict the ``top_k`` labels of every image under ``paths``.
+    """Predict the ``top_k`` labels of every image under ``paths``. ``loaded``: the ``(model, processor)``
+    :func:`load_for_inference` returned for ``model_name_or_path``, kept by a caller that predicts again.
 
     Returns one record per usable image, in file order: ``{"path": str, "predictions":
     [{"label": str, "score": float}, ...]}`` sorted by score descending. A multi-label model's records
@@ -223,7 +225,7 @@ def predict_images(
     found = len(files)
     files, bad = _usable_files(files, strict)
 
-    model, processor = load_for_inference(model_name_or_path, device)
+    model, processor = loaded if loaded is not None else load_for_inference(model_name_or_path, device)
     config = model.config
     function = _score_function(config)
     multi_label = getattr(config, "problem_type", None) == MULTI_LABEL_PROBLEM_TYPE
