@@ -5,6 +5,7 @@
 * the preprocessing: ``image_size``, ``augmentation``, ``crop_scale_min``, ``hflip_prob``, and timm's
   augmentations ``auto_augment`` (a policy string, checked by timm), ``random_erasing``, ``color_jitter``;
 * ``strict``: whether a bad image file is an error or skipped and listed;
+* ``streaming``, ``labels``, ``shuffle_buffer_size``: shards read as a stream while training (docs/streaming.md);
 * the kind of labels: ``problem_type`` (one class per image, or a set of classes per image) and
   ``label_separator`` (how one text cell names several classes).
 
@@ -159,6 +160,29 @@ class DataArguments:
         },
     )
 
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the training data as a stream while training (datasets' streaming loaders): a Hub "
+            "dataset, or train_file/validation_file parquet, arrow or WebDataset .tar shards (a file, a glob or a "
+            "folder) or a save_to_disk folder; nothing is read before the first step. See docs/streaming.md."
+        },
+    )
+    labels: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The class names, in id order, for a stream whose label column is not a ClassLabel (text "
+            "names or integer ids); a label outside this list is an error naming the sample."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=1000,
+        metadata={
+            "help": "streaming: examples held in the seeded shuffle buffer (the shard order is shuffled too); "
+            "0: the stream's own order."
+        },
+    )
+
     def __post_init__(self):
         check_recipe_values(self)  # types and ranges of every numeric key (config.ranges.RANGES)
         self.check_data()
@@ -247,9 +271,36 @@ class DataArguments:
             self.label_separator,
             "one character that is not a space, or an empty string",
         )
+        self.check_streaming()
         require(
             self.test_file is None or self.train_file is not None,
             "test_file",
             self.test_file,
             "test_file with train_file (an image folder has test/, a dataset its test split)",
         )
+
+    def check_streaming(self) -> None:
+        """``labels``: distinct names; ``streaming``: a source a stream can read (not an image folder)."""
+        if self.labels is not None:
+            names = [str(name) for name in self.labels]
+            require(
+                len(names) > 0 and len(set(names)) == len(names) and all(n.strip() for n in names),
+                "labels",
+                self.labels,
+                "a list of distinct, non-empty class names",
+            )
+            self.labels = names
+        require(
+            isinstance(self.shuffle_buffer_size, int) and self.shuffle_buffer_size >= 0,
+            "shuffle_buffer_size",
+            self.shuffle_buffer_size,
+            "a count of examples (0: no shuffle buffer)",
+        )
+        if self.streaming:
+            require(
+                self.train_dir is None and self.validation_dir is None,
+                "streaming",
+                True,
+                "dataset_name or train_file shards (parquet, arrow, WebDataset .tar, save_to_disk); an image "
+                "folder (train_dir/validation_dir) is listed, not streamed: set streaming: false",
+            )

@@ -10,12 +10,15 @@ The parsed arguments are never changed here: what the run derives from the loade
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 
 from transformers import set_seed
 
 from hf_finetune.data import loading
 from hf_finetune.data.multi_label import is_multi_label
+from hf_finetune.data.streaming import load_streamed_data, refuse_unstreamable
+from hf_finetune.errors import ConfigError
 from hf_finetune.inference.metrics import build_compute_metrics
 from hf_finetune.models.loading import load_model_for_labels
 from hf_finetune.models.lora import apply_lora
@@ -29,6 +32,7 @@ from hf_finetune.runtime.speed_plan import resolve_speed
 from hf_finetune.training.regularization import configure_regularization
 from hf_finetune.training.schedules import build_freeze_schedule
 from hf_finetune.training.start_point import StartingPointCallback
+from hf_finetune.training.stream_state import StreamStateCallback, stream_accelerator_config
 from hf_finetune.training.trainer import FinetuneTrainer
 
 __all__ = ["DERIVED_KEYS", "build_trainer", "set_up_process", "load_data", "load_model", "trainer_arguments"]
@@ -36,9 +40,11 @@ __all__ = ["DERIVED_KEYS", "build_trainer", "set_up_process", "load_data", "load
 logger = logging.getLogger("hf_finetune")
 
 # The training keys whose value build_trainer derives (from the loaded model and data, from the processes)
-DERIVED_KEYS = ("body_warmup_epochs", "data_seed", "metric_for_best_model")
+DERIVED_KEYS = ("body_warmup_epochs", "data_seed", "metric_for_best_model", "ignore_data_skip")
 # Single-label metrics that a multi-label run cannot compute: metric_for_best_model becomes "map" instead
 SINGLE_LABEL_METRICS = ("accuracy", "macro_f1", "top5_accuracy")
+# A stream's first examples that fit the head's biases before training (label_bias_from_data)
+HEAD_SAMPLE = 1024
 
 
 def build_trainer(
@@ -61,6 +67,7 @@ def build_trainer(
     ``checkpoint_recipe``: what each checkpoint records (``RunFolder.checkpoint_recipe``, run/output_dir.py)."""
 
     plan = RunPlan() if plan is None else plan
+    refuse_unstreamable(model_args, data_args, training_args, plan)  # keys a stream cannot serve
     training_args = resolve_speed(training_args, plan)  # a copy, when an auto value is left to choose
     if loaded_model is None:  # set up the process, then load what the caller has not
         set_up_process(model_args, training_args)
@@ -81,7 +88,7 @@ def build_trainer(
         loaded, data_args, training_args, channels_last
     )
     # Head rows from the data (label_init_from_data, label_bias_from_data)
-    head_from_data(loaded, data, eval_transform, model_args, training_args)
+    head_from_data(loaded, _head_data(data), eval_transform, model_args, training_args)
     # body_warmup_epochs unset: chosen from the rows reused, into the plan
     _plan_body_warmup(loaded, training_args, plan)
     # What the Trainer trains: images on the fly, images decoded once, or cached features
@@ -102,12 +109,17 @@ def build_trainer(
     # data_seed under several processes, and the multi-label metric that picks the best model, into the plan
     _plan_data_seed(training_args, plan)
     _plan_best_metric(data, training_args, plan)
+    _plan_stream(data, plan)
     # The Trainer, with the arguments and the plan's values
     trainer = _new_trainer(
         inputs, loaded, data, trainer_arguments(training_args, plan), callbacks, checkpoint_recipe
     )
     # Callbacks: the starting point as a best-model candidate, regularization, the freezing schedule
     _add_callbacks(trainer, inputs, freeze, len(data.labels))
+    if getattr(data, "streaming", False):  # set_epoch each epoch, the stream position in each checkpoint
+        trainer.add_callback(
+            StreamStateCallback(inputs.train_dataset, training_args.seed, data_args.shuffle_buffer_size)
+        )
     # Processes: say how many, and give each rank its own augmentation seed
     _set_up_ranks(trainer.args)
     return trainer, loaded, data
@@ -135,7 +147,19 @@ def load_data(data_args, training_args, loaded=None):
     """The image dataset, split (:func:`hf_finetune.data.loading.load_image_dataset`), described in the log;
     ``loaded``: the data already loaded (a benchmark reusing it), only described."""
 
-    data = loaded if loaded is not None else loading.load_image_dataset(data_args, seed=training_args.seed)
+    if loaded is not None:
+        data = loaded
+    elif getattr(data_args, "streaming", False):
+        data = load_streamed_data(
+            data_args, training_args.seed, training_args.process_index, training_args.world_size
+        )
+        if data.rank_size is None and training_args.max_steps <= 0:
+            raise ConfigError(
+                f"max_steps: unset, and the size of the stream {data.source} is not in its metadata (or each "
+                "process's share of it is not); set max_steps (num_train_epochs needs the size)"
+            )
+    else:
+        data = loading.load_image_dataset(data_args, seed=training_args.seed)
     logger.info("data: %s\n%s", data.source, data.summary())
     return data
 
@@ -171,6 +195,8 @@ def trainer_arguments(training_args, plan: RunPlan):
     for key in DERIVED_KEYS:
         if key in plan:
             setattr(args, key, plan.get(key))
+    if plan.get("ignore_data_skip", False) is True:  # a stream: the loader is the rank's own
+        args.accelerator_config = stream_accelerator_config(training_args.accelerator_config)
     return args
 
 
@@ -218,6 +244,24 @@ def _plan_best_metric(data, training_args, plan: RunPlan) -> None:
         why = f"multi-label data: {metric} is a single-label metric; the macro mean average precision picks the model"
         plan.record("metric_for_best_model", "map", why)
         logger.info("metric_for_best_model: map (%s)", why)
+
+
+def _head_data(data):
+    """What the head's rows and biases are fitted to before training: a stream's first images, map-style."""
+    if not getattr(data, "streaming", False):
+        return data
+    return dataclasses.replace(data, dataset={**data.dataset, "train": data.head_sample(HEAD_SAMPLE)})
+
+
+def _plan_stream(data, plan: RunPlan) -> None:
+    """A stream resumes from the position in its checkpoint (training/stream_state.py), not by the Trainer's
+    fast-forward through decoded batches."""
+    if getattr(data, "streaming", False):
+        plan.record(
+            "ignore_data_skip",
+            True,
+            "streaming: --resume skips the stream's raw examples from the position saved in the checkpoint",
+        )
 
 
 def _wrap_lora(inputs: TrainingInputs, training_args, freeze) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_finetune.data.image_cache import build_image_cache, cache_folder
+from hf_finetune.data.stream_dataset import rank_stream
 from hf_finetune.data.transforms import collate_images, make_batch_transform, split_normalize
 from hf_finetune.models.heads import head_parameter_names
 from hf_finetune.training.feature_cache import CACHE_DIR as FEATURE_CACHE_DIR
@@ -48,6 +49,8 @@ def training_inputs(
     features computed once and the head trained alone (``feature_cache``)."""
 
     splits = {"train": data.dataset["train"], "validation": data.dataset["validation"]}
+    if getattr(data, "streaming", False):
+        return _streamed(model, data, training_args, train_transform, eval_transform, channels_last)
     use_cache, why = decide_feature_cache(
         feature_cache_wanted(training_args),  # off with mixup/cutmix: mixing needs the images
         model,
@@ -86,6 +89,40 @@ def training_inputs(
         model,
         splits["train"].with_transform(make_batch_transform(train_transform)),
         splits["validation"].with_transform(make_batch_transform(eval_transform)),
+        collator,
+        pixel_normalizer=normalizer,
+    )
+
+
+def _streamed(model, data, training_args, train_transform, eval_transform, channels_last) -> TrainingInputs:
+    """``streaming``: this rank's stream, decoded and transformed in threads as it is read
+    (:mod:`hf_finetune.data.stream_dataset`); validation map-style, as always. No feature or image cache: both
+    need a pass over the data first."""
+    collator = functools.partial(
+        collate_images, channels_last=channels_last and training_args.device.type == "cpu"
+    )
+    train_transform, eval_transform, normalizer = _uint8_transforms(
+        training_args, train_transform, eval_transform
+    )
+    threads = max(1, int(training_args.dataloader_num_workers or 0))
+    logger.info(
+        "streaming: %s per epoch on this process, decoded in %d thread%s; no feature or image cache",
+        "unknown examples" if data.rank_size is None else f"{data.rank_size} examples",
+        threads,
+        "s" if threads != 1 else "",
+    )
+    train = rank_stream(
+        data.dataset["train"],
+        make_batch_transform(train_transform),
+        training_args.per_device_train_batch_size,
+        threads,
+        data.rank_size,
+        data.train,
+    )
+    return TrainingInputs(
+        model,
+        train,
+        data.dataset["validation"].with_transform(make_batch_transform(eval_transform)),
         collator,
         pixel_normalizer=normalizer,
     )

@@ -35,6 +35,7 @@ from hf_finetune.config.arguments import DataArguments, FinetuneTrainingArgument
 from hf_finetune.data.image_cache import cache_root as image_cache_root
 from hf_finetune.data.image_check import write_bad_image_report
 from hf_finetune.data.multi_label import is_multi_label
+from hf_finetune.data.streaming import refuse_unstreamable
 from hf_finetune.errors import TrainingInterrupted
 from hf_finetune.hub import push as hub_push
 from hf_finetune.hub.push import check_hub_arguments
@@ -82,7 +83,8 @@ def main(
             with _nothing_left_on_failure(out, image_cache_root(out, training_args.image_cache_dir)):
                 # Set up the process: the seed, freed memory, warnings about code and pickles it will load
                 set_up_process(model_args, training_args)
-                # Load data
+                # Load data (streamed: keys that need a pass over it first are refused)
+                refuse_unstreamable(model_args, data_args, training_args, plan)
                 data = load_data(data_args, training_args)
                 # Load model, with a head for the data's labels
                 loaded = load_model(
@@ -174,7 +176,9 @@ def _train(trainer, stopper: GracefulStop, resume, data, out: Path) -> dict[str,
             stopper.signum, stopper.stopped_at, trainer.state.max_steps, _newest_checkpoint(trainer, out)
         )
     train_metrics = dict(train_output.metrics)
-    train_metrics["train_samples"] = len(data.dataset["train"])
+    train_metrics["train_samples"] = (
+        data.train_size if getattr(data, "streaming", False) else len(data.dataset["train"])
+    )
     return train_metrics
 
 

@@ -49,6 +49,7 @@ from hf_finetune.training.layer_decay import layer_ids
 from hf_finetune.training.progress import use_run_progress
 from hf_finetune.training.regularization import RegularizationMixin
 from hf_finetune.training.schedules import FreezeSchedule, apply_body_warmup
+from hf_finetune.training.stream_state import is_rank_stream, stream_train_dataloader
 
 __all__ = ["FinetuneTrainer", "parameter_groups", "PARTIAL_CHECKPOINTS"]
 
@@ -168,6 +169,12 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
         self.feature_cache = feature_cache
         self.image_cache = image_cache
         self.last_saved_checkpoint: str | None = None  # the checkpoint-N folder this run wrote last
+
+    def get_train_dataloader(self):
+        """A rank's own stream is loaded as it is, never split again (training/stream_state.py)."""
+        if is_rank_stream(self.train_dataset):
+            return stream_train_dataloader(self)
+        return super().get_train_dataloader()
 
     def parameters_unfrozen_later(self) -> list[str] | None:
         """``optimizer_names`` when given, else every parameter the freezing schedules among the callbacks train

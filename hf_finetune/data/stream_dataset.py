@@ -1,0 +1,111 @@
+"""This rank's training stream as the Trainer's dataset: a ``torch.utils.data.IterableDataset`` over the rank's own
+``datasets`` stream (:mod:`hf_finetune.data.streaming`) that decodes and transforms each batch with the map-style
+batch transform (:func:`hf_finetune.data.transforms.make_batch_transform`: an image that fails to decode is
+skipped, counted and reported), in threads.
+
+* An epoch is exactly ``length`` examples (the same on every rank) when the size is known (``SizedRankStream``,
+  which has a ``len``); otherwise the stream is read pass after pass (``set_epoch`` between passes) and the
+  Trainer stops at ``max_steps``.
+* ``set_epoch(n)`` reshuffles (the seeded shard order and buffer of epoch ``n``); ``resume_at(n)`` makes the next
+  pass start ``n`` examples into it, skipping raw rows without decoding them: the order is replayed from its
+  seed, so a resumed run sees exactly what an uninterrupted one would
+  (:mod:`hf_finetune.training.stream_state`).
+* A shard that turns out missing or truncated while streaming is one :class:`~hf_finetune.errors.DataError`
+  naming it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from hf_finetune.data.file_sources import read_error
+from hf_finetune.errors import DataError, HfFinetuneError
+
+__all__ = ["RankStream", "SizedRankStream", "rank_stream"]
+
+
+class RankStream(torch.utils.data.IterableDataset):
+    """This rank's stream, transformed batch by batch (``chunk`` examples) in ``threads`` threads."""
+
+    own_rank_stream = True  # the Trainer's loader must not split it again (training/stream_state.py)
+
+    def __init__(
+        self, stream, transform: Callable, chunk: int, threads: int = 1, length: int | None = None, where=None
+    ):
+        self.stream = stream
+        self.transform = transform
+        self.chunk = max(1, int(chunk))
+        self.threads = max(1, int(threads))
+        self.length = length
+        self.where = where  # the Stream it reads (to name a shard that fails), or None
+        self.epoch = 0
+        self.skip = 0
+
+    @property
+    def features(self):
+        return self.stream.features
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume_at(self, examples: int) -> None:
+        """The next pass starts ``examples`` raw examples in (read, not decoded)."""
+        self.skip = int(examples)
+
+    def _passes(self) -> Iterator[dict]:
+        if self.length is not None:
+            self.stream.set_epoch(self.epoch)
+            yield from itertools.islice(self.stream, self.length)
+            return
+        for epoch in itertools.count(self.epoch):
+            self.stream.set_epoch(epoch)
+            yield from self.stream
+
+    def __iter__(self) -> Iterator[dict]:
+        skip, self.skip = self.skip, 0
+        rows = itertools.islice(self._raw(), skip, None)
+        with ThreadPoolExecutor(self.threads) as pool:
+            while True:
+                chunk = list(itertools.islice(rows, self.chunk))
+                if not chunk:
+                    return
+                parts = [chunk[i :: self.threads] for i in range(self.threads)] if len(chunk) > 1 else [chunk]
+                done = list(pool.map(self._transform, parts))
+                for i in range(len(chunk)):  # back to the stream's order
+                    part = done[i % len(parts)]
+                    yield {name: values[i // len(parts)] for name, values in part.items()}
+
+    def _raw(self) -> Iterator[dict]:
+        try:
+            yield from self._passes()
+        except HfFinetuneError:
+            raise
+        except Exception as err:  # a shard missing or truncated since the run started
+            if self.where is not None and self.where.source is not None:
+                raise read_error(self.where.source, self.where.key, err) from None
+            where = self.where.where if self.where is not None else "the stream"
+            raise DataError(f"{where}: could not be read ({type(err).__name__}: {err})") from None
+
+    def _transform(self, rows: list[dict]) -> dict[str, list]:
+        batch = {name: [row[name] for row in rows] for name in rows[0]}
+        out = self.transform(batch)
+        out["key"] = batch["key"]
+        return out
+
+
+class SizedRankStream(RankStream):
+    """A :class:`RankStream` whose epochs have a known number of examples (``num_train_epochs`` works)."""
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def rank_stream(stream, transform: Callable, chunk: int, threads: int, length: int | None, where: Any = None):
+    """A :class:`SizedRankStream` when ``length`` is known, else a :class:`RankStream`."""
+    kind = RankStream if length is None else SizedRankStream
+    return kind(stream, transform, chunk, threads, length, where)

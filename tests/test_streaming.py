@@ -1,0 +1,322 @@
+"""``streaming: true``: parquet, arrow/save_to_disk and WebDataset shards streamed while training; labels from the
+features or ``labels:``; each sample once per epoch across 2 processes; an exact resume inside a stream; the bad
+inputs of a stream, each one line."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from conftest import ROOT
+from PIL import Image
+from transformers import TrainerCallback
+
+from hf_finetune.config.parser import parse_train_args
+from hf_finetune.data.image_check import decode_failures
+from hf_finetune.data.stream_dataset import rank_stream
+from hf_finetune.data.streaming import load_streamed_data, rank_length, refuse_unstreamable
+from hf_finetune.data.transforms import make_batch_transform
+from hf_finetune.errors import ConfigError, DataError
+
+NAMES = ["cat", "dog", "fox"]
+FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})
+
+
+def _png(seed: int, broken: bool = False) -> bytes:
+    if broken:
+        return b"\x89PNG\r\n\x1a\n this is not the rest of a PNG"
+    pixels = np.random.default_rng(seed).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def _parquet(folder: Path, shards: int, per_shard: int, start: int = 0, broken=()) -> Path:
+    """``shards`` parquet files of ``per_shard`` images named img<ID>.png, labelled ID % 3 (a ClassLabel)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard in range(shards):
+        ids = range(start + shard * per_shard, start + (shard + 1) * per_shard)
+        rows = [
+            {"image": {"bytes": _png(i, i in broken), "path": f"img{i}.png"}, "label": i % 3} for i in ids
+        ]
+        datasets.Dataset.from_list(rows, features=FEATURES).to_parquet(str(folder / f"part-{shard}.parquet"))
+    return folder
+
+
+def _tar(path: Path, samples: dict[str, str]) -> Path:
+    """A WebDataset shard: KEY.png + KEY.txt (the class name) per sample."""
+    with tarfile.open(path, "w") as archive:
+        for i, (key, label) in enumerate(samples.items()):
+            for ext, data in (("png", _png(i)), ("txt", label.encode())):
+                member = tarfile.TarInfo(f"{key}.{ext}")
+                member.size = len(data)
+                archive.addfile(member, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shards")
+    _parquet(root / "train", shards=4, per_shard=6)  # 24 training images
+    _parquet(root / "val", shards=1, per_shard=5, start=1000)  # odd: 2 processes cannot split it evenly
+    return root
+
+
+def _args(tmp: Path, checkpoint: Path, shards: Path, *extra: str):
+    return parse_train_args(
+        [
+            "--model_name_or_path", str(checkpoint),
+            "--train_file", str(shards / "train" / "*.parquet"),
+            "--validation_file", str(shards / "val"),
+            "--streaming", "true",
+            "--shuffle_buffer_size", "5",
+            "--image_size", "24",
+            "--per_device_train_batch_size", "4",
+            "--bf16", "false",
+            "--eval_strategy", "no",
+            "--eval_on_start", "false",
+            "--load_best_model_at_end", "false",
+            "--save_strategy", "steps",
+            "--save_steps", "5",
+            "--report_to", "none",
+            "--disable_tqdm", "true",
+            "--seed", "3",
+            "--output_dir", str(tmp),
+            *extra,
+        ]
+    )  # fmt: skip
+
+
+class RecordIds(TrainerCallback):
+    """Test only: the sample of every example the training loader collates, in order."""
+
+    def __init__(self):
+        self.ids: list[str] = []
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        loader = getattr(train_dataloader, "base_dataloader", train_dataloader)
+        collate = loader.collate_fn
+
+        def recording(examples):
+            self.ids.extend(example["key"] for example in examples)
+            return collate(examples)
+
+        loader.collate_fn = recording
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def _train(args, *callbacks, resume=None):
+    from hf_finetune.run.build import build_trainer
+
+    model_args, data_args, training_args = args
+    trainer, _, data = build_trainer(model_args, data_args, training_args, callbacks=list(callbacks))
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, data
+
+
+def test_epochs_from_the_metadata_and_an_interrupted_run_resumes_exactly(
+    tmp_path, shards, tiny_hf_checkpoint
+):
+    """2 epochs of 24 streamed images (size from the parquet footers): 12 steps, each image once per epoch in
+    a new order; a run stopped after its checkpoint at step 5 and resumed sees, before + after, exactly the
+    samples of the uninterrupted run in the same order (none repeated, none skipped)."""
+    whole = RecordIds()
+    trainer, data = _train(
+        _args(tmp_path / "a", tiny_hf_checkpoint, shards, "--num_train_epochs", "2"), whole
+    )
+    assert data.train_size == 24 and trainer.state.max_steps == 2 * 24 // 4
+    first, second = whole.ids[:24], whole.ids[24:]
+    assert sorted(first) == sorted(second) == sorted(f"img{i}.png" for i in range(24))
+    assert first != second  # set_epoch: a new seeded order each epoch
+
+    before, after = RecordIds(), RecordIds()
+    args = _args(tmp_path / "b", tiny_hf_checkpoint, shards, "--num_train_epochs", "2")
+    _train(args, before, StopAt(7))  # checkpoint-5 written, then 2 more steps that the resume redoes
+    state = json.loads((tmp_path / "b" / "checkpoint-5" / "stream_state.json").read_text())
+    assert (state["epoch"], state["examples_into_epoch"]) == (0, 5 * 4)
+    trainer, _ = _train(args, after, resume=str(tmp_path / "b" / "checkpoint-5"))
+    assert trainer.state.global_step == 12
+    assert before.ids[: 5 * 4] + after.ids == whole.ids
+
+
+def test_each_rank_reads_its_own_shards_and_validation_counts_once(tmp_path, shards, tiny_hf_checkpoint):
+    """2 CPU processes (accelerate launch, gloo): the ranks' samples are disjoint and together every training
+    image once per epoch (no second split by accelerate); the 5 validation images are scored once each: the
+    run's metrics equal one process evaluating the saved model."""
+    script = tmp_path / "two.py"
+    script.write_text(
+        "import json, os, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from test_streaming import RecordIds, _args\n"
+        "from hf_finetune.run.train import main\n"
+        "from pathlib import Path\n"
+        "record = RecordIds()\n"
+        f"args = _args(Path({str(tmp_path / 'run')!r}), Path(sys.argv[1]), Path(sys.argv[2]), '--num_train_epochs', '2',"
+        " '--eval_strategy', 'epoch', '--save_strategy', 'epoch', '--per_device_eval_batch_size', '2')\n"
+        "main(*args, explicit=args.explicit, callbacks=[record])\n"
+        f"Path({str(tmp_path)!r}, 'ids-' + os.environ['RANK'] + '.json').write_text(json.dumps(record.ids))\n"
+        "import torch.distributed as dist\n"
+        "dist.barrier()\n"
+        "dist.destroy_process_group()\n"
+    )
+    # ACCELERATE_USE_CPU: gloo on this GPU-less machine, as hf-finetune's own launch sets it (runtime/launch.py)
+    env = dict(
+        os.environ,
+        CUDA_VISIBLE_DEVICES="",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT),
+        ACCELERATE_USE_CPU="true",
+    )
+    config = ROOT / "recipes" / "accelerate_configs" / "cpu_ddp.yaml"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), str(script)]
+    proc = subprocess.run(
+        [*command, str(tiny_hf_checkpoint), str(shards)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"ids-{rank}.json").read_text()) for rank in (0, 1)]
+    assert [len(ids) for ids in ranks] == [24, 24]  # 12 per epoch each: 2 epochs
+    every = sorted(f"img{i}.png" for i in range(24))
+    for epoch in (0, 1):
+        zero, one = (ids[epoch * 12 : (epoch + 1) * 12] for ids in ranks)
+        assert not set(zero) & set(one) and sorted(zero + one) == every
+
+    from hf_finetune.config.arguments import DataArguments
+    from hf_finetune.inference.evaluation import evaluate_model
+
+    metrics = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert metrics["eval_samples"] == 5
+    single = evaluate_model(
+        str(tmp_path / "run"),
+        DataArguments(train_file=str(shards / "val" / "part-0.parquet"), validation_file=str(shards / "val")),
+        seed=0,
+        batch_size=3,
+    )
+    assert single["num_images"] == 5
+    assert single["accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-9)
+    assert single["macro_f1"] == pytest.approx(metrics["eval_macro_f1"], abs=1e-9)
+
+
+def test_webdataset_labels_from_the_recipe_and_a_label_outside_them(tmp_path):
+    """Text labels of a WebDataset stream need labels:; a sample whose label is not listed is one error naming
+    the sample's key and the label; the size of tar shards is unknown, so max_steps is required."""
+    _tar(tmp_path / "a.tar", {"s0": "cat", "s1": "dog", "s2": "wolf"})
+    _tar(tmp_path / "v.tar", {"v0": "cat"})
+    base = [
+        "--train_file",
+        str(tmp_path / "a.tar"),
+        "--validation_file",
+        str(tmp_path / "v.tar"),
+        "--streaming",
+        "true",
+    ]
+    args = parse_train_args([*base, "--model_name_or_path", "x", "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(DataError, match=r"not a ClassLabel, and the recipe has no labels: list"):
+        load_streamed_data(args[1])
+    args = parse_train_args(
+        [*base, "--labels", "cat", "dog", "--model_name_or_path", "x", "--output_dir", str(tmp_path / "o")]
+    )
+    data = load_streamed_data(args[1], seed=0)
+    assert data.labels == ["cat", "dog"] and data.rank_size is None
+    assert list(data.dataset["validation"]["label"]) == [0]
+    with pytest.raises(DataError) as err:
+        list(data.dataset["train"])
+    assert "sample s2 (" in str(err.value) and "label 'wolf' is not one of the 2 declared classes" in str(
+        err.value
+    )
+
+    from hf_finetune.run.build import load_data
+
+    with pytest.raises(
+        ConfigError, match=r"max_steps: unset, and the size of the stream .* is not in its metadata"
+    ):
+        load_data(args[1], args[2])
+
+
+def test_a_bad_image_is_skipped_counted_and_named_and_a_saved_dataset_streams(tmp_path, shards):
+    """An image that fails to decode is skipped and recorded with the sample's name; a save_to_disk folder
+    streams with its length known."""
+    _parquet(tmp_path / "bad", shards=1, per_shard=6, broken={3})
+    args = parse_train_args(
+        ["--train_file", str(tmp_path / "bad"), "--validation_file", str(shards / "val"), "--streaming", "true",
+         "--shuffle_buffer_size", "0", "--model_name_or_path", "x", "--output_dir", str(tmp_path / "o")]
+    )  # fmt: skip
+    data = load_streamed_data(args[1])
+    stream = rank_stream(data.dataset["train"], make_batch_transform(lambda image: image.size), 4, 2, 6)
+    examples = list(stream)
+    assert [e["key"] for e in examples] == [f"img{i}.png" for i in range(6)]
+    assert [e["pixel_values"] is None for e in examples] == [i == 3 for i in range(6)]
+    assert [path for path, _ in decode_failures()] == ["img3.png"]
+
+    saved = tmp_path / "saved"
+    datasets.load_dataset(
+        "parquet", data_files=str(shards / "train" / "*.parquet"), split="train"
+    ).save_to_disk(saved)
+    args = parse_train_args(
+        ["--train_file", str(saved), "--validation_file", str(shards / "val"), "--streaming", "true",
+         "--model_name_or_path", "x", "--output_dir", str(tmp_path / "o")]
+    )  # fmt: skip
+    data = load_streamed_data(args[1], rank=1, world_size=2)
+    keys = [example["key"] for example in data.dataset["train"]]
+    assert data.train_size == 24 and data.rank_size == 12 and len(keys) == 12 and len(set(keys)) == 12
+
+
+def test_bad_shards_and_what_cannot_stream_are_one_line_each(tmp_path, shards):
+    train = _parquet(tmp_path / "t", shards=2, per_shard=3)
+    (train / "part-1.parquet").write_bytes((train / "part-1.parquet").read_bytes()[:100])  # truncated
+    base = ["--validation_file", str(shards / "val"), "--streaming", "true", "--model_name_or_path", "x"]
+    args = parse_train_args(["--train_file", str(train), *base, "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(
+        DataError, match=r"^train_file: shard .*part-1.parquet cannot be read \(.*\); truncated"
+    ):
+        load_streamed_data(args[1])
+
+    _tar(tmp_path / "w.tar", {f"s{i}": "cat" for i in range(40)})
+    (tmp_path / "w.tar").write_bytes((tmp_path / "w.tar").read_bytes()[:20000])  # cut inside a member
+    _tar(tmp_path / "v.tar", {"v0": "cat"})
+    args = parse_train_args(
+        ["--train_file", str(tmp_path / "w.tar"), "--validation_file", str(tmp_path / "v.tar"), "--streaming", "true",
+         "--model_name_or_path", "x", "--labels", "cat", "--output_dir", str(tmp_path / "o")]
+    )  # fmt: skip
+    stream = load_streamed_data(args[1]).train
+    with pytest.raises(DataError, match=r"w\.tar"):
+        list(rank_stream(load_streamed_data(args[1]).dataset["train"], lambda b: b, 4, 1, None, stream))
+
+    no_validation = parse_train_args(["--train_file", str(shards / "train"), "--streaming", "true",
+                                      "--model_name_or_path", "x", "--output_dir", str(tmp_path / "o")])  # fmt: skip
+    with pytest.raises(DataError, match=r"^streaming: no validation split; set validation_file"):
+        load_streamed_data(no_validation[1])
+    for flag, value in (
+        ("--cache_images", "true"),
+        ("--class_balance", "sampler"),
+        ("--label_init_from_data", "true"),
+    ):
+        parsed = parse_train_args(
+            ["--train_file", str(shards / "train"), *base, flag, value, "--output_dir", str(tmp_path / "o")]
+        )
+        with pytest.raises(ConfigError, match=rf"^{flag[2:]}: cannot be used with streaming: true"):
+            refuse_unstreamable(*parsed)
+    with pytest.raises(ConfigError, match=r"^streaming: .*an image folder"):
+        parse_train_args(["--train_dir", str(tmp_path), "--streaming", "true", "--model_name_or_path", "x"])
+
+
+def test_every_rank_trains_on_the_smallest_share():
+    assert rank_length(24, [6, 6, 6, 6], 4, 2) == 12
+    assert rank_length(25, [7, 6, 6, 6], 4, 2) == 12  # whole shards: the two smallest
+    assert rank_length(25, [7, 6, 6, 6], 4, 3) == 8  # every 3rd example: at least 25 // 3
+    assert rank_length(25, None, 4, 2) is None and rank_length(None, None, 3, 1) is None
