@@ -17,7 +17,7 @@ from hf_finetune.config.parser import parse_train_args
 from hf_finetune.run.build import build_trainer
 from hf_finetune.search.lr_find import DIVERGE, lr_find, suggest_rate
 
-STEPS = 40
+STEPS = 30
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_cli_leaves_the_output_folder_untouched(recipe, tmp_path):
     (out / "notes.txt").write_text("mine", encoding="utf-8")
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     plot = tmp_path / "lr.png"
-    code, stdout, stderr = _cli("lr-find", recipe, "--output_dir", out, "--num_steps", 30, "--plot", plot)
+    code, stdout, stderr = _cli("lr-find", recipe, "--output_dir", out, "--num_steps", 20, "--plot", plot)
     assert code == 0, stderr[-2000:]
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert not (recipe.parent / "out").exists()  # the recipe's own output_dir: never created

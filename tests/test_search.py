@@ -17,7 +17,7 @@ from hf_finetune.config.parser import parse_train_args
 
 BAD_LR = 1e-7
 EPOCHS = 2
-TRIALS = 4
+TRIALS = 3
 
 
 def _cli(*argv) -> tuple[int, str, str]:

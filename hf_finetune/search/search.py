@@ -25,7 +25,7 @@ from typing import Any
 
 from hf_finetune.config.parser import parse_train_args
 from hf_finetune.config.path_checks import check_writable_dir
-from hf_finetune.errors import ConfigError
+from hf_finetune.errors import ConfigError, HfFinetuneError
 from hf_finetune.run.build import build_trainer, load_data, set_up_process
 from hf_finetune.search.report import write_best_recipe, write_trials
 from hf_finetune.search.space import SearchSpace, value_flag
@@ -139,6 +139,9 @@ def run_search(
                 load_if_exists=True,
                 sampler=optuna.samplers.TPESampler(seed=training_args.seed if seed is None else seed),
                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
+                catch=(
+                    HfFinetuneError,
+                ),  # a combination the recipe refuses: that trial fails, the search goes on
             )
     finally:
         shutil.rmtree(trial_root, ignore_errors=True)
