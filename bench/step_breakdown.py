@@ -16,14 +16,20 @@ differences say what the data pipeline costs when it is not hidden behind the st
 and what the Trainer's own per-step work costs (trainer - loader + step). On a CPU the arithmetic dominates;
 on a GPU, where a step of these networks takes milliseconds, the per-step work around it is what shows.
 
+Per model: images/s of each part, its ratio to the ceiling, FLOPs a trained image (3 x a forward counted by
+torch) and MFU against the device's dense bf16 peak (bench/throughput.py GPU_PEAK_BF16, with its source).
+--configs measures several models and batches in this one process (``--configs gpu``: the GPU check's,
+bench/gpu_bench.py BREAKDOWN); --json sets the key "breakdown" of that file, row by row; --smoke runs tiny
+random models of the same families on tiny generated images on the CPU.
+
     .venv/bin/python bench/step_breakdown.py [--model mobilenet_v2] [--data cifar10] [--steps 20]
         [--repeats 2] [--set bf16=false ...] [--json out.json]
+    python bench/step_breakdown.py --configs gpu --steps 20 --warmup 5 --repeats 1 --json results.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -31,8 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import throughput  # noqa: E402  (bench/throughput.py: the data, the recipe flags, the step timer)
-from machine import describe  # bench/machine.py: the machine, saved with the results
+import gpu_bench  # noqa: E402  (bench/gpu_bench.py: the GPU check's models, sizes and results file)
+import throughput  # noqa: E402  (bench/throughput.py: the data, the recipe flags, the step timer, FLOPs)
 
 PARTS = ("loader", "ceiling", "loader + step", "trainer")
 
@@ -121,61 +127,147 @@ class Parts:
         return (times[-1] - times[warmup - 1]) / (len(times) - warmup)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mobilenet_v2", choices=list(throughput.MODELS))
-    parser.add_argument("--data", default="cifar10", choices=["hotdog", "cifar10"])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=throughput.WARMUP_STEPS)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra recipe flags")
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    if not throughput.MODELS[args.model].is_dir():
-        raise SystemExit(f"needs the checkpoints of ../shared: missing {throughput.MODELS[args.model]}")
-    import logging
+def measure(model: str, batch: int, data: str, args, workdir: Path) -> dict:
+    """The four parts for one model and batch (``args.repeats`` rounds; medians), FLOPs and MFU, in this
+    process; the GPU memory it held is given back before the next."""
+    import torch
 
-    logging.getLogger("hf_finetune").setLevel(logging.WARNING)
-    extra = [part for item in args.set for part in (f"--{item.split('=', 1)[0]}", item.split("=", 1)[1])]
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hf-finetune-bench-"))
-    train, val = throughput.prepare_data(args.data, workdir)
-    model = throughput.MODELS[args.model]
-    trainer, timer = build(model, train, val, args.batch, args.warmup + args.steps, extra)
+    checkpoint = gpu_bench.checkpoint(model, workdir / "models", args.smoke)
+    train, val = gpu_bench.data_folders(data, workdir, args.smoke)
+    extra = list(args.extra) + (gpu_bench.SMOKE_FLAGS if args.smoke else [])
+    trainer, timer = build(checkpoint, train, val, batch, args.warmup + args.steps, extra)
     parts = Parts(trainer, timer)
+    device_type = parts.device.type
+    flops = throughput.step_flops_per_image(parts.net, parts.resident, device_type, bool(parts.args.bf16))
     seconds: dict[str, list[float]] = {part: [] for part in PARTS}
     for _ in range(args.repeats):  # rounds of all four, so a slow minute of the machine hits each
         for part in PARTS:
             seconds[part].append(parts.timed(part, args.warmup, args.steps))
     median = {part: statistics.median(values) for part, values in seconds.items()}
-    device = trainer.args.device
-    print(
-        f"\n{args.model} on {args.data}, batch {args.batch}, {args.steps} timed steps after {args.warmup}, "
-        f"{args.repeats} rounds; device {device}; bf16 {trainer.args.bf16}, loader workers "
-        f"{trainer.args.dataloader_num_workers}, pin_memory {trainer.args.dataloader_pin_memory}, "
-        f"cache_images {trainer.args.cache_images}, normalize_on_device {trainer.args.normalize_on_device}\n"
-    )
-    print("| part | ms per step (median) | rounds (ms) | images/s | / ceiling's images/s |")
-    print("|---|---|---|---|---|")
+    peak = throughput.peak_flops(device_type)
+    a = trainer.args
+    row = {
+        "model": model,
+        "batch": batch,
+        "data": data,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "device": torch.cuda.get_device_name(0) if device_type == "cuda" else "cpu",
+        "settings": {
+            key: getattr(a, key, None)
+            for key in (
+                "bf16",
+                "dataloader_num_workers",
+                "dataloader_pin_memory",
+                "dataloader_persistent_workers",
+                "cache_images",
+                "normalize_on_device",
+                "channels_last",
+                "torch_compile",
+            )
+        },
+        "seconds": seconds,
+        "median": median,
+        "images_per_second": {part: batch / s for part, s in median.items()},
+        "over_ceiling": {part: median["ceiling"] / s for part, s in median.items()},
+        "flops_per_image": flops,
+        "peak_flops": peak,
+        "mfu": {part: batch / s * flops / peak for part, s in median.items()} if peak else None,
+    }
+    del parts, trainer, timer
+    row["gpu_peak_mib"] = gpu_bench.free_memory()
+    return row
+
+
+def render(row: dict) -> str:
+    """One model's table, as the breakdown prints it."""
+    median, batch = row["median"], row["batch"]
+    lines = [
+        f"\n{row['model']} on {row['data']}, batch {batch}, {row['steps']} timed steps after {row['warmup']}, "
+        f"{row['repeats']} rounds; device {row['device']}; "
+        + ", ".join(f"{k} {v}" for k, v in row["settings"].items()),
+        "",
+        "| part | ms per step (median) | rounds (ms) | images/s | / ceiling's images/s | MFU |",
+        "|---|---|---|---|---|---|",
+    ]
     for part in PARTS:
-        rounds = " / ".join(f"{1000 * s:.1f}" for s in seconds[part])
-        print(
-            f"| {part} | {1000 * median[part]:.1f} | {rounds} | {args.batch / median[part]:.1f} | "
-            f"{median['ceiling'] / median[part]:.2f} |"
+        rounds = " / ".join(f"{1000 * s:.1f}" for s in row["seconds"][part])
+        mfu = f"{row['mfu'][part]:.1%}" if row["mfu"] else "n/a"
+        lines.append(
+            f"| {part} | {1000 * median[part]:.1f} | {rounds} | {batch / median[part]:.1f} | "
+            f"{row['over_ceiling'][part]:.2f} | {mfu} |"
         )
     pipeline = median["loader + step"] - median["ceiling"]
     own = median["trainer"] - median["loader + step"]
-    print(
+    lines.append(
         f"\ndata pipeline not hidden behind the step: {1000 * pipeline:.1f} ms a step; the Trainer's own "
-        f"per-step work: {1000 * own:.1f} ms a step (the last batch of an epoch can be smaller: hotdog's "
-        "every 7th; the loader part counts full batches)"
+        f"per-step work: {1000 * own:.1f} ms a step; {row['flops_per_image'] / 1e9:.2f} GFLOP a trained image "
+        "(3 x the forward's, counted by torch)"
     )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"machine": describe(), "seconds": seconds, "median": median, "device": str(device)}, indent=2
-            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    models = [*throughput.MODELS, *gpu_bench.RANDOM_MODELS]
+    parser.add_argument("--model", default="mobilenet_v2", choices=models)
+    parser.add_argument("--data", default="cifar10", choices=["hotdog", "cifar10"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        metavar="MODEL:BATCH",
+        help="several models and batches in this one process (instead of --model/--batch); 'gpu': "
+        "bench/gpu_bench.py BREAKDOWN, the GPU check's sizes",
+    )
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=throughput.WARMUP_STEPS)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra recipe flags")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny models and data on the CPU (a wiring check)"
+    )
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--json", type=Path, default=None, help="sets 'breakdown' in this JSON (kept otherwise)"
+    )
+    args = parser.parse_args()
+    configs = [(args.model, args.batch)]
+    if args.configs == ["gpu"]:
+        configs = list(gpu_bench.BREAKDOWN)
+    elif args.configs:
+        configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs]
+    for model, _ in configs:
+        if model not in models:
+            parser.error(f"--configs: unknown model {model!r}; one of {models}")
+        if not args.smoke and model in throughput.MODELS and not throughput.MODELS[model].is_dir():
+            raise SystemExit(f"needs the checkpoints of ../shared: missing {throughput.MODELS[model]}")
+    import logging
+
+    import torch
+
+    if args.smoke:
+        torch.set_num_threads(1)  # tiny models on a shared CPU: threads only wait for each other
+    logging.getLogger("hf_finetune").setLevel(logging.WARNING)
+    args.extra = [part for item in args.set for part in (f"--{item.split('=', 1)[0]}", item.split("=", 1)[1])]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hf-finetune-bench-"))
+    rows = []
+    for model, batch in configs:  # each row written as soon as it is measured
+        rows.append(measure(model, batch, args.data, args, workdir))
+        print(render(rows[-1]), flush=True)
+        gpu_bench.update_results(args.json, "breakdown", rows)
+    print("\n| model | batch | loader img/s | ceiling img/s | loader + step img/s | trainer img/s | "
+          "trainer / ceiling | GFLOP/image | MFU ceiling | MFU trainer |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        ips, mfu = row["images_per_second"], row["mfu"]
+        shown = [f"{mfu[p]:.1%}" if mfu else "n/a" for p in ("ceiling", "trainer")]
+        print(
+            f"| {row['model']} | {row['batch']} | {ips['loader']:.0f} | {ips['ceiling']:.0f} | "
+            f"{ips['loader + step']:.0f} | {ips['trainer']:.0f} | {row['over_ceiling']['trainer']:.2f} | "
+            f"{row['flops_per_image'] / 1e9:.2f} | {shown[0]} | {shown[1]} |"
         )
 
 

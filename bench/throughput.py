@@ -271,14 +271,7 @@ def _ceiling(
         net.to("cuda")
     # Moved to the device and (normalize_on_device) normalised there once, as the Trainer prepares a batch.
     inputs = trainer.prepare_batch(next(iter(trainer.get_train_dataloader())))
-    from torch.utils.flop_counter import FlopCounterMode
-
-    # The arithmetic of a step: 3 x the forward's FLOPs (the backward is about twice the forward). Counting the
-    # backward too would overcount: torch's counter prices depthwise convolution backward as a dense one.
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bool(training_args.bf16)):
-            net(**inputs)
-    flops_per_image = 3 * counter.get_total_flops() / batch
+    flops_per_image = step_flops_per_image(net, inputs, device_type, bool(training_args.bf16))
     times = []
     for _ in range(steps):
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bool(training_args.bf16)):
@@ -299,15 +292,35 @@ def _ceiling(
     }
 
 
-# Dense bfloat16 tensor-core peaks (vendor data sheets), for MFU on a GPU.
+def step_flops_per_image(net, inputs: dict, device_type: str, bf16: bool) -> float:
+    """The arithmetic of a training step per image: 3 x the forward's FLOPs (the backward is about twice the
+    forward), the forward counted by torch's FlopCounterMode on ``inputs``. Counting the backward too would
+    overcount: torch's counter prices depthwise convolution backward as a dense one."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            net(**inputs)
+    return 3 * counter.get_total_flops() / int(inputs["pixel_values"].shape[0])
+
+
+# Dense (no 2:4 sparsity) bfloat16 tensor-core peaks, for MFU on a GPU; the first key found in
+# torch.cuda.get_device_name() wins, so the PCIe / NVL parts come before their SXM names.
 GPU_PEAK_BF16 = {
-    "H200": 989.4e12,
-    "H100": 989.4e12,
+    "H200 NVL": 835.5e12,
+    "H200": 989.5e12,
+    "H100 PCIe": 756.5e12,
+    "H100 NVL": 835.5e12,
+    "H100": 989.5e12,
     "A100": 312e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "A10": 125e12,
+    "L40S": 362.05e12,
 }
+PEAK_SOURCE = (
+    "NVIDIA data sheets, BF16 tensor core: H200 SXM 1,979 and H200 NVL 1,671 TFLOPS (H200 Tensor Core GPU "
+    "datasheet), H100 SXM 1,979, PCIe 1,513, NVL 1,671 TFLOPS (H100 datasheet), all 'with sparsity', halved here "
+    "for dense; A100 312 TFLOPS dense (A100 datasheet); L40S 362.05 TFLOPS dense (L40S datasheet)"
+)
 
 
 def peak_flops(device_type: str) -> float | None:
@@ -471,18 +484,39 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models", nargs="+", default=None, choices=[*MODELS, "vit_b16", "convnext_t"],
+        help="default: all; vit_b16, convnext_t (random-weight stand-ins) in the gpu part only",
+    )  # fmt: skip
     parser.add_argument("--datasets", nargs="+", default=["hotdog", "cifar10"], choices=["hotdog", "cifar10"])
     parser.add_argument(
-        "--parts", nargs="+", default=["main", "ablations", "probe"], choices=["main", "ablations", "probe"]
+        "--parts",
+        nargs="+",
+        default=["main", "ablations", "probe"],
+        choices=["main", "ablations", "probe", "gpu"],
+        help="gpu: the GPU table at the sizes GPU users train (bench/gpu_bench.py MAIN; its own --steps, "
+        "each row in its own process), written into --json as its 'main' key",
     )
+    parser.add_argument("--smoke", action="store_true", help="gpu part: tiny models and data on the CPU")
+    parser.add_argument("--in-process", action="store_true", help="gpu part: every row in this process")
+    parser.add_argument("--budget", type=float, default=None, help="gpu part: seconds for all its rows")
     parser.add_argument("--probe-epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each main-table variant (median)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None)
-    for hidden in ("--_one", "--_model", "--_train", "--_val", "--_out", "--_extra"):
+    for hidden in ("--_one", "--_model", "--_train", "--_val", "--_out", "--_extra", "--_config"):
         parser.add_argument(hidden, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._config:  # a child run of the gpu part: one row (baseline, project, ceiling)
+        import gpu_bench
+
+        row = gpu_bench.run_config(json.loads(args._config), args.workdir)
+        Path(args._out).write_text(json.dumps(row))
+        return
+    if args.models is None:
+        args.models = list(MODELS) + (["vit_b16", "convnext_t"] if args.parts == ["gpu"] else [])
+    if args.parts != ["gpu"] and not set(args.models) <= set(MODELS):
+        parser.error("vit_b16 and convnext_t are measured in the gpu part only (--parts gpu)")
     if args._one:  # a child run
         result = run_one(
             args._one,
@@ -497,7 +531,7 @@ def main() -> None:
         Path(args._out).write_text(json.dumps(result))
         return
     missing = [str(p) for p in MODELS.values() if not p.is_dir()]
-    if missing:
+    if missing and not args.smoke:
         raise SystemExit(f"needs the checkpoints of ../shared: missing {missing}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hf-finetune-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -506,6 +540,14 @@ def main() -> None:
     )
     results = {}
     started = time.time()
+    if "gpu" in args.parts:
+        import gpu_bench
+
+        if args.smoke:
+            import torch
+
+            torch.set_num_threads(1)  # tiny models on a shared CPU: threads only wait for each other
+        gpu_bench.main_part(args, workdir)  # writes its rows into --json itself, row by row
     if "main" in args.parts:
         results["main"] = main_part(args, workdir)
     if "ablations" in args.parts:
@@ -513,7 +555,7 @@ def main() -> None:
     if "probe" in args.parts:
         results["probe"] = probe_part(args, workdir)
     print(f"\nbench/throughput.py took {time.time() - started:.0f} s")
-    if args.json:
+    if args.json and results:
         args.json.write_text(json.dumps({"machine": describe(), **results}, indent=2))
 
 

@@ -4,6 +4,7 @@ defaults, and it runs: on a tiny random model here, on the real checkpoints in b
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 
 from conftest import ROOT
@@ -171,7 +172,82 @@ def test_the_machine_is_described_with_the_results():
         "label_mapping",
         "loader_memory",
         "recipes_table",
-        "step_breakdown",
+        "gpu_bench",  # bench/step_breakdown.py and the gpu part of bench/throughput.py store through it
     ):
         source = (ROOT / "bench" / f"{script}.py").read_text()
         assert "describe()" in source, f"bench/{script}.py does not store the machine with its results"
+
+
+def test_gpu_check_parts_write_their_rows_into_one_json(tmp_path):
+    """bench/gpu_check.sh's two parts on the CPU (--smoke: tiny random models of the same families): the
+    breakdown (here ViT-B/16's family) and the main table (ConvNeXt-T's: the baseline recipe, the project and
+    the ceiling) each set their key of ONE results JSON, every figure positive; the second part keeps the
+    first's rows. The full smoke, every row: `bash bench/gpu_check.sh --smoke`."""
+    import argparse
+    import json
+
+    import gpu_bench
+    import step_breakdown
+    import torch
+
+    results = tmp_path / "gpu_check.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the smoke run does: tiny models, threads would only wait for each other
+    try:
+        args = argparse.Namespace(smoke=True, extra=[], steps=1, warmup=1, repeats=1)
+        row = step_breakdown.measure("vit_b16", 4, "cifar10", args, tmp_path)
+        gpu_bench.update_results(results, "breakdown", [row])
+        args = argparse.Namespace(
+            smoke=True, models=["convnext_t"], datasets=["cifar10"], steps=4, budget=None, in_process=True,
+            json=results,
+        )  # fmt: skip
+        gpu_bench.main_part(args, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads(results.read_text())
+    assert saved["machine"]["cpus"] and saved["peak_source"].startswith("NVIDIA")
+    (breakdown,) = saved["breakdown"]
+    assert (breakdown["model"], breakdown["batch"]) == ("vit_b16", 4)
+    assert set(breakdown["images_per_second"]) == set(step_breakdown.PARTS)
+    assert all(v > 0 for v in breakdown["images_per_second"].values()) and breakdown["flops_per_image"] > 0
+    assert breakdown["over_ceiling"]["ceiling"] == 1.0
+    (main,) = saved["main"]
+    assert (main["model"], main["batch"], main["data"]) == ("convnext_t", 128, "cifar10")
+    for variant in ("baseline", "project", "ceiling"):
+        assert main[variant]["images_per_second"] > 0, variant
+    assert 0.0 <= main["baseline"]["accuracy"] <= 1.0 and 0.0 <= main["project"]["accuracy"] <= 1.0
+    assert main["ceiling"]["flops_per_image"] > 0
+    ratio = main["project"]["images_per_second"] / main["ceiling"]["images_per_second"]
+    assert main["project_over_ceiling"] == ratio and main["targets"]["project / ceiling"][0] == 0.9
+
+
+def test_gpu_check_measures_the_issues_models_and_sizes():
+    """The GPU check's rows are issue 26's: MobileNetV2 at 32 and 256, ViT-B/16 and ConvNeXt-T sized at 128,
+    EfficientNet-Lite0 at 256; the main table has each at its size on the CIFAR-10 split, the two pretrained
+    CNNs on hotdog too; the random stand-ins are built at the sizes named (ViT-B/16: 86M parameters)."""
+    import gpu_bench
+    from transformers import ViTConfig
+
+    assert gpu_bench.BREAKDOWN == [
+        ("mobilenet_v2", 32),
+        ("mobilenet_v2", 256),
+        ("vit_b16", 128),
+        ("convnext_t", 128),
+        ("efficientnet_lite0", 256),
+    ]
+    sizes = {model: batch for model, batch, _ in gpu_bench.MAIN}
+    assert sizes == {"mobilenet_v2": 256, "efficientnet_lite0": 256, "vit_b16": 128, "convnext_t": 128}
+    assert {(m, d) for m, _, d in gpu_bench.MAIN} >= {(m, "cifar10") for m in sizes} | {
+        ("mobilenet_v2", "hotdog"),
+        ("efficientnet_lite0", "hotdog"),
+    }
+    config = ViTConfig()
+    assert (config.hidden_size, config.num_hidden_layers, config.patch_size, config.image_size) == (
+        768,
+        12,
+        16,
+        224,
+    )
+    script = (ROOT / "bench" / "gpu_check.sh").read_text()
+    budgets = [int(b) for b in re.findall(r"BUDGET_BREAKDOWN=(\d+) BUDGET_MAIN=(\d+)", script)[-1]]
+    assert sum(budgets) + 30 <= 8 * 60  # the parts' budgets and the setup's 30 s fit in 8 minutes
