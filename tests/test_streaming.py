@@ -65,7 +65,7 @@ def _tar(path: Path, samples: dict[str, str]) -> Path:
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shards")
-    _parquet(root / "train", shards=4, per_shard=6)  # 24 training images
+    _parquet(root / "train", shards=4, per_shard=4)  # 16 training images
     _parquet(root / "val", shards=1, per_shard=5, start=1000)  # odd: 2 processes cannot split it evenly
     return root
 
@@ -133,25 +133,25 @@ def _train(args, *callbacks, resume=None):
 def test_epochs_from_the_metadata_and_an_interrupted_run_resumes_exactly(
     tmp_path, shards, tiny_hf_checkpoint
 ):
-    """2 epochs of 24 streamed images (size from the parquet footers): 12 steps, each image once per epoch in
-    a new order; a run stopped after its checkpoint at step 5 and resumed sees, before + after, exactly the
-    samples of the uninterrupted run in the same order (none repeated, none skipped)."""
+    """2 epochs of 16 streamed images (size from the parquet footers): 8 steps, each image once per epoch in
+    a new order; a run stopped after its checkpoint at step 5 (one step into epoch 1) and resumed sees, before +
+    after, exactly the samples of the uninterrupted run in the same order (none repeated, none skipped)."""
     whole = RecordIds()
     trainer, data = _train(
         _args(tmp_path / "a", tiny_hf_checkpoint, shards, "--num_train_epochs", "2"), whole
     )
-    assert data.train_size == 24 and trainer.state.max_steps == 2 * 24 // 4
-    first, second = whole.ids[:24], whole.ids[24:]
-    assert sorted(first) == sorted(second) == sorted(f"img{i}.png" for i in range(24))
+    assert data.train_size == 16 and trainer.state.max_steps == 2 * 16 // 4
+    first, second = whole.ids[:16], whole.ids[16:]
+    assert sorted(first) == sorted(second) == sorted(f"img{i}.png" for i in range(16))
     assert first != second  # set_epoch: a new seeded order each epoch
 
     before, after = RecordIds(), RecordIds()
     args = _args(tmp_path / "b", tiny_hf_checkpoint, shards, "--num_train_epochs", "2")
     _train(args, before, StopAt(7))  # checkpoint-5 written, then 2 more steps that the resume redoes
     state = json.loads((tmp_path / "b" / "checkpoint-5" / "stream_state.json").read_text())
-    assert (state["epoch"], state["examples_into_epoch"]) == (0, 5 * 4)
+    assert (state["epoch"], state["examples_into_epoch"]) == (1, 4)
     trainer, _ = _train(args, after, resume=str(tmp_path / "b" / "checkpoint-5"))
-    assert trainer.state.global_step == 12
+    assert trainer.state.global_step == 8
     assert before.ids[: 5 * 4] + after.ids == whole.ids
 
 
@@ -190,10 +190,10 @@ def test_each_rank_reads_its_own_shards_and_validation_counts_once(tmp_path, sha
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"ids-{rank}.json").read_text()) for rank in (0, 1)]
-    assert [len(ids) for ids in ranks] == [24, 24]  # 12 per epoch each: 2 epochs
-    every = sorted(f"img{i}.png" for i in range(24))
+    assert [len(ids) for ids in ranks] == [16, 16]  # 8 per epoch each: 2 epochs
+    every = sorted(f"img{i}.png" for i in range(16))
     for epoch in (0, 1):
-        zero, one = (ids[epoch * 12 : (epoch + 1) * 12] for ids in ranks)
+        zero, one = (ids[epoch * 8 : (epoch + 1) * 8] for ids in ranks)
         assert not set(zero) & set(one) and sorted(zero + one) == every
 
     from hf_finetune.config.arguments import DataArguments
@@ -273,7 +273,7 @@ def test_a_bad_image_is_skipped_counted_and_named_and_a_saved_dataset_streams(tm
     )  # fmt: skip
     data = load_streamed_data(args[1], rank=1, world_size=2)
     keys = [example["key"] for example in data.dataset["train"]]
-    assert data.train_size == 24 and data.rank_size == 12 and len(keys) == 12 and len(set(keys)) == 12
+    assert data.train_size == 16 and data.rank_size == 8 and len(keys) == 8 and len(set(keys)) == 8
 
 
 def test_bad_shards_and_what_cannot_stream_are_one_line_each(tmp_path, shards):
