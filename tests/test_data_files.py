@@ -396,3 +396,21 @@ def test_a_glob_of_path_files_reads_each_files_paths_from_its_folder(formats, tm
     paths = sorted(row["path"] for split in data.dataset.values() for row in split["image"])
     assert paths == sorted(expected)
     assert _colours(data) == sorted(colour for _, colour in ROWS)
+
+
+def test_the_cli_says_a_truncated_shard_in_one_line_and_writes_nothing(
+    formats, tiny_hf_checkpoint, tmp_path, capsys
+):
+    from hf_finetune import cli
+
+    shards = tmp_path / "shards"
+    shutil.copytree(formats / "shards", shards)
+    bad = _truncated_copy(formats / "shards" / "part-1.parquet", shards / "part-1.parquet")
+    out = tmp_path / "run"
+    argv = ["train", "--model_name_or_path", tiny_hf_checkpoint, "--train_file", shards / "*.parquet"]
+    capsys.readouterr()
+    assert cli.main([str(a) for a in [*argv, "--output_dir", out, "--max_steps", "1"]]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hf-finetune: error: train_file: "), lines
+    assert str(bad) in lines[0]
+    assert not out.exists()

@@ -34,6 +34,7 @@ from hf_finetune.errors import DataError
 __all__ = [
     "READ_ERRORS",
     "WEBDATASET_LABEL_MEMBERS",
+    "check_files",
     "load_source",
     "quiet_loader_errors",
     "read_error",
@@ -65,11 +66,9 @@ def load_source(
 def _load(
     source: DataSource, key: str, cache_dir: str | None, label_column: str | None
 ) -> datasets.Dataset | datasets.DatasetDict:
-    if source.builder == "webdataset":  # datasets reads a truncated tar's first samples without a word
-        for path in source.data_files:
-            why = tar_end_problem(path)
-            if why is not None:
-                raise DataError(f"{key}: {path} could not be read as a WebDataset tar: {why}")
+    check_files(
+        source, key
+    )  # before any row is read (datasets reads a cut tar's first samples without a word)
     try:
         if source.builder == "disk":
             return datasets.load_from_disk(source.data_files[0])
@@ -131,9 +130,19 @@ def tar_end_problem(path: str) -> str | None:
     return None
 
 
-def unreadable_file(source: DataSource) -> tuple[str, str] | None:
-    """(the first file of ``source`` that is missing or cannot be read whole, why), or ``None``: a parquet file's
-    footer, an Arrow stream's batches and a tar's members are read; other files are only looked for."""
+def check_files(source: DataSource, key: str) -> None:
+    """A file of ``source`` that is missing, or cut short as far as cheap checks tell (a parquet file's footer,
+    an Arrow stream's schema, a tar's last two blocks), is a one-line error naming ``key`` and the file."""
+    found = unreadable_file(source, thorough=False)
+    if found is not None:
+        path, why = found
+        raise DataError(f"{key}: {path} could not be read as {_kind(source.builder)}: {why}")
+
+
+def unreadable_file(source: DataSource, thorough: bool = True) -> tuple[str, str] | None:
+    """(the first file of ``source`` that is missing or cannot be read, why), or ``None``. Read: a parquet file's
+    footer, an Arrow stream's schema and a tar's last two blocks; ``thorough``: also every Arrow batch and every
+    tar member. Other files are only looked for."""
     for path in source.data_files:
         if not Path(path).exists():
             return path, "the file does not exist (moved or deleted after it was listed?)"
@@ -142,18 +151,25 @@ def unreadable_file(source: DataSource) -> tuple[str, str] | None:
                 pyarrow.parquet.ParquetFile(path).metadata  # noqa: B018 - reading it is the check
             elif source.builder == "arrow":
                 with pyarrow.memory_map(path) as handle:
-                    pyarrow.ipc.open_stream(handle).read_all()
+                    reader = pyarrow.ipc.open_stream(handle)
+                    if thorough:
+                        reader.read_all()
             elif source.builder == "webdataset":
                 if tar_end_problem(path) is not None:
                     return path, str(tar_end_problem(path))
-                with tarfile.open(path) as archive:
-                    for member in archive:
-                        if member.isfile():
-                            archive.extractfile(member).read()  # a truncated member fails here
+                if thorough:
+                    _read_members(path)
         except READ_ERRORS as err:
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             return path, f"{reason} (truncated, or not a {_kind(source.builder)} file?)"
     return None
+
+
+def _read_members(path: str) -> None:
+    with tarfile.open(path) as archive:
+        for member in archive:
+            if member.isfile():
+                archive.extractfile(member).read()  # a truncated member fails here
 
 
 def webdataset_label(dataset: datasets.Dataset, label_column: str | None, where: str) -> datasets.Dataset:

@@ -23,10 +23,10 @@ from hf_finetune.data.columns import column_values, contract_features, find_colu
 from hf_finetune.data.data_files import DataSource, data_source, describe_source, is_data_spec
 from hf_finetune.data.file_sources import (
     READ_ERRORS,
+    check_files,
     load_source,
     quiet_loader_errors,
     read_error,
-    tar_end_problem,
     unreadable_file,
     webdataset_label,
 )
@@ -139,7 +139,7 @@ def _load(data_args: DataArguments, cache_dir: str | None) -> tuple[datasets.Dat
             )
         return loaded, source + " (saved with save_to_disk)", local
     if local.is_dir():
-        _check_tar_shards(local)
+        _check_data_files(local)
     try:
         with quiet_loader_errors():
             raw = datasets.load_dataset(name, data_args.dataset_config_name, cache_dir=cache_dir)
@@ -161,18 +161,14 @@ def _load(data_args: DataArguments, cache_dir: str | None) -> tuple[datasets.Dat
     return raw, source, local
 
 
-def _check_tar_shards(folder: Path) -> None:
-    """A WebDataset folder's shards cut short are an error naming the first (``datasets`` reads their first
-    samples without a word); a folder of another kind is left to ``load_dataset``."""
+def _check_data_files(folder: Path) -> None:
+    """A data file of a local dataset folder that is missing or cut short is an error naming it, before any
+    row is read; a folder ``data_source`` does not know is left to ``load_dataset``."""
     try:
         found = data_source(str(folder), "dataset_name")
     except DataError:
         return
-    if found.builder == "webdataset":
-        for path in found.data_files:
-            why = tar_end_problem(path)
-            if why is not None:
-                raise DataError(f"dataset_name: {path} could not be read as a WebDataset tar: {why}")
+    check_files(found, "dataset_name")
 
 
 def _is_saved(folder: Path) -> bool:
