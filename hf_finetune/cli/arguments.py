@@ -59,6 +59,12 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
         "50:1, or one that fails to decode) instead of skipping it with a warning",
     )
     _add_tta_argument(parser)
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="run the ONNX export of `hf-finetune export` (MODEL: the export folder, or a model folder holding "
+        "one in onnx/) with onnxruntime, numpy and PIL: no torch imported (--device and --tta do not apply)",
+    )
 
 
 def _add_tta_argument(parser: argparse.ArgumentParser) -> None:

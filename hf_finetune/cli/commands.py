@@ -118,26 +118,16 @@ def _end_process_group(wait: bool) -> None:
 
 
 def _predict(argv: list[str]) -> int:
-    from pathlib import Path
-
+    if "--onnx" in argv:  # an ONNX export: parsed and run without importing torch or transformers' models
+        return _predict_onnx(argv)
     from hf_finetune.config.parser import CommandParser
-    from hf_finetune.errors import ConfigError
 
     parser = CommandParser(prog="hf-finetune predict", description=COMMANDS["predict"])
     add_predict_arguments(parser)
     args = parser.parse_args(argv)
-    from hf_finetune.inference.predict import PREDICTION_FORMATS, predict_images, write_predictions
+    from hf_finetune.inference.predict import predict_images, write_predictions
 
-    if args.output:  # checked before any prediction is computed
-        from hf_finetune.config.path_checks import check_writable_file
-
-        check_writable_file(args.output, "output")
-        if Path(args.output).suffix.lower() not in PREDICTION_FORMATS:
-            raise ConfigError(
-                f"output: {args.output} has extension {Path(args.output).suffix or 'none'!r}; expected one of "
-                f"{', '.join(PREDICTION_FORMATS)}"
-            )
-
+    _check_predictions_output(args.output)  # before any prediction is computed
     records = predict_images(
         args.model,
         args.paths,
@@ -148,15 +138,65 @@ def _predict(argv: list[str]) -> int:
         strict=args.strict,
         tta=args.tta,
     )
-    if args.output:
-        write_predictions(records, args.output)
-    else:
-        for record in records:
-            preds = "  ".join(f"{p['label']} {p['score']:.4f}" for p in record["predictions"])
-            if "labels" in record:  # a multi-label model: the labels at or above their thresholds first
-                preds = f"[{', '.join(record['labels'])}]  {preds}"
-            print(terminal_text(f"{record['path']}: {preds}"))  # a label's ESC or CR is shown, not run
+    _show_predictions(records, args.output, write_predictions)
     return 0
+
+
+def _predict_onnx(argv: list[str]) -> int:
+    """``predict --onnx``: the export run by onnxruntime (:mod:`hf_finetune.export.onnx_predict`)."""
+    from hf_finetune.errors import ConfigError
+
+    parser = _LightParser(prog="hf-finetune predict", description=COMMANDS["predict"])
+    add_predict_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.device is not None or args.tta != "none":
+        raise ConfigError(
+            "--onnx runs the export on the CPU with onnxruntime, one view per image; leave out --device and --tta"
+        )
+    _check_predictions_output(args.output)
+    from hf_finetune.export.onnx_predict import predict_onnx
+    from hf_finetune.inference.predictions import write_prediction_records
+
+    records = predict_onnx(
+        args.model,
+        args.paths,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        progress=args.progress,
+        strict=args.strict,
+    )
+    _show_predictions(records, args.output, write_prediction_records)
+    return 0
+
+
+def _check_predictions_output(output: str | None) -> None:
+    """``--output``: a writable .csv or .jsonl file name (ConfigError otherwise)."""
+    if not output:
+        return
+    from pathlib import Path
+
+    from hf_finetune.config.path_checks import check_writable_file
+    from hf_finetune.errors import ConfigError
+    from hf_finetune.inference.predictions import PREDICTION_FORMATS
+
+    check_writable_file(output, "output")
+    if Path(output).suffix.lower() not in PREDICTION_FORMATS:
+        raise ConfigError(
+            f"output: {output} has extension {Path(output).suffix or 'none'!r}; expected one of "
+            f"{', '.join(PREDICTION_FORMATS)}"
+        )
+
+
+def _show_predictions(records: list[dict], output: str | None, write) -> None:
+    """Write the records to ``output`` with ``write``, or print one line per image."""
+    if output:
+        write(records, output)
+        return
+    for record in records:
+        preds = "  ".join(f"{p['label']} {p['score']:.4f}" for p in record["predictions"])
+        if "labels" in record:  # a multi-label model: the labels at or above their thresholds first
+            preds = f"[{', '.join(record['labels'])}]  {preds}"
+        print(terminal_text(f"{record['path']}: {preds}"))  # a label's ESC or CR is shown, not run
 
 
 def _eval(argv: list[str]) -> int:
