@@ -164,3 +164,42 @@ def test_a_non_empty_output_folder_is_refused(small_recipe, tmp_path):
     code, _, stderr = _cli("search", small_recipe, "--space", space, "--output_dir", out)
     assert code == 2 and "is not empty" in stderr
     assert (out / "trials.csv").read_text(encoding="utf-8") == "mine"
+
+
+def test_each_trial_is_built_as_train_builds_it(small_recipe, tmp_path, monkeypatch):
+    """model_init builds the trial from the recipe with its values (freezing, feature cache, label smoothing),
+    and the trainer trains what was built with that model."""
+    from hf_finetune.search import search as search_module
+    from hf_finetune.search.space import load_space
+
+    builds = []
+    real_build = search_module.build_trainer
+
+    def recording_build(model_args, data_args, training_args, **kwargs):
+        built = real_build(model_args, data_args, training_args, **kwargs)
+        builds.append((training_args, built[0]))
+        return built
+
+    monkeypatch.setattr(search_module, "build_trainer", recording_build)
+    space_file = {"freeze_layers": {"choices": [-1]}, "label_smoothing_factor": {"low": 0.05, "high": 0.3}}
+    argv = [
+        str(small_recipe),
+        "--num_train_epochs",
+        "1",
+        "--bf16",
+        "false",
+        "--label_smoothing_factor",
+        "0.1",
+    ]
+    space = load_space(_write(tmp_path / "space.yaml", space_file), argv)
+    result = search_module.run_search(argv, space, n_trials=1, output_dir=str(tmp_path / "search"))
+    (base_args, outer), (args, built) = builds  # the recipe's own build, then trial 0's
+    assert base_args.freeze_layers == 0 and type(outer.model).__name__ != "HeadOnlyModel"
+    # trial 0: the recipe's label_smoothing_factor; its freeze_layers (0) is not a choice: drawn, built afresh
+    assert args.freeze_layers == -1 and args.label_smoothing_factor == 0.1
+    assert result.best_params == {"freeze_layers": -1, "label_smoothing_factor": 0.1}
+    assert type(built.model).__name__ == "HeadOnlyModel"  # the whole body frozen: the feature cache path
+    assert built.label_smoother.epsilon == pytest.approx(0.1)  # transformers' LabelSmoother, from the trial
+    for name in ("label_smoother", "train_dataset", "eval_dataset", "data_collator", "callback_handler"):
+        assert getattr(outer, name) is getattr(built, name), name  # the trainer trained the trial's build
+    assert outer.args.label_smoothing_factor == 0.1 and outer.args.freeze_layers == -1
