@@ -155,7 +155,7 @@ def _predict_onnx(argv: list[str]) -> int:
         )
     _check_predictions_output(args.output)
     from hf_finetune.export.onnx_predict import predict_onnx
-    from hf_finetune.inference.predictions import write_prediction_records
+    from hf_finetune.inference.predictions import write_predictions
 
     records = predict_onnx(
         args.model,
@@ -165,7 +165,7 @@ def _predict_onnx(argv: list[str]) -> int:
         progress=args.progress,
         strict=args.strict,
     )
-    _show_predictions(records, args.output, write_prediction_records)
+    _show_predictions(records, args.output, write_predictions)
     return 0
 
 

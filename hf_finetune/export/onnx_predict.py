@@ -26,8 +26,8 @@ from hf_finetune.errors import ConfigError, DataError
 from hf_finetune.export.resize import torchvision_resize
 from hf_finetune.inference.predictions import (
     apply_scores,
+    iter_image_files,
     labels_above,
-    list_image_files,
     rank_scores,
     show_progress,
     skip_file,
@@ -150,7 +150,7 @@ def predict_onnx(
         raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    files = list_image_files(paths)
+    files = iter_image_files(paths)
     if not files:
         shown = ", ".join(repr(str(p)) for p in ([paths] if isinstance(paths, (str, Path)) else paths))
         raise DataError(f"no image files found in {shown or 'the given paths'}")

@@ -16,8 +16,6 @@ the probabilities of several views of each image (:mod:`hf_finetune.inference.tt
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import sys
@@ -31,17 +29,26 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hf_finetune.config.path_checks import shown_name
-from hf_finetune.data.image_check import BadImageError, check_image_files, open_image, summarize_reasons
-from hf_finetune.data.images import is_image_file
+from hf_finetune.data.image_check import BadImageError, open_image, summarize_reasons
 from hf_finetune.data.multi_label import MULTI_LABEL_PROBLEM_TYPE
 from hf_finetune.data.transforms import data_config_from_processor
 from hf_finetune.errors import ConfigError, DataError, ModelLoadError
-from hf_finetune.escaping import csv_cell
+from hf_finetune.inference.predictions import (  # the torch-free half, shared with predict --onnx
+    PROGRESS_MIN_IMAGES,
+    iter_image_files,
+    labels_above,
+    rank_scores,
+    show_progress,
+    skip_file,
+    usable_files,
+    write_predictions,
+)
 from hf_finetune.inference.tta import MultiCrop, check_tta, combine_views, expand_views
 from hf_finetune.labels.model_labels import distinct_label_names
 from hf_finetune.models.loading import load_source_config
 
 __all__ = [
+    "PROGRESS_MIN_IMAGES",
     "iter_image_files",
     "load_for_inference",
     "model_thresholds",
@@ -51,43 +58,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_FORMATS = (".csv", ".jsonl")
-#: With ``progress=None`` a progress bar is shown for more images than this, when stderr is a terminal.
-PROGRESS_MIN_IMAGES = 100
+_show_progress = show_progress  # the name tests/test_predict.py imports
+
 #: A multi-label class's threshold when the model's config.json has no ``label_thresholds`` entry for it.
 DEFAULT_THRESHOLD = 0.5
-
-
-def iter_image_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand ``paths`` into image files: files in the order given, folders recursively (sorted).
-
-    Only names with an image extension are kept (an explicitly given file without one is skipped
-    with a warning); a path given twice is listed once. A missing path raises :class:`DataError`.
-    """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    files: list[Path] = []
-    seen: set[Path] = set()
-
-    def add(file: Path) -> None:
-        key = file.resolve()
-        if key not in seen:
-            seen.add(key)
-            files.append(file)
-
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)):
-                add(file)
-        elif path.is_file():
-            if is_image_file(path):
-                add(path)
-            else:
-                logger.warning("skipping %s: not an image file name (extension %r)", path, path.suffix)
-        else:
-            raise DataError(f"image path not found: {str(raw)!r}")
-    return files
 
 
 def load_for_inference(model_name_or_path: str | Path, device: str | None = None) -> tuple[Any, Any]:
@@ -123,13 +97,6 @@ def _score_function(config: Any) -> str:
     if problem_type == "single_label_classification" or config.num_labels > 1:
         return "softmax"
     return str(getattr(config, "function_to_apply", "none"))
-
-
-def _rank(scores: np.ndarray, id2label: dict[int, str], top_k: int) -> list[dict[str, Any]]:
-    """``[{"label", "score"}]`` sorted by score descending (stable), at most ``top_k`` entries."""
-    ranked = [{"label": id2label[index], "score": score.item()} for index, score in enumerate(scores)]
-    ranked.sort(key=lambda entry: entry["score"], reverse=True)
-    return ranked[:top_k]
 
 
 def _forward(model: Any, inputs: list[dict[str, Any]], device: Any, tta: str = "none") -> np.ndarray:
@@ -169,13 +136,6 @@ def model_thresholds(config: Any) -> np.ndarray:
             )
         thresholds[row] = float(value)
     return thresholds
-
-
-def _above_threshold(scores: np.ndarray, thresholds: np.ndarray, id2label: dict[int, str]) -> list[str]:
-    """Names of the classes whose score is at least their threshold, highest score first (ties: lower index)."""
-    rows = [row for row in range(len(scores)) if scores[row] >= thresholds[row]]
-    rows.sort(key=lambda row: -float(scores[row]))
-    return [id2label[row] for row in rows]
 
 
 def _shape_key(item: dict[str, Any]) -> tuple:
@@ -223,7 +183,7 @@ def predict_images(
         shown = ", ".join(repr(str(p)) for p in ([paths] if isinstance(paths, (str, Path)) else paths))
         raise DataError(f"no image files found in {shown or 'the given paths'}")
     found = len(files)
-    files, bad = _usable_files(files, strict)
+    files, bad = usable_files(files, strict)
 
     model, processor = loaded if loaded is not None else load_for_inference(model_name_or_path, device)
     config = model.config
@@ -238,7 +198,7 @@ def predict_images(
 
     batches = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
     bar = None
-    if _show_progress(progress, len(files)):
+    if show_progress(progress, len(files)):
         bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr)
 
     records: list[dict] = []
@@ -249,8 +209,8 @@ def predict_images(
             # a name that is not UTF-8 shows its bytes as \xNN: printable, writable
             record: dict[str, Any] = {"path": shown_name(file)}
             if thresholds is not None:
-                record["labels"] = _above_threshold(row_scores, thresholds, id2label)
-            record["predictions"] = _rank(row_scores, id2label, top_k)
+                record["labels"] = labels_above(row_scores, thresholds, id2label)
+            record["predictions"] = rank_scores(row_scores, id2label, top_k)
             records.append(record)
         if bar is not None:
             bar.update(len(batch))
@@ -278,44 +238,18 @@ def _batch_scores(model: Any, inputs: list[dict[str, Any]], device: Any, tta: st
     return scores
 
 
-def _skip(file: Path, reason: str, strict: bool, bad: dict[str, str]) -> None:
-    """One bad file: a :class:`DataError` under ``strict``, else one warning line and an entry in ``bad``."""
-    if strict:
-        raise DataError(f"image {file}: {reason} (without --strict such files are skipped)")
-    logger.warning("skipping image %s: %s", file, reason)
-    bad[str(file)] = reason
-
-
-def _usable_files(files: list[Path], strict: bool) -> tuple[list[Path], dict[str, str]]:
-    """(the files training's header check accepts, ``{path: reason}`` of the others), each refused file
-    warned about once (:func:`_skip`); no file is decoded here."""
-    bad: dict[str, str] = {}
-    usable = []
-    for file, reason in zip(files, check_image_files([str(f) for f in files]), strict=True):
-        if reason is None:
-            usable.append(file)
-        else:
-            _skip(file, reason, strict, bad)
-    if not usable:
-        raise DataError(
-            f"none of the {len(files)} image files can be used ({summarize_reasons(bad.values())}); "
-            f"e.g. {next(iter(bad))}: {next(iter(bad.values()))}"
-        )
-    return usable, bad
-
-
 def _preprocess(
     files: list[Path], processor: Any, strict: bool, bad: dict[str, str], views: Any = None
 ) -> list[tuple[Path, dict[str, Any]]]:
     """``(file, processor inputs)`` of each file that decodes (:func:`open_image`, which checks the size
-    from the header again before decoding); a file that does not is skipped (:func:`_skip`). With ``views``
+    from the header again before decoding); a file that does not is skipped (:func:`skip_file`). With ``views``
     (:class:`hf_finetune.inference.tta.MultiCrop`) its ``pixel_values`` are the views, ``(1, V, C, H, W)``."""
     loaded = []
     for file in files:
         try:
             image = open_image(file)
         except BadImageError as err:
-            _skip(file, err.reason, strict, bad)
+            skip_file(file, err.reason, strict, bad)
             continue
         if views is not None:
             loaded.append((file, {"pixel_values": views(image.convert("RGB")).unsqueeze(0)}))
@@ -323,47 +257,3 @@ def _preprocess(
         inputs = processor(images=image, return_tensors="pt")
         loaded.append((file, {key: inputs[key] for key in inputs}))
     return loaded
-
-
-def _show_progress(progress: bool | None, num_images: int, stream: Any = None) -> bool:
-    """Whether :func:`predict_images` shows its progress bar (see its ``progress``)."""
-    if progress is not None:
-        return bool(progress)
-    stream = sys.stderr if stream is None else stream
-    isatty = getattr(stream, "isatty", None)
-    return num_images > PROGRESS_MIN_IMAGES and bool(isatty and isatty())
-
-
-def write_predictions(records: list[dict], output: str | Path) -> None:
-    """Write ``records`` as CSV (``path,rank,label,score``; rank from 1) or JSON Lines, by extension. For a
-    multi-label model's records the CSV has a fifth column, ``above_threshold`` (1 when the label is among the
-    record's ``labels``, else 0); labels above their threshold beyond the top-k are only in the JSON Lines. In the
-    CSV a path or label starting with ``=``, ``+``, ``-`` or ``@`` gets a leading ``'``, so a spreadsheet
-    shows it as text instead of running it as a formula (:func:`hf_finetune.escaping.csv_cell`)."""
-    output = Path(output)
-    suffix = output.suffix.lower()
-    if suffix not in PREDICTION_FORMATS:
-        raise DataError(
-            f"cannot write predictions to {str(output)!r}: the extension must be one of "
-            f"{', '.join(PREDICTION_FORMATS)}, got {suffix or 'none'!r}"
-        )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w", encoding="utf-8", newline="") as handle:
-        if suffix == ".csv":
-            writer = csv.writer(handle)
-            multi_label = any("labels" in record for record in records)
-            writer.writerow(["path", "rank", "label", "score"] + (["above_threshold"] if multi_label else []))
-            for record in records:
-                chosen = set(record.get("labels", ()))
-                for rank, entry in enumerate(record["predictions"], start=1):
-                    row = [
-                        csv_cell(record["path"]),
-                        rank,
-                        csv_cell(entry["label"]),
-                        repr(float(entry["score"])),
-                    ]
-                    writer.writerow(row + ([int(entry["label"] in chosen)] if multi_label else []))
-        else:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    logger.info("wrote %d prediction records to %s", len(records), output)

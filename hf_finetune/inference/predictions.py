@@ -25,13 +25,13 @@ __all__ = [
     "PREDICTION_FORMATS",
     "PROGRESS_MIN_IMAGES",
     "apply_scores",
+    "iter_image_files",
     "labels_above",
-    "list_image_files",
     "rank_scores",
     "show_progress",
     "skip_file",
     "usable_files",
-    "write_prediction_records",
+    "write_predictions",
 ]
 
 logger = logging.getLogger("hf_finetune.inference.predict")
@@ -41,7 +41,7 @@ PREDICTION_FORMATS = (".csv", ".jsonl")
 PROGRESS_MIN_IMAGES = 100
 
 
-def list_image_files(paths: Sequence[str | Path]) -> list[Path]:
+def iter_image_files(paths: Sequence[str | Path]) -> list[Path]:
     """Expand ``paths`` into image files: files in the order given, folders recursively (sorted).
 
     Only names with an image extension are kept (an explicitly given file without one is skipped
@@ -131,10 +131,12 @@ def show_progress(progress: bool | None, num_images: int, stream: Any = None) ->
     return num_images > PROGRESS_MIN_IMAGES and bool(isatty and isatty())
 
 
-def write_prediction_records(records: list[dict], output: str | Path) -> None:
-    """Write ``records`` as CSV (``path,rank,label,score``, and ``above_threshold`` for a multi-label model's)
-    or JSON Lines, by extension, exactly as :func:`hf_finetune.inference.predict.write_predictions` does
-    (cells a spreadsheet would run as formulas get a leading ``'``: :func:`hf_finetune.escaping.csv_cell`)."""
+def write_predictions(records: list[dict], output: str | Path) -> None:
+    """Write ``records`` as CSV (``path,rank,label,score``; rank from 1) or JSON Lines, by extension. For a
+    multi-label model's records the CSV has a fifth column, ``above_threshold`` (1 when the label is among the
+    record's ``labels``, else 0); labels above their threshold beyond the top-k are only in the JSON Lines. In the
+    CSV a path or label starting with ``=``, ``+``, ``-`` or ``@`` gets a leading ``'``, so a spreadsheet
+    shows it as text instead of running it as a formula (:func:`hf_finetune.escaping.csv_cell`)."""
     output = Path(output)
     suffix = output.suffix.lower()
     if suffix not in PREDICTION_FORMATS:
