@@ -1,7 +1,7 @@
 """This rank's training stream as the Trainer's dataset: a ``torch.utils.data.IterableDataset`` over the rank's own
 ``datasets`` stream (:mod:`hf_finetune.data.streaming`) that decodes and transforms each batch with the map-style
 batch transform (:func:`hf_finetune.data.transforms.make_batch_transform`: an image that fails to decode is
-skipped, counted and reported), in threads.
+skipped, counted and reported), in threads, one chunk ahead of the one being trained on.
 
 * An epoch is exactly ``length`` examples (the same on every rank) when the size is known (``SizedRankStream``,
   which has a ``len``); otherwise the stream is read pass after pass (``set_epoch`` between passes) and the
@@ -70,15 +70,28 @@ class RankStream(torch.utils.data.IterableDataset):
         skip, self.skip = self.skip, 0
         rows = itertools.islice(self._raw(), skip, None)
         with ThreadPoolExecutor(self.threads) as pool:
+            pending = None  # the chunk being decoded while the one before it trains
             while True:
                 chunk = list(itertools.islice(rows, self.chunk))
-                if not chunk:
+                submitted = self._submit(pool, chunk) if chunk else None
+                if pending is not None:
+                    yield from self._in_order(*pending)
+                if submitted is None:
                     return
-                parts = [chunk[i :: self.threads] for i in range(self.threads)] if len(chunk) > 1 else [chunk]
-                done = list(pool.map(self._transform, parts))
-                for i in range(len(chunk)):  # back to the stream's order
-                    part = done[i % len(parts)]
-                    yield {name: values[i // len(parts)] for name, values in part.items()}
+                pending = (len(chunk), submitted)
+
+    def _submit(self, pool, chunk: list[dict]) -> list:
+        """The chunk split among the threads (every ``threads``-th example each), submitted."""
+        count = min(self.threads, len(chunk))
+        return [pool.submit(self._transform, chunk[i::count]) for i in range(count)]
+
+    @staticmethod
+    def _in_order(size: int, futures: list) -> Iterator[dict]:
+        """The transformed examples of one chunk, back in the stream's order."""
+        parts = [future.result() for future in futures]
+        for i in range(size):
+            part = parts[i % len(parts)]
+            yield {name: values[i // len(parts)] for name, values in part.items()}
 
     def _raw(self) -> Iterator[dict]:
         try:
