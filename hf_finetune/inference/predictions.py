@@ -96,7 +96,7 @@ def usable_files(files: list[Path], strict: bool) -> tuple[list[Path], dict[str,
 
 def apply_scores(logits: np.ndarray, function: str) -> np.ndarray:
     """``function`` (softmax, sigmoid or none) on the last axis, with the transformers pipeline's numpy
-    arithmetic."""
+    arithmetic (so single-view scores match the pipeline's bit for bit)."""
     if function == "softmax":
         shifted = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
         return shifted / shifted.sum(axis=-1, keepdims=True)

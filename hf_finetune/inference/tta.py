@@ -25,6 +25,7 @@ import torchvision.transforms.functional as TF
 
 from hf_finetune.data.transforms import build_transforms
 from hf_finetune.errors import ConfigError
+from hf_finetune.inference.predictions import apply_scores  # torch-free: predict --onnx uses it too
 
 __all__ = [
     "TTA_MODES",
@@ -94,19 +95,6 @@ class MultiCrop:
 def flip_views(pixels: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W)`` -> ``(B, 2, C, H, W)``: each input and its left-right mirror."""
     return torch.stack([pixels, torch.flip(pixels, dims=[-1])], dim=1)
-
-
-def apply_scores(logits: np.ndarray, function: str) -> np.ndarray:
-    """``function`` (softmax, sigmoid or none) on the last axis, with the transformers pipeline's numpy
-    arithmetic (so single-view scores match the pipeline's bit for bit)."""
-    if function == "softmax":
-        shifted = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
-    if function == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-logits))
-    if function == "none":
-        return logits
-    raise ValueError(f"unknown function_to_apply {function!r}")
 
 
 def average_probabilities(view_logits: np.ndarray, function: str) -> np.ndarray:
