@@ -301,10 +301,9 @@ def main_part(args, workdir: Path) -> list[dict]:
         config = {"model": model, "batch": batch, "data": data, "steps": args.steps, "smoke": args.smoke}
         config["ceiling"] = data == "cifar10" or ("cifar10" not in args.datasets)
         left = args.budget - (time.perf_counter() - started) if args.budget else None
-        if left is not None and left < 10:
-            rows.append({**config, "failed": f"left out: the part's {args.budget} s budget was spent"})
-            continue
         try:
+            if left is not None and left < 10:
+                raise RuntimeError(f"left out: the part's {args.budget} s budget was spent")
             if args.in_process:
                 row = run_config(config, workdir)
             else:

@@ -102,7 +102,8 @@ rm -f "$RESULTS"
 exec > >(tee -a "$LOGS/gpu_check.log") 2>&1
 echo "gpu_check ($MODE): results $RESULTS, logs $LOGS, work $WORK"
 
-$PY - "$MODE" <<'PY' || { echo "gpu_check: the stack does not import (above); nothing measured"; exit 2; }
+$PY - "$MODE" <<'PY' || { echo "gpu_check: the stack does not import (above); nothing measured; \
+on the GPU machine: 'bash bench/gpu_check.sh --prepare' on the CPU machine first, then carry .gpu_carry"; exit 2; }
 import importlib.metadata as m, sys
 import torch, torchvision, transformers, timm, datasets, evaluate, accelerate, hf_finetune  # noqa: F401
 names = ("torch", "torchvision", "transformers", "timm", "datasets", "evaluate", "accelerate", "huggingface_hub",

@@ -535,9 +535,8 @@ def main() -> None:
         raise SystemExit(f"needs the checkpoints of ../shared: missing {missing}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hf-finetune-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(
-        f"{os.cpu_count()} CPUs; batch {args.batch}; {args.steps} steps; timing after {WARMUP_STEPS} warm-up steps"
-    )
+    batch = "batch per row (bench/gpu_bench.py MAIN)" if args.parts == ["gpu"] else f"batch {args.batch}"
+    print(f"{os.cpu_count()} CPUs; {batch}; {args.steps} steps; timing after {WARMUP_STEPS} warm-up steps")
     results = {}
     started = time.time()
     if "gpu" in args.parts:
