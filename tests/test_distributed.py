@@ -102,7 +102,7 @@ def test_pop_accelerate_config_and_command():
     cmd = launch_command(Path("c.yaml"), ["r.yaml"])
     assert cmd[1:] == [
         "-m",
-        "accelerate.commands.launch",
+        "hf_finetune.runtime.rendezvous",  # accelerate launch, a failed rendezvous in one line
         "--config_file",
         "c.yaml",
         "-m",

@@ -74,7 +74,9 @@ def setup_logging(verbose: bool = True) -> None:
 def _train(argv: list[str]) -> int:
     from hf_finetune.runtime.launch import (
         launch,
+        main_machine,
         pop_accelerate_config,
+        pop_launch_flags,
         resolve_accelerate_config,
         use_cpu_when_no_gpu,
     )
@@ -84,10 +86,13 @@ def _train(argv: list[str]) -> int:
         from hf_finetune.config.parser import parse_train_args
         from hf_finetune.run.output_dir import run_folder
 
+        launch_flags, argv = pop_launch_flags(argv)  # --machine_rank, --main_process_ip, ... --rdzv_timeout
         config = resolve_accelerate_config(accelerate_config)
         parsed = parse_train_args(argv)  # a bad recipe fails here, in one line, before any process starts
+        if not main_machine(config, launch_flags):  # machine 0's launcher checks and locks the folder
+            return launch(config, argv, accelerate_config, launch_flags)
         with run_folder(*parsed, explicit=parsed.explicit, delegate=True):  # checked and locked for the ranks
-            return launch(config, argv, accelerate_config)
+            return launch(config, argv, accelerate_config, launch_flags)
     use_cpu_when_no_gpu()
     from hf_finetune.config.parser import parse_train_args
     from hf_finetune.run.train import main as train_main

@@ -6,7 +6,9 @@ into the same folder stops at once with one line naming the holder. A lock file 
 (killed, crashed machine) is stale: the next run says so, naming the dead holder, and takes it over.
 
 ``hf-finetune train --accelerate_config ...`` takes the lock in the launching process and tells its ranks so
-through :data:`LOCK_ENV`; under a bare ``accelerate launch`` the rank-0 process takes it.
+through :data:`LOCK_ENV`; on several machines only machine 0's launcher does (``--machine_rank 0``,
+:func:`hf_finetune.runtime.launch.main_machine`): the others start their ranks, whose global ``RANK`` is not 0,
+without it. Under a bare ``accelerate launch`` the global rank-0 process takes it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ logger = logging.getLogger("hf_finetune")
 
 def lock_delegated(output_dir: str | Path) -> bool:
     """True when this process need not take the lock: the launching process holds it (:data:`LOCK_ENV`), or
-    this is a rank other than 0 of a launch that did not go through ``--accelerate_config``."""
+    this is a rank other than global rank 0 (another machine's ranks included) of a launch whose launcher did
+    not lock for it."""
     held = os.environ.get(LOCK_ENV)
     if held:
         return held == str(Path(output_dir).resolve())

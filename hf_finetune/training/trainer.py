@@ -38,6 +38,7 @@ from transformers import Trainer
 
 from hf_finetune.errors import CheckpointWriteError
 from hf_finetune.models.heads import head_parameter_names
+from hf_finetune.runtime.launch import fsdp_ready
 from hf_finetune.runtime.plan import RunPlan
 from hf_finetune.runtime.speed_plan import resolve_speed
 from hf_finetune.training.checkpoints import (
@@ -169,6 +170,10 @@ class FinetuneTrainer(RegularizationMixin, Trainer):
         self.feature_cache = feature_cache
         self.image_cache = image_cache
         self.last_saved_checkpoint: str | None = None  # the checkpoint-N folder this run wrote last
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        self.is_fsdp_enabled = fsdp_ready(self.accelerator, self.model)  # FSDP on CPUs too, image models
 
     def get_train_dataloader(self):
         """A rank's own stream is loaded as it is, never split again (training/stream_state.py)."""
