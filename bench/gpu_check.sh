@@ -11,11 +11,11 @@
 #                                       on one H200 (budget per part below):
 #       setup      ~30 s  wheels, the imports, a bf16 8192^3 matrix product (the measured peak beside the data
 #                         sheet's)
-#       breakdown  180 s  bench/step_breakdown.py --configs gpu, all in one process: loader alone, ceiling,
+#       breakdown  170 s  bench/step_breakdown.py --configs gpu, all in one process: loader alone, ceiling,
 #                         loader-fed step without a Trainer, trainer.train(); MobileNetV2 at batch 32 and 256,
 #                         ViT-B/16 and ConvNeXt-T (random weights) at 128, EfficientNet-Lite0 at 256; bf16 as
 #                         the defaults choose on a GPU; images/s, ratio to the ceiling, GFLOP/image, MFU
-#       main       270 s  bench/throughput.py --parts gpu: per model and size one fresh process running the
+#       main       260 s  bench/throughput.py --parts gpu: per model and size one fresh process running the
 #                         transformers-example baseline, hf-finetune train (defaults) and the ceiling, on the
 #                         CIFAR-10 split (and hotdog for MobileNetV2 / Lite0): images/s, ratios, accuracy, MFU
 #     It writes ONE JSON of all figures, bench/results/gpu_check.json (row by row, so a part cut short by its
@@ -93,7 +93,7 @@ else
   WORK=${WORK:-$([ -d "$CARRY/work" ] && echo "$CARRY/work" || mktemp -d)}  # holds the CIFAR-10 split
   RESULTS=${RESULTS:-$ROOT/bench/results/gpu_check.json}
   SMOKE=()
-  BUDGET_BREAKDOWN=180 BUDGET_MAIN=270 STEPS=${STEPS:-20} BREAKDOWN_STEPS=${BREAKDOWN_STEPS:-20} WARMUP=5
+  BUDGET_BREAKDOWN=170 BUDGET_MAIN=260 STEPS=${STEPS:-20} BREAKDOWN_STEPS=${BREAKDOWN_STEPS:-20} WARMUP=5
   MAIN_FLAGS=()
 fi
 LOGS=${OUT:-$WORK/logs}
