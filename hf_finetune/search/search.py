@@ -101,7 +101,7 @@ def run_search(
     check_writable_dir(str(out), "output_dir")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"output_dir: {out} is not empty; a search writes into a new or empty folder")
-    start = time.time()
+    start, existed = time.time(), out.exists()
     trial_root = out / TRIALS_DIR
     trial_argv = [*recipe_argv, *SEARCH_FLAGS, "--output_dir", str(trial_root)]
     model_args, data_args, training_args = parse_train_args(trial_argv)
@@ -145,6 +145,8 @@ def run_search(
             )
     finally:
         shutil.rmtree(trial_root, ignore_errors=True)
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a search that failed leaves no folder it created
     study = optuna.load_study(study_name=name, storage=storage)
     return _finish(study, base, space, out, metric, direction, time.time() - start)
 
