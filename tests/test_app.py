@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -85,6 +86,20 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def run_in_module_fixture(argv: list[str]) -> int:
+    """``main(argv)`` from a module-scoped fixture, which runs before the autouse ``_restore_log_handlers`` of
+    conftest.py saves the handlers: the handler ``main`` attaches to this test's captured stdout is removed here,
+    or later tests would log to a closed stream."""
+    logger = logging.getLogger("hf_finetune")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    try:
+        return main(argv)
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 @pytest.fixture(scope="module")
 def finished(tiny_timm_checkpoint, tiny_image_folder, tmp_path_factory) -> Path:
     """A finished run's folder (training's reports, and ``eval_validation/`` with the top losses)."""
@@ -97,8 +112,8 @@ def finished(tiny_timm_checkpoint, tiny_image_folder, tmp_path_factory) -> Path:
         str(tiny_image_folder),
     ]
     train += ["--output_dir", str(out), "--image_size", "32", "--num_train_epochs", "1", "--seed", "7"]
-    assert main([*train, "--per_device_train_batch_size", "12"]) == 0
-    assert main(["eval", str(out), "--train_dir", str(tiny_image_folder)]) == 0
+    assert run_in_module_fixture([*train, "--per_device_train_batch_size", "12"]) == 0
+    assert run_in_module_fixture(["eval", str(out), "--train_dir", str(tiny_image_folder)]) == 0
     return out
 
 
@@ -121,9 +136,8 @@ def app_server(finished, tmp_path_factory):
         proc = subprocess.Popen(
             [*command, "--top-k", str(TOP_K)], cwd=cwd, env=env, stdout=handle, stderr=handle
         )
-    server = SimpleNamespace(
-        proc=proc, port=port, url=f"http://127.0.0.1:{port}/", log=log, cwd=cwd, before=before
-    )
+    server = SimpleNamespace(proc=proc, port=port, url=f"http://127.0.0.1:{port}/", log=log, cwd=cwd)
+    server.before, server.uploads = before, root / "gradio"
     yield server
     if proc.poll() is None:
         proc.kill()
@@ -334,8 +348,10 @@ def test_browser_shows_what_predict_says_for_a_real_photo(app_server, finished, 
     assert "per-class metrics" in report_text and all(name in report_text for name in ("cat", "dog", "zebra"))
     assert shot.stat().st_size > 10_000
 
-    app_server.proc.terminate()  # by its process id (SIGTERM)
-    assert app_server.proc.wait(timeout=30) is not None
+    assert list(app_server.uploads.rglob(photo.name)), "the upload is not where GRADIO_TEMP_DIR says"
+    app_server.proc.terminate()  # by its process id (SIGTERM): the server stops as on Ctrl-C
+    assert app_server.proc.wait(timeout=30) == 0, app_server.log.read_text()[-3000:]
+    assert not list(app_server.uploads.rglob(photo.name)), "the uploaded photo outlived the app"
     assert port_is_free(app_server.port), f"port {app_server.port} still taken after the app stopped"
     assert digest(finished) == app_server.before  # the model folder is only read
     assert list(app_server.cwd.iterdir()) == []  # nothing written where it ran

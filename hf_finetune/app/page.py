@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_ID = "hf-predictions"
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no font fetched from the internet
 MONO_FONTS = ["ui-monospace", "monospace"]
+#: (how often, after how long) uploaded images are deleted from Gradio's cache, in seconds; all when the app stops.
+UPLOADS_KEPT_S = (600, 3600)
 
 
 def predictions_html(record: dict[str, Any]) -> str:
@@ -87,7 +90,7 @@ def build_app(model_dir: str | Path, top_k: int = 5, loaded: tuple[Any, Any] | N
         return scores, predictions_html(record)
 
     reports = find_reports(folder)
-    with gr.Blocks(title=f"hf-finetune: {folder.name}") as page:
+    with gr.Blocks(title=f"hf-finetune: {folder.name}", delete_cache=UPLOADS_KEPT_S) as page:
         gr.Markdown(_model_summary(loaded[0], folder))
         with gr.Tabs():
             with gr.Tab("Predict", id="predict"):
@@ -102,8 +105,13 @@ def build_app(model_dir: str | Path, top_k: int = 5, loaded: tuple[Any, Any] | N
     return page
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, top_k: int = 5) -> None:
-    """Serve :func:`build_app` on ``host:port`` until interrupted (Ctrl-C or SIGTERM)."""
+    """Serve :func:`build_app` on ``host:port`` until interrupted (Ctrl-C or SIGTERM); then the server stops
+    and the uploaded images are deleted from Gradio's cache (``GRADIO_TEMP_DIR``)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
     try:
         import gradio as gr
@@ -113,6 +121,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, top_
         ) from None
     page = build_app(model_dir, top_k=top_k)
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the server as Ctrl-C does: uploads deleted
     logger.info("serving %s on http://%s:%d (Ctrl-C stops)", model_dir, host, port)
     page.launch(
         server_name=host,
