@@ -275,6 +275,26 @@ def test_a_bad_image_is_skipped_counted_and_named_and_a_saved_dataset_streams(tm
     keys = [example["key"] for example in data.dataset["train"]]
     assert data.train_size == 16 and data.rank_size == 8 and len(keys) == 8 and len(set(keys)) == 8
 
+    # dataset_name: a saved DatasetDict, and a folder laid out in splits as on the Hub (datasets finds them)
+    splits = datasets.DatasetDict(
+        {name: datasets.load_dataset("parquet", data_files=str(shards / folder / "*.parquet"), split="train")
+         for name, folder in (("train", "train"), ("validation", "val"))}
+    )  # fmt: skip
+    splits.save_to_disk(tmp_path / "dict")
+    layout = tmp_path / "hub" / "data"
+    layout.mkdir(parents=True)
+    for name, split in splits.items():
+        split.to_parquet(str(layout / f"{name}-00000-of-00001.parquet"))
+    for name in (tmp_path / "dict", tmp_path / "hub"):
+        args = parse_train_args(
+            ["--dataset_name", str(name), "--streaming", "true", "--model_name_or_path", "x",
+             "--output_dir", str(tmp_path / "o")]
+        )  # fmt: skip
+        data = load_streamed_data(args[1])
+        keys = [example["key"] for example in data.dataset["train"]]
+        assert sorted(keys) == sorted(f"img{i}.png" for i in range(16)) and data.labels == NAMES
+        assert sorted(data.dataset["validation"]["key"]) == sorted(f"img{i}.png" for i in range(1000, 1005))
+
 
 def test_bad_shards_and_what_cannot_stream_are_one_line_each(tmp_path, shards):
     train = _parquet(tmp_path / "t", shards=2, per_shard=3)

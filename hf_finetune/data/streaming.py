@@ -191,16 +191,24 @@ def _open(data_args: DataArguments, split: str, world_size: int, cache_dir: str 
     spec_key = {"train": "train_file", "validation": "validation_file", "test": "test_file"}[split]
     spec = getattr(data_args, spec_key)
     name = data_args.dataset_name
-    if spec is None and name is not None and (is_data_spec(name) or Path(os.path.expanduser(name)).is_dir()):
-        if split != "train":
-            return None
-        spec, spec_key = name, "dataset_name"
+    if spec is None and name is not None:
+        local = Path(os.path.expanduser(name))
+        if local.is_dir() and data_source(name, "dataset_name").builder == "disk":  # its splits, if a dict
+            return _open_saved(
+                data_source(name, "dataset_name"), "dataset_name", name, world_size, data_args, split
+            )
+        if is_data_spec(name) and not local.is_dir():  # data files: all of them train
+            if split != "train":
+                return None
+            spec, spec_key = name, "dataset_name"
     if spec is not None:
         found = data_source(str(spec), spec_key)
+        if found.builder == "disk":
+            return _open_saved(found, spec_key, str(spec), world_size, data_args, split)
         return _open_files(found, spec_key, str(spec), world_size, data_args.label_column_name)
     if name is None:
         return None
-    return _open_hub(data_args, split, cache_dir)
+    return _open_hub(data_args, split, cache_dir)  # a Hub id, or a local folder datasets lays out in splits
 
 
 def _open_files(found: DataSource, key: str, spec: str, world_size: int, label_column: str | None) -> Stream:
@@ -212,8 +220,6 @@ def _open_files(found: DataSource, key: str, spec: str, world_size: int, label_c
             "WebDataset .tar shards, a save_to_disk folder or a Hub dataset (set streaming: false for this source)"
         )
     where = f"{key}: {describe_source(found, spec)}"
-    if found.builder == "disk":
-        return _open_saved(found, key, where, world_size)
     sizes = [_shard_size(found.builder, path, key) for path in found.data_files]
     try:
         dataset = datasets.load_dataset(
@@ -229,15 +235,25 @@ def _open_files(found: DataSource, key: str, spec: str, world_size: int, label_c
     return Stream(dataset, where, sum(known) if known else None, known, found, key)
 
 
-def _open_saved(found: DataSource, key: str, where: str, world_size: int) -> Stream:
-    """A save_to_disk folder of one split, streamed from its Arrow files in ``k * world_size`` shards."""
+def _open_saved(
+    found: DataSource, key: str, spec: str, world_size: int, data_args: DataArguments, split: str
+) -> Stream | None:
+    """A save_to_disk folder streamed from its Arrow files in ``k * world_size`` shards: one ``Dataset`` (its rows
+    are the split asked for), or a ``DatasetDict`` whose splits are chosen as a Hub dataset's are."""
+    where = f"{key}: {describe_source(found, spec)}"
     saved = datasets.load_from_disk(found.data_files[0])
     if isinstance(saved, datasets.DatasetDict):
-        if "train" not in saved:
-            raise DataError(
-                f"{where}: a DatasetDict without a train split ({list(saved)}); give one split's folder"
-            )
-        saved = saved["train"]
+        roles = _split_names(list(saved), data_args)
+        if key != "dataset_name":  # a file key names its role: train_file's train split, test_file's test...
+            roles = {**roles, "train": data_args.train_split, "test": "test"}
+        wanted = roles[split]
+        if wanted is None:
+            return None
+        if wanted not in saved:
+            raise DataError(f"{where}: a DatasetDict without a {wanted!r} split ({list(saved)}); name one")
+        saved, where = saved[wanted], f"{where} split {wanted}"
+    elif key == "dataset_name" and split != "train":
+        return None
     shares = [k for k in range(8, 0, -1) if k * world_size <= max(1, len(saved))] or [1]
     k = next((k for k in shares if len(saved) % (k * world_size) == 0), shares[0])  # equal shards when it can
     num_shards = k * world_size if k * world_size <= len(saved) else 1
@@ -257,16 +273,7 @@ def _open_hub(data_args: DataArguments, split: str, cache_dir: str | None) -> St
     except (*_READ_ERRORS, ConnectionError) as err:
         message = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise DataError(f"dataset_name: could not open {name!r} as a stream: {message}") from None
-    chosen = {"train": data_args.train_split}
-    named = data_args.validation_split
-    found = named or next(
-        (s for s in VALIDATION_SPLIT_NAMES if s in splits and s != data_args.train_split), None
-    )
-    chosen["validation"] = found
-    chosen["test"] = (
-        "test" if "test" in splits and found != "test" and data_args.train_split != "test" else None
-    )
-    wanted = chosen[split]
+    wanted = _split_names(list(splits), data_args)[split]
     if wanted is None:
         return None
     if wanted not in splits:
@@ -276,6 +283,17 @@ def _open_hub(data_args: DataArguments, split: str, cache_dir: str | None) -> St
     info = dataset.info.splits.get(wanted) if dataset.info.splits else None
     size = int(info.num_examples) if info is not None and info.num_examples else None
     return Stream(_undecoded(dataset), f"hub dataset {name} split {wanted}", size, None, None, "dataset_name")
+
+
+def _split_names(available: list[str], data_args: DataArguments) -> dict[str, str | None]:
+    """The split names a dataset of several splits gives each role: ``train_split``; ``validation_split``, else the
+    first of ``validation``, ``val``, ``valid``, ``test`` there; ``test`` when there and not used otherwise."""
+    train = data_args.train_split
+    found = data_args.validation_split or next(
+        (s for s in VALIDATION_SPLIT_NAMES if s in available and s != train), None
+    )
+    test = "test" if "test" in available and found != "test" and train != "test" else None
+    return {"train": train, "validation": found, "test": test}
 
 
 def _undecoded(dataset):
