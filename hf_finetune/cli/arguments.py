@@ -132,6 +132,15 @@ def add_train_launch_arguments(parser: argparse.ArgumentParser) -> None:
         help="run under `accelerate launch` with this config: a file, or the name of one in "
         "recipes/accelerate_configs (cpu, cpu_ddp, single_gpu, multi_gpu, ...)",
     )
+    for flag in ("num_machines", "num_processes", "machine_rank", "main_process_ip", "main_process_port"):
+        hardware.add_argument(f"--{flag}", help="with --accelerate_config: accelerate launch's own flag")
+    hardware.add_argument("--mixed_precision", help="with --accelerate_config: no, fp16 or bf16 for the launch")
+    hardware.add_argument(
+        "--rdzv_timeout",
+        metavar="SECONDS",
+        help="with --accelerate_config: how long a machine waits for the others (default 600); a machine that "
+        "never joins ends the job in one line naming the address (docs/distributed.md)",
+    )
     interruptions = parser.add_argument_group("interruptions")
     interruptions.add_argument(
         "--resume",
