@@ -210,33 +210,43 @@ def export_onnx(
     model, processor = load_for_inference(model_dir, device="cpu")
     model.float()
     description = _describe(model, processor, opset, quantize)
+    created = [parent for parent in output.parents if not parent.exists()]  # removed again on failure
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        _write_export(model, model_dir, description, staging, quantize)
+        _move_into_place(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for parent in created:  # deepest first; only folders this export made, and only when empty
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
+    logger.info("exported %s to %s (opset %d%s)", model_dir, output, opset, ", int8" if quantize else "")
+    return output
+
+
+def _write_export(
+    model: torch.nn.Module, model_dir: Path, description: dict[str, Any], staging: Path, quantize: str | None
+) -> None:
+    """The export's files, into ``staging``: the graph (checked against PyTorch), its description, the copies."""
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the export private
-    try:
-        input_size = tuple(description["input"]["shape"][1:])
-        graph = staging / (GRAPH_NAME if quantize is None else "model.fp32.onnx")
-        diff, scale = _export_graph(model, graph, opset, input_size)
-        tolerance = CHECK_TOLERANCE * (1.0 + scale)
-        if diff > tolerance:
-            raise ConfigError(
-                f"the ONNX graph's logits differ from PyTorch's by {diff:.3g} (> {tolerance:.3g})"
-            )
-        description["check"] = {"fp32_max_abs_logit_diff": diff}
-        if quantize == "int8":
-            _quantize(graph, staging / GRAPH_NAME)
-            graph.unlink()
-        for name in COPIED:
-            if (model_dir / name).is_file():
-                shutil.copyfile(model_dir / name, staging / name)
-        (staging / EXPORT_CONFIG).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-        _move_into_place(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    logger.info("exported %s to %s (opset %d%s)", model_dir, output, opset, ", int8" if quantize else "")
-    return output
+    input_size = tuple(description["input"]["shape"][1:])
+    graph = staging / (GRAPH_NAME if quantize is None else "model.fp32.onnx")
+    diff, scale = _export_graph(model, graph, description["opset"], input_size)
+    tolerance = CHECK_TOLERANCE * (1.0 + scale)
+    if diff > tolerance:
+        raise ConfigError(f"the ONNX graph's logits differ from PyTorch's by {diff:.3g} (> {tolerance:.3g})")
+    description["check"] = {"fp32_max_abs_logit_diff": diff}
+    if quantize == "int8":
+        _quantize(graph, staging / GRAPH_NAME)
+        graph.unlink()
+    for name in COPIED:
+        if (model_dir / name).is_file():
+            shutil.copyfile(model_dir / name, staging / name)
+    (staging / EXPORT_CONFIG).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
 
 
 def _describe(model: Any, processor: Any, opset: int, quantize: str | None) -> dict[str, Any]:
