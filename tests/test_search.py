@@ -203,3 +203,18 @@ def test_each_trial_is_built_as_train_builds_it(small_recipe, tmp_path, monkeypa
     for name in ("label_smoother", "train_dataset", "eval_dataset", "data_collator", "callback_handler"):
         assert getattr(outer, name) is getattr(built, name), name  # the trainer trained the trial's build
     assert outer.args.label_smoothing_factor == 0.1 and outer.args.freeze_layers == -1
+
+
+def test_without_optuna_one_line(small_recipe, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a)
+    )
+    space = _write(tmp_path / "space.yaml", {"learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}})
+    code, _, stderr = _cli("search", small_recipe, "--space", space)
+    assert code == 2
+    assert stderr == (
+        "hf-finetune: error: search needs optuna, which is not installed: pip install 'hf-finetune[search]'\n"
+    )

@@ -59,6 +59,10 @@ def run(argv: list[str]) -> int:
         raise ConfigError(f"--n_trials: got {args.n_trials}; expected at least 1 trial")
     if args.timeout is not None and not args.timeout > 0:
         raise ConfigError(f"--timeout: got {args.timeout:g}; expected a positive number of seconds")
+    import importlib.util
+
+    if importlib.util.find_spec("optuna") is None:
+        raise ConfigError("search needs optuna, which is not installed: pip install 'hf-finetune[search]'")
     from hf_finetune.config.parser import parse_train_args
     from hf_finetune.search.search import run_search
     from hf_finetune.search.space import load_space
