@@ -345,6 +345,8 @@ def test_browser_shows_what_predict_says_for_a_real_photo(app_server, finished, 
     for title in ("training curves", "confusion matrix", "top losses (eval_validation)"):
         assert title in report_text, report_text[:2000]
     assert images >= 5  # the upload; curves, two confusion matrices, top losses
+    confused = (finished / "eval_validation" / "most_confused.csv").read_text().splitlines()
+    assert ("most confused pairs (eval_validation)" in report_text) == (len(confused) > 1), confused
     assert "per-class metrics" in report_text and all(name in report_text for name in ("cat", "dog", "zebra"))
     assert shot.stat().st_size > 10_000
 

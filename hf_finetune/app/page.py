@@ -66,8 +66,7 @@ def _reports_tab(gr: Any, reports: RunReports) -> None:
     with gr.Tab("Reports", id="reports"):
         for title, path in reports.figures:
             gr.Image(value=str(path), label=title, type="filepath", interactive=False, format="png")
-        if reports.per_class is not None:
-            title, header, rows = reports.per_class
+        for title, header, rows in reports.tables:
             gr.Dataframe(value=rows, headers=header, label=title, interactive=False)
 
 

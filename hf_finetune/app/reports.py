@@ -7,6 +7,7 @@ only read."""
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 from hf_finetune.inference.reports import (
     CONFUSION_MATRIX_NAME,
+    MOST_CONFUSED_NAME,
     PRECISION_RECALL_NAME,
     TOP_LOSSES_NAME,
     TRAINING_CURVES_NAME,
@@ -31,17 +33,19 @@ FIGURE_TITLES = {
 }
 #: The per-class columns shown, in this order, when a row has them.
 COLUMNS = ("ap", "f1", "precision", "recall", "support", "threshold")
+MOST_CONFUSED_ROWS = 20  # the most confused pairs shown; the rest stay in the CSV
 
 
 @dataclass
 class RunReports:
-    """``figures``: ``(title, path)`` in the order shown; ``per_class``: ``(title, header, rows)`` or None."""
+    """``figures``: ``(title, path)`` in the order shown; ``tables``: ``(title, header, rows)``, the per-class
+    metrics first, then the most confused pairs of each ``eval_<split>/`` folder."""
 
     figures: list[tuple[str, Path]] = field(default_factory=list)
-    per_class: tuple[str, list[str], list[list[Any]]] | None = None
+    tables: list[tuple[str, list[str], list[list[Any]]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.figures or self.per_class)
+        return bool(self.figures or self.tables)
 
 
 def _read_json(path: Path) -> Any:
@@ -86,6 +90,21 @@ def find_reports(model_dir: str | Path) -> RunReports:
         table = per_class_table(_read_json(place / name))
         if table is not None:
             where = "validation at the end of training" if place == folder else place.name
-            found.per_class = (f"per-class metrics ({where})", *table)
+            found.tables.append((f"per-class metrics ({where})", *table))
             break
+    for place, _ in places[1:]:
+        table = _most_confused(place / MOST_CONFUSED_NAME)
+        if table is not None:
+            found.tables.append((f"most confused pairs ({place.name})", *table))
     return found
+
+
+def _most_confused(path: Path) -> tuple[list[str], list[list[Any]]] | None:
+    """``(header, rows)`` of ``hf-finetune eval``'s ``most_confused.csv`` (its first :data:`MOST_CONFUSED_ROWS`
+    rows), None when it is missing, unreadable or lists no pair (no image of the split was misclassified)."""
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return (rows[0], rows[1 : 1 + MOST_CONFUSED_ROWS]) if len(rows) > 1 else None
