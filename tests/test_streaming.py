@@ -62,6 +62,13 @@ def _tar(path: Path, samples: dict[str, str]) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _no_shutdown_sleep(monkeypatch):
+    """datasets sleeps 5 s each time a parquet stream's reader threads shut down (each epoch's end, a take()),
+    against an Arrow crash at interpreter exit (apache/arrow#45214): time only, not behaviour; off in these tests."""
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shards")
@@ -164,6 +171,8 @@ def test_each_rank_reads_its_own_shards_and_validation_counts_once(tmp_path, sha
         "import json, os, sys\n"
         f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
         "from test_streaming import RecordIds, _args\n"
+        "import datasets.config\n"
+        "datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0  # as _no_shutdown_sleep\n"
         "from hf_finetune.run.train import main\n"
         "from pathlib import Path\n"
         "record = RecordIds()\n"
