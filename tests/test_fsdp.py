@@ -5,6 +5,7 @@ the same data its weights are the DDP run's (tests/dist_runs.py: the 2-node job)
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,11 @@ def test_fsdp_trains_sharded_and_matches_ddp(
     moved = max(float((reference[k] - start[k]).abs().max()) for k in start if k.startswith("resnet."))
     assert moved > 100 * TOLERANCE  # the steps changed the body far beyond the tolerance
     assert max_abs_diff(fsdp_runs["full"], reference) <= TOLERANCE
+    # the evaluation under FSDP counts the 11 validation images once, as the DDP run's does
+    fsdp_eval = json.loads((fsdp_runs["out"] / "eval_results.json").read_text())
+    ddp_eval = json.loads((ddp["out"] / "eval_results.json").read_text())
+    assert fsdp_eval["eval_samples"] == ddp_eval["eval_samples"] == 11
+    assert fsdp_eval["eval_accuracy"] == pytest.approx(ddp_eval["eval_accuracy"], abs=1e-9)
 
 
 def test_fsdp_resumes_from_its_sharded_checkpoint_and_pipeline_loads_it(fsdp_runs, tiny_image_folder):

@@ -5,10 +5,11 @@ with its variables given as flags), one CPU process each, rendezvous on 127.0.0.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
-from dist_runs import free_port, node_flags, two_node_job
+from dist_runs import free_port, launch_env, node_flags, two_node_job
 
 from hf_finetune.errors import ConfigError
 from hf_finetune.runtime.launch import (
@@ -69,6 +70,24 @@ def test_a_node_that_never_joins_is_one_line_naming_the_address(capsys):
     assert lines[0].startswith(f"hf-finetune: error: rendezvous at 127.0.0.1:{port} failed")
     assert "1/2 clients joined" in lines[0] and "within 2 s" in lines[0] and "machine_rank 0 of 2" in lines[0]
     assert seconds < 30  # the timeout, not torch's 600 s default
+
+
+def test_a_main_machine_that_never_answers_is_one_line_too(tmp_path):
+    """Node 1 alone: its connection to node 0 times out (torch retries it 3 times) and the launcher, a process
+    of its own as under `hf-finetune train`, prints one line naming the address, c10d's C++ retry messages
+    silenced, exit 2."""
+    port = free_port()
+    flags = node_flags(1, port, mixed_precision="no", rdzv_timeout=1)[2:]
+    command = launch_command(resolve_accelerate_config("multi_node"), ["never-read.yaml"], flags)
+    proc = subprocess.run(
+        command, capture_output=True, text=True, cwd=tmp_path, env=launch_env(), timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith(f"hf-finetune: error: rendezvous at 127.0.0.1:{port} failed: the main machine")
+    assert "DistNetworkError" in lines[0] and "machine_rank 1 of 2" in lines[0]
+    assert not any(tmp_path.iterdir())
 
 
 def test_launch_flags_fill_in_the_multi_node_template():

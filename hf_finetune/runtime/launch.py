@@ -66,9 +66,8 @@ LAUNCH_FLAGS = {
     "--mixed_precision": None,  # no, fp16, bf16: the template's bf16 is for GPUs
 }
 MIXED_PRECISION = ("no", "fp16", "bf16")
-RDZV_TIMEOUT_FLAG = (
-    "--rdzv_timeout"  # seconds a machine waits for the others: torchrun's --rdzv_conf timeout=S
-)
+# seconds a machine waits for the others: torchrun's --rdzv_conf timeout=S
+RDZV_TIMEOUT_FLAG = "--rdzv_timeout"
 
 
 def accelerate_config_dirs() -> list[Path]:
