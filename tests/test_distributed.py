@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,19 @@ def test_pop_accelerate_config_and_command():
         "r.yaml",
     ]
     assert set(available_accelerate_configs()) >= EXPECTED
+
+
+def test_a_one_machine_launch_takes_a_free_port_and_a_job_of_several_keeps_its_own():
+    from hf_finetune.runtime.launch import _free_port_flags
+
+    cpu_ddp = resolve_accelerate_config("cpu_ddp")
+    flags = _free_port_flags(cpu_ddp, [])
+    assert flags[0] == "--main_process_port" and 1024 <= int(flags[1]) <= 65535
+    with socket.socket() as busy:  # the port it names is free: it can be bound
+        busy.bind(("127.0.0.1", int(flags[1])))
+    assert _free_port_flags(cpu_ddp, ["--main_process_port", "29511"]) == []
+    assert _free_port_flags(resolve_accelerate_config("multi_node"), []) == []  # its machines agreed on one
+    assert _free_port_flags(cpu_ddp, ["--num_machines", "2"]) == []
 
 
 def test_cli_unknown_accelerate_config_is_one_line_exit_2(tmp_path):

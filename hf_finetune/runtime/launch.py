@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -263,6 +264,25 @@ def launch_command(config: Path, train_argv: list[str], launch_flags: list[str] 
     ]
 
 
+def _free_port_flags(config: Path, launch_flags: list[str]) -> list[str]:
+    """``--main_process_port P`` with a port free on this machine now, for a one-machine job whose flags and
+    config name none (as torchrun's ``--standalone``): two jobs on one machine then do not both ask for
+    accelerate's default port 29500. A job of several machines keeps the port its machines agreed on."""
+    if "--main_process_port" in launch_flags:
+        return []
+    loaded = load_config_from_file(str(config))
+    machines = (
+        launch_flags[launch_flags.index("--num_machines") + 1] if "--num_machines" in launch_flags else None
+    )
+    if int(machines or getattr(loaded, "num_machines", 1) or 1) > 1 or getattr(
+        loaded, "main_process_port", None
+    ):
+        return []
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return ["--main_process_port", str(probe.getsockname()[1])]
+
+
 def _check_hardware(config: Path) -> None:
     """A DeepSpeed config on a machine without a visible GPU is a ConfigError: hf-finetune's CPU switch
     (:func:`use_cpu_when_no_gpu`) would make accelerate train plain DDP, not ZeRO."""
@@ -287,7 +307,9 @@ def launch(
     the checkpoint (:mod:`hf_finetune.training.interrupt`), and this process waits for all of them to exit."""
 
     _check_hardware(config)
-    command = launch_command(config, train_argv, list(launch_flags))
+    command = launch_command(
+        config, train_argv, [*launch_flags, *_free_port_flags(config, list(launch_flags))]
+    )
     print(f"hf-finetune: accelerate launch --config_file {config} -m hf_finetune train ...", flush=True)
     env = dict(os.environ)
     env[COMMAND_ENV] = shlex.join(
