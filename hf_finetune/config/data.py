@@ -58,17 +58,19 @@ class DataArguments:
     train_file: str | None = field(
         default=None,
         metadata={
-            "help": "A CSV or JSONL file of (image path, label) rows; relative paths are read from its folder."
+            "help": "The training data: a file, glob or folder of CSV/JSONL/parquet (image path, label) rows, "
+            "or of parquet, Arrow, WebDataset .tar or save_to_disk data holding the images (docs/data.md); "
+            "relative image paths are read from the file's folder."
         },
     )
     validation_file: str | None = field(
-        default=None, metadata={"help": "A CSV or JSONL file of (image path, label) rows for validation."}
+        default=None, metadata={"help": "The validation data, in any form train_file takes."}
     )
     test_file: str | None = field(
         default=None,
         metadata={
-            "help": "A CSV or JSONL file of (image path, label) rows scored once by the final model, after "
-            "training; nothing the run chooses reads it."
+            "help": "Test data, in any form train_file takes, scored once by the final model after training; "
+            "nothing the run chooses reads it."
         },
     )
     problem_type: str = field(
