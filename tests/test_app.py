@@ -6,8 +6,8 @@
   (``/usr/bin/chromium``; Playwright's own browser download does not work here) with Playwright's sync API,
   uploads a real hotdog photo (``../shared/data/hotdog``) and reads the labels and probabilities from the page:
   they must equal what ``hf-finetune predict`` writes for the same file. It stops the app by its process id and
-  checks the port is free again. The screenshot goes to ``docs/images/app.png`` only when
-  ``HF_FINETUNE_SCREENSHOT=1`` (else to a temporary folder: ``make test`` leaves the tree clean).
+  checks the port is free again. Its screenshot goes to a temporary folder, or to the file
+  ``HF_FINETUNE_SCREENSHOT`` names (``make test`` leaves the tree clean).
 * ``push --space`` through the recorded ``HfApi`` of ``tests/test_hub.py``: the Space's files and their content,
   and the Space's ``app.py`` run here against the pushed files, agreeing with ``predict``.
 """
@@ -32,7 +32,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import ROOT, SHARED_DATA
+from conftest import SHARED_DATA
 from PIL import Image
 from test_hub import RecordedHubClient
 
@@ -53,7 +53,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOT_ENV = "HF_FINETUNE_SCREENSHOT"
-SCREENSHOT = ROOT / "docs" / "images" / "app.png"
 HOTDOGS = SHARED_DATA / "hotdog" / "val" / "hotdog"
 TOP_K = 3
 READY_TIMEOUT = 120
@@ -315,7 +314,7 @@ def test_browser_shows_what_predict_says_for_a_real_photo(app_server, finished, 
         main(["predict", str(finished), str(photo), "--top-k", str(TOP_K), "--output", str(predictions)]) == 0
     )
     expected = json.loads(predictions.read_text().splitlines()[0])["predictions"]
-    shot = SCREENSHOT if os.environ.get(SCREENSHOT_ENV) else tmp_path / "app.png"
+    shot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "app.png")
     wait_until_ready(app_server)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
