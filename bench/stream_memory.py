@@ -170,8 +170,19 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def train_command(model: Path, train: Path, validation: Path, out: Path, streaming: bool, steps: int, extra):
-    command = [sys.executable, "-m", "hf_finetune", "train", "--model_name_or_path", str(model)]
+# ``python -m hf_finetune`` with datasets' pause when a stream's reader threads shut down set first (--shutdown-sleep)
+LAUNCH = (
+    "import sys, datasets.config; datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = float(sys.argv.pop(1)); "
+    "from hf_finetune.cli.commands import main; sys.exit(main())"
+)
+
+
+def train_command(
+    model: Path, train: Path, validation: Path, out: Path, streaming: bool, steps: int, extra, sleep=None
+):
+    """``python -m hf_finetune train ...``; with ``sleep``, the same through LAUNCH."""
+    launch = ["-m", "hf_finetune"] if sleep is None else ["-c", LAUNCH, str(sleep)]
+    command = [sys.executable, *launch, "train", "--model_name_or_path", str(model)]
     command += ["--train_file", str(train / "*.parquet"), "--validation_file", str(validation)]
     command += ["--output_dir", str(out), "--max_steps", str(steps), "--seed", "0"]
     command += ["--save_strategy", "no", "--eval_strategy", "no", "--eval_on_start", "false"]
@@ -215,8 +226,9 @@ def run_one(data: dict, model: Path, size: int, mode: str, args, workdir: Path, 
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     extra = (["--per_device_train_batch_size", str(batch)] if batch != 32 else []) + list(args.train_arg)
+    sleep = getattr(args, "shutdown_sleep", None)
     command = train_command(
-        model, data["train"][size], data["validation"], out, mode == "stream", steps, extra
+        model, data["train"][size], data["validation"], out, mode == "stream", steps, extra, sleep
     )
     print(f"{mode} {size}: {' '.join(command[1:])}", flush=True)
     row = measured_run(command, workdir / "runs" / f"{mode}-{size}{tag}.log", args.threads)

@@ -47,6 +47,12 @@ def main() -> int:
     parser.add_argument("--keep-output", action="store_true", help="keep each run's output folder")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--train-arg", action="append", default=[], help="one more argument for every run")
+    parser.add_argument(
+        "--shutdown-sleep",
+        type=float,
+        help="set datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN (5 s: datasets pauses this long each time a "
+        "parquet stream's reader threads stop, also when the Trainer drops its iterator at max_steps) in every run",
+    )
     args = parser.parse_args()
 
     data = generate(args.workdir, [args.size], args.shard_size, args.val_count)
@@ -77,6 +83,7 @@ def main() -> int:
         for mode in args.modes
     }
     summary: dict = {"target_ratio": TARGET, "threads": args.threads, "model": args.model, "rows": rows}
+    summary["datasets_shutdown_sleep"] = args.shutdown_sleep
     summary["images_per_second"] = {mode: statistics.mean(v) for mode, v in speeds.items() if v}
     if all(speeds.get(mode) for mode in ("map", "stream")):
         ratio = summary["images_per_second"]["stream"] / summary["images_per_second"]["map"]
