@@ -9,19 +9,14 @@ from __future__ import annotations
 import argparse
 
 from hf_finetune.app.checks import check_model_folder, check_port_free
-from hf_finetune.cli.arguments import COMMANDS
+from hf_finetune.cli.arguments import COMMANDS, LightParser
 from hf_finetune.errors import ConfigError
 
 __all__ = ["build_parser", "run"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise ConfigError(f"{message}; see {self.prog} --help")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = LightParser(
         prog="hf-finetune app",
         description=COMMANDS["app"] + ". Upload or drop an image: the top-k labels with their probabilities "
         "(the same as `hf-finetune predict`; a multi-label model also lists every class at or above its "

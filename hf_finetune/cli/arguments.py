@@ -4,10 +4,12 @@ the one its ``--help`` prints (:mod:`hf_finetune.cli.help`) both add them from h
 from __future__ import annotations
 
 import argparse
+import re
 
 __all__ = [
     "COMMANDS",
     "MODULE_COMMANDS",
+    "LightParser",
     "add_predict_arguments",
     "add_eval_arguments",
     "add_map_labels_arguments",
@@ -37,6 +39,17 @@ PUSH_DESCRIPTION = (
     "written anywhere. Uploaded: the model (safetensors), its processor, the run's record (recipe.yaml, "
     "labels, results) and a model card (README.md); never checkpoint-* folders or training_args.bin."
 )
+
+
+class LightParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose errors are one-line :class:`~hf_finetune.errors.ConfigError` s, for the
+    commands that parse their own arguments (push, export, app, search, lr-find): nothing heavy is imported, so
+    their ``--help`` answers at once."""
+
+    def error(self, message: str):
+        from hf_finetune.errors import ConfigError
+
+        raise ConfigError(re.sub(r"(--[\w-]+)/--[\w-]+", r"\1", message) + f"; see {self.prog} --help")
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +147,9 @@ def add_train_launch_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for flag in ("num_machines", "num_processes", "machine_rank", "main_process_ip", "main_process_port"):
         hardware.add_argument(f"--{flag}", help="with --accelerate_config: accelerate launch's own flag")
-    hardware.add_argument("--mixed_precision", help="with --accelerate_config: no, fp16 or bf16 for the launch")
+    hardware.add_argument(
+        "--mixed_precision", help="with --accelerate_config: no, fp16 or bf16 for the launch"
+    )
     hardware.add_argument(
         "--rdzv_timeout",
         metavar="SECONDS",

@@ -25,6 +25,7 @@ from hf_finetune.cli.arguments import (
     COMMANDS,
     MODULE_COMMANDS,
     PUSH_DESCRIPTION,
+    LightParser,
     add_eval_arguments,
     add_map_labels_arguments,
     add_predict_arguments,
@@ -151,7 +152,7 @@ def _predict_onnx(argv: list[str]) -> int:
     """``predict --onnx``: the export run by onnxruntime (:mod:`hf_finetune.export.onnx_predict`)."""
     from hf_finetune.errors import ConfigError
 
-    parser = _LightParser(prog="hf-finetune predict", description=COMMANDS["predict"])
+    parser = LightParser(prog="hf-finetune predict", description=COMMANDS["predict"])
     add_predict_arguments(parser)
     args = parser.parse_args(argv)
     if args.device is not None or args.tta != "none":
@@ -311,19 +312,8 @@ def _map_labels(argv: list[str]) -> int:
     return 0
 
 
-class _LightParser(argparse.ArgumentParser):
-    """``parser.CommandParser``'s one-line errors without importing transformers (``push --help`` is instant)."""
-
-    def error(self, message: str):
-        import re
-
-        from hf_finetune.errors import ConfigError
-
-        raise ConfigError(re.sub(r"(--[\w-]+)/--[\w-]+", r"\1", message) + f"; see {self.prog} --help")
-
-
 def _push(argv: list[str]) -> int:
-    parser = _LightParser(
+    parser = LightParser(
         prog="hf-finetune push",
         description=PUSH_DESCRIPTION,
     )
@@ -364,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if command != "push" and command not in MODULE_COMMANDS and wants_help(rest):  # from light tables: no transformers, no torch
+    own_parser = command == "push" or command in MODULE_COMMANDS  # they answer --help themselves
+    if not own_parser and wants_help(rest):  # from light tables: no transformers, no torch
         return command_help(command, rest)
     setup_logging()
     quiet_known_noise()

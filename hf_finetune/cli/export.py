@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_finetune.cli.arguments import COMMANDS
+from hf_finetune.cli.arguments import COMMANDS, LightParser
 from hf_finetune.errors import ConfigError
 from hf_finetune.export.checks import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, check_finished_model, check_output
 from hf_finetune.run.lock import check_unlocked
@@ -19,13 +19,8 @@ from hf_finetune.run.lock import check_unlocked
 __all__ = ["build_parser", "run"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise ConfigError(f"{message}; see {self.prog} --help")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = LightParser(
         prog="hf-finetune export",
         description=COMMANDS["export"]
         + ". Writes model.onnx (input pixel_values, a dynamic batch axis; output "

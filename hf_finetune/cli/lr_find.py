@@ -7,15 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_finetune.cli.arguments import COMMANDS
-from hf_finetune.errors import ConfigError
+from hf_finetune.cli.arguments import COMMANDS, LightParser
 
 __all__ = ["build_parser", "run", "default_plot_path"]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise ConfigError(f"{message}; see {self.prog} --help")
 
 
 def default_plot_path(recipe: str) -> str:
@@ -24,7 +18,7 @@ def default_plot_path(recipe: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = LightParser(
         prog="hf-finetune lr-find",
         description=COMMANDS["lr-find"]
         + ". The learning rate (the body's; every optimizer group keeps its ratio "

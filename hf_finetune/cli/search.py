@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import argparse
 
-from hf_finetune.cli.arguments import COMMANDS
+from hf_finetune.cli.arguments import COMMANDS, LightParser
 from hf_finetune.errors import ConfigError
 
 __all__ = ["build_parser", "run"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise ConfigError(f"{message}; see {self.prog} --help")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = LightParser(
         prog="hf-finetune search",
         description=COMMANDS["search"] + ". Each trial builds a fresh model from the recipe with the trial's "
         "values (as `hf-finetune train` would), trains it and reports the validation metric "
