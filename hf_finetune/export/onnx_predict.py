@@ -20,15 +20,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from hf_finetune.config.path_checks import shown_name
 from hf_finetune.data.image_check import BadImageError, open_image, summarize_reasons
 from hf_finetune.errors import ConfigError, DataError
 from hf_finetune.export.resize import torchvision_resize
 from hf_finetune.inference.predictions import (
     apply_scores,
     iter_image_files,
-    labels_above,
-    rank_scores,
+    prediction_record,
     show_progress,
     skip_file,
     usable_files,
@@ -175,7 +173,8 @@ def predict_onnx(
         if loaded:
             scores = classifier.scores(np.stack([pixels for _, pixels in loaded]))
             records.extend(
-                _record(file, row, classifier, top_k) for (file, _), row in zip(loaded, scores, strict=True)
+                prediction_record(file, row, classifier.labels, classifier.thresholds, top_k)
+                for (file, _), row in zip(loaded, scores, strict=True)
             )
         if bar is not None:
             bar.update(len(files[start : start + batch_size]))
@@ -187,11 +186,3 @@ def predict_onnx(
         )
     logger.info("predicted %d images in %d batches (ONNX)", len(records), math.ceil(len(files) / batch_size))
     return records
-
-
-def _record(file: Path, scores: np.ndarray, classifier: OnnxClassifier, top_k: int) -> dict[str, Any]:
-    record: dict[str, Any] = {"path": shown_name(file)}
-    if classifier.thresholds is not None:
-        record["labels"] = labels_above(scores, classifier.thresholds, classifier.labels)
-    record["predictions"] = rank_scores(scores, classifier.labels, top_k)
-    return record

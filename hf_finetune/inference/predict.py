@@ -28,7 +28,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from hf_finetune.config.path_checks import shown_name
 from hf_finetune.data.image_check import BadImageError, open_image, summarize_reasons
 from hf_finetune.data.multi_label import MULTI_LABEL_PROBLEM_TYPE
 from hf_finetune.data.transforms import data_config_from_processor
@@ -36,8 +35,7 @@ from hf_finetune.errors import ConfigError, DataError, ModelLoadError
 from hf_finetune.inference.predictions import (  # the torch-free half, shared with predict --onnx
     PROGRESS_MIN_IMAGES,
     iter_image_files,
-    labels_above,
-    rank_scores,
+    prediction_record,
     show_progress,
     skip_file,
     usable_files,
@@ -206,12 +204,7 @@ def predict_images(
         loaded = _preprocess(batch, processor, strict, bad, views)
         scores = _batch_scores(model, [item for _, item in loaded], model_device, tta, function)
         for (file, _), row_scores in zip(loaded, scores, strict=True):
-            # a name that is not UTF-8 shows its bytes as \xNN: printable, writable
-            record: dict[str, Any] = {"path": shown_name(file)}
-            if thresholds is not None:
-                record["labels"] = labels_above(row_scores, thresholds, id2label)
-            record["predictions"] = rank_scores(row_scores, id2label, top_k)
-            records.append(record)
+            records.append(prediction_record(file, row_scores, id2label, thresholds, top_k))
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:

@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from hf_finetune.config.path_checks import shown_name
 from hf_finetune.data.image_check import check_image_files, summarize_reasons
 from hf_finetune.data.images import is_image_file
 from hf_finetune.errors import DataError
 from hf_finetune.escaping import csv_cell
 
 __all__ = [
+    "prediction_record",
     "PREDICTION_FORMATS",
     "PROGRESS_MIN_IMAGES",
     "apply_scores",
@@ -119,6 +121,18 @@ def labels_above(scores: np.ndarray, thresholds: Sequence[float], labels: Sequen
     rows = [row for row in range(len(scores)) if scores[row] >= thresholds[row]]
     rows.sort(key=lambda row: -float(scores[row]))
     return [labels[row] for row in rows]
+
+
+def prediction_record(
+    file: Path, scores: np.ndarray, labels: Sequence[str], thresholds: Sequence[float] | None, top_k: int
+) -> dict[str, Any]:
+    """One image's record: its shown path, the classes at or above their threshold (a multi-label model's), and
+    the ``top_k`` ranked predictions."""
+    record: dict[str, Any] = {"path": shown_name(file)}  # a name that is not UTF-8 shows its bytes as \\xNN
+    if thresholds is not None:
+        record["labels"] = labels_above(scores, thresholds, labels)
+    record["predictions"] = rank_scores(scores, labels, top_k)
+    return record
 
 
 def show_progress(progress: bool | None, num_images: int, stream: Any = None) -> bool:
