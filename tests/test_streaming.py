@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import datasets
@@ -22,6 +23,7 @@ from transformers import TrainerCallback
 from hf_finetune.config.parser import parse_train_args
 from hf_finetune.data.image_check import decode_failures
 from hf_finetune.data.stream_dataset import rank_stream
+from hf_finetune.data.stream_pause import join_closers
 from hf_finetune.data.streaming import load_streamed_data, rank_length, refuse_unstreamable
 from hf_finetune.data.transforms import make_batch_transform
 from hf_finetune.errors import ConfigError, DataError
@@ -160,6 +162,32 @@ def test_epochs_from_the_metadata_and_an_interrupted_run_resumes_exactly(
     trainer, _ = _train(args, after, resume=str(tmp_path / "b" / "checkpoint-5"))
     assert trainer.state.global_step == 8
     assert before.ids[: 5 * 4] + after.ids == whole.ids
+
+
+def test_the_pause_when_a_stream_stops_is_paid_beside_training(monkeypatch, tmp_path, shards):
+    """datasets pauses SLEEP_TIME_ON_THREADS_SHUTDOWN (1 s here) when a shuffled parquet stream stops; two epochs, a
+    stop after 3 examples and the head sample each hand it to a closing thread: the reader waits far less than one
+    pause per stop, and join_closers then waits for the pauses (the closers were still running)."""
+    args = parse_train_args(["--train_file", str(shards / "train"), "--validation_file", str(shards / "val"),
+                             "--streaming", "true", "--model_name_or_path", "x", "--output_dir", str(tmp_path)])  # fmt: skip
+    data = load_streamed_data(args[1], seed=0)
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 1.0)
+    stream = rank_stream(data.dataset["train"], lambda batch: {"label": batch["label"]}, 4, 1, 16)
+    started = time.perf_counter()
+    epochs = []
+    for epoch in range(2):
+        stream.set_epoch(epoch)
+        epochs.append([example["key"] for example in stream])
+    early = iter(stream)
+    head = [next(early) for _ in range(3)]
+    early.close()
+    sample = data.head_sample(2)
+    read = time.perf_counter() - started
+    assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(f"img{i}.png" for i in range(16))
+    assert head[0]["key"] == epochs[1][0] and len(sample) == 2
+    assert read < 1.0  # 4 stops: 4 s if paid in the reader
+    assert join_closers() == 0
+    assert time.perf_counter() - started >= 1.0  # the pauses ran, in the closing threads
 
 
 def test_each_rank_reads_its_own_shards_and_validation_counts_once(tmp_path, shards, tiny_hf_checkpoint):

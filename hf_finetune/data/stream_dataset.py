@@ -12,6 +12,9 @@ skipped, counted and reported), in threads, one chunk ahead of the one being tra
   (:mod:`hf_finetune.training.stream_state`).
 * A shard that turns out missing or truncated while streaming is one :class:`~hf_finetune.errors.DataError`
   naming it.
+* A pass that ends (its ``length`` reached, or the stream's end) or is stopped (``max_steps``) is closed in a
+  thread of its own, where ``datasets``' pause when a parquet stream stops is waited out beside training
+  (:mod:`hf_finetune.data.stream_pause`).
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from typing import Any
 import torch
 
 from hf_finetune.data.file_sources import read_error
+from hf_finetune.data.stream_pause import close_in_background, read_without_pause
 from hf_finetune.errors import DataError, HfFinetuneError
 
 __all__ = ["RankStream", "SizedRankStream", "rank_stream"]
-
 
 class RankStream(torch.utils.data.IterableDataset):
     """This rank's stream, transformed batch by batch (``chunk`` examples) in ``threads`` threads."""
@@ -59,12 +62,20 @@ class RankStream(torch.utils.data.IterableDataset):
 
     def _passes(self) -> Iterator[dict]:
         if self.length is not None:
-            self.stream.set_epoch(self.epoch)
-            yield from itertools.islice(self.stream, self.length)
+            yield from self._pass(self.epoch, self.length)
             return
         for epoch in itertools.count(self.epoch):
-            self.stream.set_epoch(epoch)
-            yield from self.stream
+            yield from self._pass(epoch, None)
+
+    def _pass(self, epoch: int, length: int | None) -> Iterator[dict]:
+        """One pass over the stream (``length`` examples, or until it ends), read by :meth:`__iter__` without
+        ``datasets``' pause at its stop, closed in the background when it ends or is stopped."""
+        self.stream.set_epoch(epoch)
+        rows = iter(self.stream)
+        try:
+            yield from itertools.islice(rows, length)
+        finally:
+            close_in_background(rows)
 
     def __iter__(self) -> Iterator[dict]:
         skip, self.skip = self.skip, 0
@@ -72,7 +83,7 @@ class RankStream(torch.utils.data.IterableDataset):
         with ThreadPoolExecutor(self.threads) as pool:
             pending = None  # the chunk being decoded while the one before it trains
             while True:
-                chunk = list(itertools.islice(rows, self.chunk))
+                chunk = read_without_pause(rows, self.chunk)
                 submitted = self._submit(pool, chunk) if chunk else None
                 if pending is not None:
                     yield from self._in_order(*pending)

@@ -40,6 +40,7 @@ from hf_finetune.data.file_sources import read_error, webdataset_label
 from hf_finetune.data.hub_dataset import VALIDATION_SPLIT_NAMES
 from hf_finetune.data.image_check import reset_decode_failures
 from hf_finetune.data.multi_label import is_multi_label
+from hf_finetune.data.stream_pause import close_in_background, read_without_pause
 from hf_finetune.data.stream_labels import StreamLabels, stream_labels
 from hf_finetune.errors import ConfigError, DataError
 
@@ -109,8 +110,11 @@ class StreamedData:
 
     def head_sample(self, count: int) -> datasets.Dataset:
         """The first ``count`` examples of this rank's stream, map-style: what fits the head's rows and biases
-        before training (``label_bias_from_data``) without a pass over the data."""
-        rows = list(self.dataset["train"].take(count))
+        before training (``label_bias_from_data``) without a pass over the data; the stream is closed in the
+        background (:func:`~hf_finetune.data.stream_dataset.close_in_background`)."""
+        stream = iter(self.dataset["train"])
+        rows = read_without_pause(stream, count)
+        close_in_background(stream)
         return datasets.Dataset.from_list(rows, features=self.dataset["train"].features)
 
 
