@@ -51,7 +51,8 @@ def main() -> int:
         "--shutdown-sleep",
         type=float,
         help="set datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN (5 s: datasets pauses this long each time a "
-        "parquet stream's reader threads stop, also when the Trainer drops its iterator at max_steps) in every run",
+        "shuffled parquet stream's reader threads stop; hf_finetune waits it out in a background thread, "
+        "hf_finetune/data/stream_pause.py) in every run",
     )
     args = parser.parse_args()
 
