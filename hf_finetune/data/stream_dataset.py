@@ -1,7 +1,8 @@
 """This rank's training stream as the Trainer's dataset: a ``torch.utils.data.IterableDataset`` over the rank's own
 ``datasets`` stream (:mod:`hf_finetune.data.streaming`) that decodes and transforms each batch with the map-style
 batch transform (:func:`hf_finetune.data.transforms.make_batch_transform`: an image that fails to decode is
-skipped, counted and reported), in threads, one chunk ahead of the one being trained on.
+skipped, counted and reported), in threads, one chunk ahead of the one being trained on; the stream's raw rows
+are read in a thread of their own, one more chunk ahead.
 
 * An epoch is exactly ``length`` examples (the same on every rank) when the size is known (``SizedRankStream``,
   which has a ``len``); otherwise the stream is read pass after pass (``set_epoch`` between passes) and the
@@ -80,10 +81,13 @@ class RankStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         skip, self.skip = self.skip, 0
         rows = itertools.islice(self._raw(), skip, None)
-        with ThreadPoolExecutor(self.threads) as pool:
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(self.threads) as pool:
+            reading = reader.submit(read_without_pause, rows, self.chunk)  # raw rows, read beside training
             pending = None  # the chunk being decoded while the one before it trains
             while True:
-                chunk = read_without_pause(rows, self.chunk)
+                chunk = reading.result()
+                if chunk:
+                    reading = reader.submit(read_without_pause, rows, self.chunk)
                 submitted = self._submit(pool, chunk) if chunk else None
                 if pending is not None:
                     yield from self._in_order(*pending)
