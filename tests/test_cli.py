@@ -126,7 +126,7 @@ def test_no_command_and_unknown_command(env):
     proc = run([*MODULE, "trian"], env)
     assert proc.returncode == 2
     assert message_lines(proc.stderr) == [
-        "hf-finetune: error: unknown command 'trian' (did you mean 'train'?); expected one of train, predict, eval, map-labels, push"
+        "hf-finetune: error: unknown command 'trian' (did you mean 'train'?); expected one of train, predict, eval, map-labels, push, export, app, search, lr-find"
     ]
 
 

@@ -67,6 +67,9 @@ RANGES: dict[str, Range] = {
     "hflip_prob": _FRACTION,
     "random_erasing": _FRACTION,
     "color_jitter": Range(0.0, 1.0, "a jitter strength from 0 (off) to 1"),
+    "shuffle_buffer_size": _count(
+        0, 10_000_000, "0 (the stream's own order) or a positive number of examples"
+    ),
     # TrainingArguments keys
     "per_device_train_batch_size": _count(1, 65536, "a positive integer"),
     "per_device_eval_batch_size": _count(1, 65536, "a positive integer"),
