@@ -7,35 +7,11 @@ from __future__ import annotations
 
 import errno
 import socket
-from pathlib import Path
 
+from hf_finetune.config.path_checks import check_model_folder
 from hf_finetune.errors import ConfigError
 
-__all__ = ["WEIGHTS", "check_model_folder", "check_port_free"]
-
-#: A finished model folder holds ``config.json`` and one of these.
-WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-EXPECTED = (
-    "expected the output folder of a finished `hf-finetune train` run (config.json and model.safetensors)"
-)
-
-
-def check_model_folder(model_dir: str | Path, key: str = "MODEL_DIR") -> Path:
-    """``model_dir`` as a :class:`~pathlib.Path` when it holds a saved model; a :class:`ConfigError` naming it
-    and what is missing otherwise (a missing path, a file, a folder without ``config.json`` or weights)."""
-    folder = Path(model_dir)
-    if not folder.exists():
-        raise ConfigError(f"{key}: {folder} does not exist; {EXPECTED}")
-    if not folder.is_dir():
-        raise ConfigError(f"{key}: {folder} is a file; {EXPECTED}")
-    missing = [] if (folder / "config.json").is_file() else ["config.json"]
-    if not any((folder / name).is_file() for name in WEIGHTS):
-        missing.append("model.safetensors")
-    if missing:
-        checkpoints = sorted(p.name for p in folder.glob("checkpoint-*") if p.is_dir())
-        hint = f" (it holds {', '.join(checkpoints)}: the run did not finish)" if checkpoints else ""
-        raise ConfigError(f"{key}: {folder} has no {' and no '.join(missing)}{hint}; {EXPECTED}")
-    return folder
+__all__ = ["check_model_folder", "check_port_free"]
 
 
 def check_port_free(host: str, port: int) -> None:

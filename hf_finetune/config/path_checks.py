@@ -20,7 +20,15 @@ from pathlib import Path
 
 from hf_finetune.errors import ConfigError, DataError
 
-__all__ = ["shown_name", "utf8_name", "entry_is_file", "check_writable_dir", "check_writable_file"]
+__all__ = [
+    "FINISHED_MODEL",
+    "check_model_folder",
+    "shown_name",
+    "utf8_name",
+    "entry_is_file",
+    "check_writable_dir",
+    "check_writable_file",
+]
 
 
 def shown_name(path: str | os.PathLike) -> str:
@@ -95,3 +103,29 @@ def check_writable_file(path: str | os.PathLike | None, key: str) -> None:
         raise ConfigError(f"{key}: the file {file} is not writable")
     if not file.exists():
         _check_parent(file, key, "the file")
+
+
+#: What a command that loads a finished model folder expects of it.
+FINISHED_MODEL = (
+    "expected the output folder of a finished `hf-finetune train` run (config.json and model.safetensors)"
+)
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def check_model_folder(model_dir: str | os.PathLike, key: str = "MODEL_DIR") -> Path:
+    """``model_dir`` as a :class:`~pathlib.Path` when it holds a saved model (``config.json`` and safetensors
+    weights); a :class:`ConfigError` naming ``key`` and what is missing otherwise (a missing path, a file, a folder
+    without them, and the ``checkpoint-*`` folders of a run that did not finish)."""
+    folder = Path(model_dir)
+    if not folder.exists():
+        raise ConfigError(f"{key}: {folder} does not exist; {FINISHED_MODEL}")
+    if not folder.is_dir():
+        raise ConfigError(f"{key}: {folder} is a file; {FINISHED_MODEL}")
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if not any((folder / name).is_file() for name in _WEIGHTS):
+        missing.append("model.safetensors")
+    if missing:
+        checkpoints = sorted(p.name for p in folder.glob("checkpoint-*") if p.is_dir())
+        hint = f" (it holds {', '.join(checkpoints)}: the run did not finish)" if checkpoints else ""
+        raise ConfigError(f"{key}: {folder} has no {' and no '.join(missing)}{hint}; {FINISHED_MODEL}")
+    return folder

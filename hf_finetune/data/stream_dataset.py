@@ -33,6 +33,7 @@ from hf_finetune.errors import DataError, HfFinetuneError
 
 __all__ = ["RankStream", "SizedRankStream", "rank_stream"]
 
+
 class RankStream(torch.utils.data.IterableDataset):
     """This rank's stream, transformed batch by batch (``chunk`` examples) in ``threads`` threads."""
 

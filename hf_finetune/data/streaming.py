@@ -40,8 +40,8 @@ from hf_finetune.data.file_sources import read_error, webdataset_label
 from hf_finetune.data.hub_dataset import VALIDATION_SPLIT_NAMES
 from hf_finetune.data.image_check import reset_decode_failures
 from hf_finetune.data.multi_label import is_multi_label
-from hf_finetune.data.stream_pause import close_in_background, read_without_pause
 from hf_finetune.data.stream_labels import StreamLabels, stream_labels
+from hf_finetune.data.stream_pause import close_in_background, read_without_pause
 from hf_finetune.errors import ConfigError, DataError
 
 __all__ = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hf_finetune.config.path_checks import FINISHED_MODEL, check_model_folder
 from hf_finetune.errors import ConfigError
 from hf_finetune.export.onnx_predict import EXPORT_CONFIG
 from hf_finetune.models.weights_check import check_safetensors_files
@@ -15,32 +16,18 @@ __all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "check_finished_model", "c
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 7, 20  # what the TorchScript-based exporter can write
 
-WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-FINISHED = (
-    "expected the output folder of a finished `hf-finetune train` run (config.json and model.safetensors)"
-)
-
 
 def check_finished_model(model_dir: str | Path, key: str = "MODEL_DIR") -> Path:
     """The folder of a finished model (``config.json`` and whole safetensors weights); :class:`ConfigError`
     naming what is missing otherwise."""
-    path = Path(model_dir)
-    if not path.exists():
-        raise ConfigError(f"{key}: {path} does not exist; {FINISHED}")
-    if not path.is_dir():
-        raise ConfigError(f"{key}: {path} is a file; {FINISHED}")
-    missing = [name for name in ("config.json",) if not (path / name).is_file()]
-    if not any((path / name).is_file() for name in WEIGHTS):
-        missing.append("model.safetensors")
-    if missing:
-        partial = sorted(p.name for p in path.glob("checkpoint-*") if p.is_dir())
-        state = f" (only {', '.join(partial)}: the run did not finish)" if partial else ""
-        raise ConfigError(f"{key}: {path} has no {' and no '.join(missing)}{state}; {FINISHED}")
+    path = check_model_folder(model_dir, key)
     check_safetensors_files(path, key, fix="the model folder is damaged; train or copy it again")
     try:
         json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{key}: {path / 'config.json'} is not valid JSON ({err}); {FINISHED}") from None
+        raise ConfigError(
+            f"{key}: {path / 'config.json'} is not valid JSON ({err}); {FINISHED_MODEL}"
+        ) from None
     return path
 
 

@@ -88,7 +88,9 @@ def head_from_data(loaded, data, eval_transform, model_args, training_args) -> N
         )
     if model_args.label_init_from_data and loaded.source_head is not None:
         _init_rows_from_data(loaded, data, eval_transform, model_args.label_merge, autocast)
-    scale_to_training_images(loaded, data.dataset["train"], eval_transform, training_args.device)  # CLIP/SigLIP
+    scale_to_training_images(
+        loaded, data.dataset["train"], eval_transform, training_args.device
+    )  # CLIP/SigLIP
     if model_args.label_bias_from_data and loaded.mapping is not None and loaded.mapping.reused:
         _calibrate_bias(loaded, data, eval_transform, training_args.device, autocast)
 
