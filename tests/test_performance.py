@@ -429,7 +429,7 @@ import resource
 import torch
 from hf_finetune.runtime import performance
 
-def faults_per_round(rounds=12):
+def faults_per_round(rounds=40):
     counts = []
     for _ in range(rounds):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -445,8 +445,9 @@ print(repr((faults_per_round(), performance.keep_freed_memory(), faults_per_roun
 @pytest.mark.skipif(not performance.glibc_malloc_available(), reason="keep_freed_memory acts on glibc only")
 def test_keep_freed_memory_stops_refaulting_large_blocks():
     """Without it every 64 MiB tensor is a fresh mapping: 16384 pages faulted in, each time. With it the freed
-    blocks stay in the heap: once they have merged into a block large enough for the aligned request (a few
-    rounds), a new tensor faults no page in."""
+    blocks stay in the heap: once they have merged into a block large enough for the aligned request, a new tensor
+    faults no page in. How many rounds that merging takes varies from run to run (4 to 8 here, at least 9 once on
+    CI), so the check is on the second half of 40 rounds: every one of them reuses the heap."""
     import ast
     import subprocess
     import sys
@@ -456,7 +457,7 @@ def test_keep_freed_memory_stops_refaulting_large_blocks():
     before, applied, after = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
     assert applied is True
     assert min(before) > 16_000, before  # every round maps and zero-fills 16384 new pages
-    assert max(after[-4:]) < 100, after  # the heap's freed pages are reused
+    assert max(after[20:]) < 100, after  # the heap's freed pages are reused
 
 
 @pytest.mark.skipif(not performance.glibc_malloc_available(), reason="keep_freed_memory acts on glibc only")

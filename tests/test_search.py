@@ -59,7 +59,7 @@ def hotdog_recipe(tmp_path_factory):
 def test_search_beats_a_bad_learning_rate_on_hotdog(hotdog_recipe, tmp_path):
     space = _write(tmp_path / "space.yaml", {"learning_rate": {"low": 1e-3, "high": 1.0, "log": True}})
     out = tmp_path / "search"
-    argv = ["search", hotdog_recipe, "--space", space, "--n_trials", TRIALS, "--output_dir", out]
+    argv = ["search", hotdog_recipe, "--search_space", space, "--n_trials", TRIALS, "--output_dir", out]
     code, stdout, stderr = _cli(*argv)
     assert code == 0, stderr[-3000:]
     rows = list(csv.DictReader((out / "trials.csv").open(encoding="utf-8")))
@@ -131,7 +131,7 @@ def small_recipe(tiny_hf_checkpoint, tiny_image_folder, tmp_path):
 def test_bad_space_is_one_line(small_recipe, tmp_path, space, message):
     path = _write(tmp_path / "space.yaml", space)
     out = tmp_path / "search"
-    code, _, stderr = _cli("search", small_recipe, "--space", path, "--output_dir", out)
+    code, _, stderr = _cli("search", small_recipe, "--search_space", path, "--output_dir", out)
     assert code == 2
     assert stderr.startswith("hf-finetune: error: search space ") and stderr.count("\n") == 1, stderr
     assert message in stderr
@@ -144,12 +144,12 @@ def test_bad_space_is_one_line(small_recipe, tmp_path, space, message):
         (["--n_trials", "0"], "--n_trials: got 0; expected at least 1 trial"),
         (["--timeout", "-5"], "--timeout: got -5; expected a positive number of seconds"),
         (["--n_trials", "two"], "invalid int value: 'two'"),
-        ([], "the following arguments are required: --space"),
+        ([], "the following arguments are required: --search_space"),
     ],
 )
 def test_bad_arguments_are_one_line(small_recipe, tmp_path, flags, message):
     space = _write(tmp_path / "space.yaml", {"learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}})
-    space_flags = ["--space", space] if flags else []
+    space_flags = ["--search_space", space] if flags else []
     code, _, stderr = _cli("search", small_recipe, *space_flags, *flags)
     assert code == 2
     assert stderr.startswith("hf-finetune: error: ") and stderr.count("\n") == 1, stderr
@@ -161,7 +161,7 @@ def test_a_non_empty_output_folder_is_refused(small_recipe, tmp_path):
     out = tmp_path / "search"
     out.mkdir()
     (out / "trials.csv").write_text("mine", encoding="utf-8")
-    code, _, stderr = _cli("search", small_recipe, "--space", space, "--output_dir", out)
+    code, _, stderr = _cli("search", small_recipe, "--search_space", space, "--output_dir", out)
     assert code == 2 and "is not empty" in stderr
     assert (out / "trials.csv").read_text(encoding="utf-8") == "mine"
 
@@ -213,7 +213,7 @@ def test_without_optuna_one_line(small_recipe, tmp_path, monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a)
     )
     space = _write(tmp_path / "space.yaml", {"learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}})
-    code, _, stderr = _cli("search", small_recipe, "--space", space)
+    code, _, stderr = _cli("search", small_recipe, "--search_space", space)
     assert code == 2
     assert stderr == (
         "hf-finetune: error: search needs optuna, which is not installed: pip install 'hf-finetune[search]'\n"

@@ -7,7 +7,7 @@
     hf-finetune push OUTPUT_DIR --repo-id ORG/NAME [--private] [--revision BRANCH] [--commit-message MSG]
     hf-finetune export MODEL_DIR --format onnx [--output DIR] [--quantize int8]
     hf-finetune app MODEL_DIR [--port 7860]
-    hf-finetune search RECIPE.yaml --space SPACE.yaml [--n_trials N] [--timeout SECONDS]
+    hf-finetune search RECIPE.yaml --search_space SPACE.yaml [--n_trials N] [--timeout SECONDS]
     hf-finetune lr-find RECIPE.yaml [--key value ...]
 
 Errors a user can fix print one line (``hf-finetune: error: ...``) and exit with status 2, no traceback.

@@ -1,4 +1,4 @@
-"""``hf-finetune search RECIPE.yaml --space SPACE.yaml [--n_trials 20] [--timeout S] [--output_dir DIR]
+"""``hf-finetune search RECIPE.yaml --search_space SPACE.yaml [--n_trials 20] [--timeout S] [--output_dir DIR]
 [--key value ...]``: Optuna through ``Trainer.hyperparameter_search`` (:mod:`hf_finetune.search.search`).
 
 The arguments and the space are checked before anything is loaded; ``--help`` imports nothing heavy."""
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe to search around")
     parser.add_argument(
-        "--space",
+        "--search_space",
+        "--search-space",
         required=True,
         metavar="SPACE.yaml",
         help="recipe keys and their ranges or choices, e.g. learning_rate: {low: 1.0e-5, high: 1.0e-1, log: true}; "
@@ -64,7 +65,7 @@ def run(argv: list[str]) -> int:
 
     recipe_argv = [args.recipe, *rest]
     parse_train_args(list(recipe_argv))  # the recipe's own errors first, named as train names them
-    space = load_space(args.space, recipe_argv)
+    space = load_space(args.search_space, recipe_argv)
     result = run_search(recipe_argv, space, args.n_trials, args.timeout, args.output_dir, args.seed)
     start = "pruned" if result.start_value is None else f"{result.start_value:.4f}"
     print(

@@ -42,7 +42,7 @@ from hf_finetune.errors import ConfigError
 from hf_finetune.export.checks import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, check_finished_model, check_output
 from hf_finetune.export.onnx_predict import EXPORT_CONFIG, GRAPH_NAME
 from hf_finetune.export.resize import TORCHVISION_KERNELS
-from hf_finetune.inference.predict import _score_function, load_for_inference, model_thresholds
+from hf_finetune.inference.predict import load_for_inference, model_thresholds, score_function
 from hf_finetune.labels.model_labels import distinct_label_names
 
 __all__ = [
@@ -275,7 +275,7 @@ def _describe(model: Any, processor: Any, opset: int, quantize: str | None) -> d
         "preprocessing": preprocessing,
         "labels": labels,
         "problem_type": problem_type,
-        "scores": _score_function(config),  # the pipeline's function_to_apply, as predict uses it
+        "scores": score_function(config),  # the pipeline's function_to_apply, as predict uses it
     }
     if problem_type == MULTI_LABEL_PROBLEM_TYPE:
         description["thresholds"] = [float(v) for v in model_thresholds(config)]

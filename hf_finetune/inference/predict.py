@@ -51,6 +51,7 @@ __all__ = [
     "load_for_inference",
     "model_thresholds",
     "predict_images",
+    "score_function",
     "write_predictions",
 ]
 
@@ -85,7 +86,7 @@ def load_for_inference(model_name_or_path: str | Path, device: str | None = None
     return model, processor
 
 
-def _score_function(config: Any) -> str:
+def score_function(config: Any) -> str:
     """The pipeline's default ``function_to_apply`` for this model config."""
     problem_type = getattr(config, "problem_type", None)
     if problem_type == "regression":
@@ -185,7 +186,7 @@ def predict_images(
 
     model, processor = loaded if loaded is not None else load_for_inference(model_name_or_path, device)
     config = model.config
-    function = _score_function(config)
+    function = score_function(config)
     multi_label = getattr(config, "problem_type", None) == MULTI_LABEL_PROBLEM_TYPE
     thresholds = model_thresholds(config) if multi_label else None
     top_k = min(top_k, int(config.num_labels))
