@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 STREAM_BUILDERS = ("parquet", "arrow", "webdataset", "disk")
 _IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+_PARQUET_BATCH = 100  # rows a parquet shard is read in
+_PARQUET_BUFFER = 1 << 20  # bytes of a parquet shard read at once (pages are read through this buffer)
 _READ_ERRORS = (OSError, ValueError, EOFError, tarfile.TarError, pyarrow.ArrowException)
 
 
@@ -226,9 +228,12 @@ def _open_files(found: DataSource, key: str, spec: str, world_size: int, label_c
     where = f"{key}: {describe_source(found, spec)}"
     sizes = [_shard_size(found.builder, path, key) for path in found.data_files]
     try:
-        dataset = datasets.load_dataset(
-            found.builder, data_files={"train": found.data_files}, split="train", streaming=True
-        )
+        if found.builder == "parquet":
+            dataset = _parquet_stream(found.data_files)
+        else:
+            dataset = datasets.load_dataset(
+                found.builder, data_files={"train": found.data_files}, split="train", streaming=True
+            )
     except (*_READ_ERRORS, datasets.exceptions.DatasetGenerationError) as err:
         raise read_error(found, key, err) from None
     if found.builder == "webdataset":
@@ -237,6 +242,27 @@ def _open_files(found: DataSource, key: str, spec: str, world_size: int, label_c
     dataset = _undecoded(dataset)
     known = None if any(s is None for s in sizes) else sizes
     return Stream(dataset, where, sum(known) if known else None, known, found, key)
+
+
+def _parquet_stream(files: list[str]) -> datasets.IterableDataset:
+    """Parquet shards as a ``datasets`` stream of one shard per file (``IterableDataset.from_generator`` over the
+    file list: shuffled, interleaved and split by node as ``datasets``' parquet builder's would be), read a few
+    pages at a time (:func:`_parquet_rows`); the features are those the first file's schema stores, as the
+    builder takes them."""
+    features = datasets.Features.from_arrow_schema(pyarrow.parquet.read_schema(files[0]))
+    return datasets.IterableDataset.from_generator(
+        _parquet_rows, features=features, gen_kwargs={"files": list(files)}
+    )
+
+
+def _parquet_rows(files: list[str]):
+    """The rows of ``files`` in order, ``_PARQUET_BATCH`` at a time through a ``_PARQUET_BUFFER``-byte read buffer:
+    an open shard holds about one data page and one batch, where pyarrow's dataset scanner (``datasets``' parquet
+    builder) reads and decodes a whole row group (up to 100 MB as ``datasets`` writes them) per open shard."""
+    for path in files:
+        with pyarrow.parquet.ParquetFile(path, buffer_size=_PARQUET_BUFFER, pre_buffer=False) as shard:
+            for batch in shard.iter_batches(batch_size=_PARQUET_BATCH, use_threads=False):
+                yield from batch.to_pylist()
 
 
 def _open_saved(
