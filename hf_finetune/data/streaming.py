@@ -57,8 +57,8 @@ logger = logging.getLogger(__name__)
 
 STREAM_BUILDERS = ("parquet", "arrow", "webdataset", "disk")
 _IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
-_PARQUET_BATCH = 100  # rows a parquet shard is read in
-_PARQUET_BUFFER = 1 << 20  # bytes of a parquet shard read at once (pages are read through this buffer)
+_BATCH = 100  # rows of a shard read (parquet) and labelled (the contract's map) at a time, per open shard
+_PARQUET_BUFFER = 1 << 20  # bytes of a parquet shard read at once (its pages are read through this buffer)
 _READ_ERRORS = (OSError, ValueError, EOFError, tarfile.TarError, pyarrow.ArrowException)
 
 
@@ -256,13 +256,22 @@ def _parquet_stream(files: list[str]) -> datasets.IterableDataset:
 
 
 def _parquet_rows(files: list[str]):
-    """The rows of ``files`` in order, ``_PARQUET_BATCH`` at a time through a ``_PARQUET_BUFFER``-byte read buffer:
-    an open shard holds about one data page and one batch, where pyarrow's dataset scanner (``datasets``' parquet
-    builder) reads and decodes a whole row group (up to 100 MB as ``datasets`` writes them) per open shard."""
+    """The rows of ``files`` in order, ``_BATCH`` at a time through a ``_PARQUET_BUFFER``-byte read buffer: an open
+    shard holds about one data page and one batch, where pyarrow's dataset scanner (``datasets``' parquet builder)
+    holds a whole row group, read and decoded (twice its size; ``datasets`` writes row groups of up to 100 MB),
+    per open shard. With mimalloc (pyarrow's default pool) the pool returns what this thread freed after each
+    batch: ``datasets`` reads each interleaved shard in a thread of its own, and mimalloc kept about 15 MiB a
+    thread otherwise (docs/streaming.md); the call takes about 10 us."""
+    pool = pyarrow.default_memory_pool()
+    release = pool.backend_name == "mimalloc"  # the system pool's would be a malloc_trim of the whole process
     for path in files:
         with pyarrow.parquet.ParquetFile(path, buffer_size=_PARQUET_BUFFER, pre_buffer=False) as shard:
-            for batch in shard.iter_batches(batch_size=_PARQUET_BATCH, use_threads=False):
-                yield from batch.to_pylist()
+            for batch in shard.iter_batches(batch_size=_BATCH, use_threads=False):
+                rows = batch.to_pylist()
+                del batch
+                if release:
+                    pool.release_unused()
+                yield from rows
 
 
 def _open_saved(
@@ -376,6 +385,7 @@ def _to_contract(opened: Stream, labels: list[str], multi: bool, image_column: s
     return opened.dataset.map(
         mapper,
         batched=True,
+        batch_size=_BATCH,  # datasets' 1000 rows would be held per interleaved shard before the shuffle
         with_indices=True,
         remove_columns=list(opened.dataset.features),
         features=mapper.features(),
