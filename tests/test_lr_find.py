@@ -1,5 +1,6 @@
 """``hf-finetune lr-find``: an exponential ramp that stops when the loss diverges, a sensible suggestion on a tiny
-task, the model's weights put back, the recipe's output folder untouched, and bad input in one line."""
+task, the model's weights put back, the recipe's output folder untouched (a streamed recipe too), and bad input and
+several processes in one line."""
 
 from __future__ import annotations
 
@@ -111,3 +112,76 @@ def test_bad_input_is_one_line(recipe, tmp_path, flags, message):
     assert stderr.startswith("hf-finetune: error: ") and stderr.count("\n") == 1, stderr
     assert message in stderr
     assert not out.exists()
+
+
+def test_on_a_stream_a_suggestion_with_the_weights_and_the_output_folder_untouched(
+    tiny_hf_checkpoint, tiny_image_folder, tmp_path, monkeypatch
+):
+    """A streamed recipe: the ramp reads the stream pass after pass (8 steps of a 2-step stream), suggests a
+    rate, puts the weights back and never creates the recipe's output folder."""
+    import datasets
+    from test_search import streamed_recipe
+
+    from hf_finetune.search import lr_find as lr_find_module
+    from hf_finetune.training.stream_state import is_rank_stream
+
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)  # time only (test_streaming.py)
+    built, real_build = [], lr_find_module.build_trainer
+
+    def recording_build(*args, **kwargs):
+        trainer = real_build(*args, **kwargs)[0]
+        built.append((trainer, {k: v.clone() for k, v in trainer.model.state_dict().items()}))
+        return trainer, None, None
+
+    monkeypatch.setattr(lr_find_module, "build_trainer", recording_build)
+    plots = []  # the plot itself: test_cli_leaves_the_output_folder_untouched
+    monkeypatch.setattr(lr_find_module, "plot_lr_find", lambda result, path: plots.append((result, path)))
+    recipe = streamed_recipe(tmp_path / "data", tiny_hf_checkpoint, tiny_image_folder)
+    plot = tmp_path / "lr.png"
+    argv = ["lr-find", recipe, "--start_lr", 1e-5, "--end_lr", 1e-2, "--num_steps", 8, "--plot", plot]
+    code, stdout, stderr = _cli(*argv)
+    assert code == 0, stderr[-2000:]
+    [(trainer, before)] = built
+    assert is_rank_stream(trainer.train_dataset)
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # parameters and BatchNorm buffers
+    assert "lr-find: 8 steps from 1.0e-05 to 1.0e-02;" in stdout  # 4 passes of the stream, none diverged
+    rate = float(re.search(r"suggested learning_rate: (\S+)", stdout).group(1))
+    assert 1e-6 <= rate <= 1e-2
+    assert [(len(result.lrs), path) for result, path in plots] == [(8, str(plot))]
+    assert not (tmp_path / "data" / "model").exists()  # the recipe's output_dir: never created
+
+
+@pytest.mark.parametrize(
+    "flags, env, message",
+    [
+        (
+            ["--accelerate_config=cpu_ddp"],
+            {},
+            "--accelerate_config: lr-find runs in one process (under several",
+        ),
+        (["--num_machines", "2"], {}, "expected no --num_machines"),
+        ([], {"WORLD_SIZE": "2", "RANK": "0"}, "WORLD_SIZE 2: lr-find started as process 0 of 2"),
+    ],
+)
+def test_several_processes_are_refused_before_anything_loads(
+    recipe, tmp_path, monkeypatch, flags, env, message
+):
+    """Each process would ramp its own copy of the model on its own batches and write the same plot: refused
+    before the recipe is read; so is lr_find on a trainer of several processes."""
+    from types import SimpleNamespace
+
+    from hf_finetune.errors import ConfigError
+    from hf_finetune.search import lr_find as lr_find_module
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(lr_find_module, "build_trainer", lambda *a, **k: pytest.fail("the run was built"))
+    plot = tmp_path / "lr.png"
+    code, stdout, stderr = _cli("lr-find", recipe, "--plot", plot, *flags)
+    assert code == 2 and stdout == ""
+    assert stderr.startswith("hf-finetune: error: ") and stderr.count("\n") == 1, stderr
+    assert message in stderr and "its own copy of the model" in stderr
+    assert not plot.exists()
+    with pytest.raises(ConfigError, match="the trainer runs on 2 processes; expected one"):
+        lr_find(SimpleNamespace(args=SimpleNamespace(world_size=2)), num_steps=2)

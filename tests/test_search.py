@@ -1,6 +1,7 @@
 """``hf-finetune search``: Optuna through ``Trainer.hyperparameter_search`` on real hotdog photos from a deliberately
 bad learning rate; the trials table, its plot and the best recipe (read back by ``train``'s parser); bad spaces and
-trial counts in one line, with nothing written."""
+trial counts in one line, with nothing written; trials on a streamed recipe, each reading the stream afresh;
+several processes refused before anything loads."""
 
 from __future__ import annotations
 
@@ -126,6 +127,10 @@ def small_recipe(tiny_hf_checkpoint, tiny_image_folder, tmp_path):
         ({"freeze_layers": {"low": 0.5, "high": 2}}, "freeze_layers takes integers"),
         ({"learning_rate": {"low": -1, "high": 1}}, "learning_rate: -1.0 is refused by the recipe"),
         ({"lr_scheduler_type": {"choices": ["cosine", "wavy"]}}, "lr_scheduler_type: 'wavy' is refused"),
+        (
+            {"shuffle_buffer_size": {"choices": [0, 100]}},
+            "shuffle_buffer_size is read when the data is loaded, once for all the trials",
+        ),
     ],
 )
 def test_bad_space_is_one_line(small_recipe, tmp_path, space, message):
@@ -218,3 +223,123 @@ def test_without_optuna_one_line(small_recipe, tmp_path, monkeypatch):
     assert stderr == (
         "hf-finetune: error: search needs optuna, which is not installed: pip install 'hf-finetune[search]'\n"
     )
+
+
+def streamed_recipe(root, checkpoint, images, **keys):
+    """Some of ``tiny_image_folder``'s photos as parquet shards (8 training images of the 3 classes in 2 shards, 4
+    validation images in 1; ClassLabel labels), and a streamed recipe over them: 24 px, batches of 4 (2 steps per
+    epoch)."""
+    import datasets
+
+    names = sorted(p.name for p in (images / "train").iterdir())
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    for split, shards, every in (("train", 2, 5), ("val", 1, 3)):
+        paths = sorted((images / split).glob("*/*.png"))[::every]
+        rows = [
+            {"image": {"bytes": p.read_bytes(), "path": p.name}, "label": names.index(p.parent.name)}
+            for p in paths
+        ]
+        (root / split).mkdir(parents=True)
+        for shard in range(shards):
+            part = datasets.Dataset.from_list(rows[shard::shards], features=features)
+            part.to_parquet(str(root / split / f"part-{shard}.parquet"))
+    recipe = {
+        "model_name_or_path": str(checkpoint),
+        "train_file": str(root / "train" / "*.parquet"),
+        "validation_file": str(root / "val"),
+        "streaming": True,
+        "shuffle_buffer_size": 4,
+        "image_size": 24,
+        "per_device_train_batch_size": 4,
+        "bf16": False,
+        "seed": 0,
+        "output_dir": str(root / "model"),
+        **keys,
+    }
+    return _write(root / "recipe.yaml", recipe)
+
+
+def test_on_a_stream_each_trial_trains_its_own_pass_of_the_stream(
+    tiny_hf_checkpoint, tiny_image_folder, tmp_path, monkeypatch
+):
+    """A streamed recipe: every trial is built on a stream of its own over the data loaded once, starts at epoch 0
+    with its own epoch callback, trains a whole pass (2 steps) and is evaluated after it."""
+    import gc
+
+    import datasets
+
+    from hf_finetune.search import report
+    from hf_finetune.search import search as search_module
+    from hf_finetune.search.space import load_space
+    from hf_finetune.training.stream_state import StreamStateCallback, is_rank_stream
+
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)  # time only (test_streaming.py)
+    # time only: accelerate's release_memory collects garbage 3 times per trial, ~1 s each in a full test process
+    monkeypatch.setattr(gc, "collect", lambda generation=2: 0)
+    builds, real_build = [], search_module.build_trainer
+
+    def recording_build(model_args, data_args, training_args, **kwargs):
+        built = real_build(model_args, data_args, training_args, **kwargs)
+        epochs = [c for c in built[0].callback_handler.callbacks if isinstance(c, StreamStateCallback)]
+        builds.append((training_args, built[0], built[0].train_dataset, epochs))
+        return built
+
+    monkeypatch.setattr(search_module, "build_trainer", recording_build)
+    monkeypatch.setattr(report, "plot_trials", lambda *args: None)  # the plot: test_search_beats_a_bad_...
+    recipe = streamed_recipe(tmp_path / "data", tiny_hf_checkpoint, tiny_image_folder, num_train_epochs=1)
+    space = load_space(
+        _write(tmp_path / "space.yaml", {"learning_rate": {"low": 1e-3, "high": 1e-1}}), [str(recipe)]
+    )
+    out = tmp_path / "search"
+    result = search_module.run_search([str(recipe)], space, n_trials=2, output_dir=str(out))
+    (_, outer, stream0, epochs0), (args1, built1, stream1, epochs1) = builds  # trial 0 trains the first build
+    assert is_rank_stream(stream0) and is_rank_stream(stream1) and stream1 is not stream0
+    assert stream1.stream is stream0.stream  # one stream loaded, read afresh by each trial
+    assert [c.epoch for c in epochs0 + epochs1] == [1, 1]  # each trial: epoch 0, counted by its own callback
+    assert outer.train_dataset is stream1 and outer.state.global_step == 2  # trial 1: one whole pass
+    rows = list(csv.DictReader((out / "trials.csv").open(encoding="utf-8")))
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
+    assert [len(r["per_epoch"].split()) for r in rows] == [1, 1]
+    assert args1.learning_rate == pytest.approx(float(rows[1]["learning_rate"]))
+    assert parse_train_args([str(out / "best_recipe.yaml")])[1].streaming is True
+    assert result.best_trial in (0, 1) and not (tmp_path / "data" / "model").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, env, message",
+    [
+        (
+            ["--accelerate_config", "cpu_ddp"],
+            {},
+            "--accelerate_config: search runs in one process (under several",
+        ),
+        (["--num-processes=2"], {}, "--num_processes: search runs in one process"),
+        (["--main_process_port", "29500"], {}, "expected no --main_process_port; train its best_recipe.yaml"),
+        ([], {"WORLD_SIZE": "2", "RANK": "1"}, "WORLD_SIZE 2: search started as process 1 of 2"),
+    ],
+)
+def test_several_processes_are_refused_before_anything_loads(
+    small_recipe, tmp_path, monkeypatch, flags, env, message
+):
+    """Under several processes each would run an Optuna study of its own and write best_recipe.yaml: refused, as
+    train's launch flags or as one process of a launcher's, before the recipe's data or model is read."""
+    from hf_finetune.search import search as search_module
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(search_module, "load_data", lambda *a, **k: pytest.fail("the data was loaded"))
+    space = _write(tmp_path / "space.yaml", {"learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}})
+    out = tmp_path / "search"
+    code, stdout, stderr = _cli("search", small_recipe, "--search_space", space, "--output_dir", out, *flags)
+    assert code == 2 and stdout == ""
+    assert stderr.startswith("hf-finetune: error: ") and stderr.count("\n") == 1, stderr
+    assert message in stderr and "Optuna study of its own" in stderr
+    assert not out.exists() and not (tmp_path / "model").exists()
+
+
+def test_the_launch_flags_refused_are_trains():
+    """The flags refused are the ones train's launcher takes (one_process.py keeps its own light copy)."""
+    from hf_finetune.runtime.launch import ACCELERATE_CONFIG_FLAG, LAUNCH_FLAGS, RDZV_TIMEOUT_FLAG
+    from hf_finetune.search.one_process import LAUNCH_ONLY_FLAGS
+
+    assert set(LAUNCH_ONLY_FLAGS) == {ACCELERATE_CONFIG_FLAG, *LAUNCH_FLAGS, RDZV_TIMEOUT_FLAG}

@@ -1,6 +1,6 @@
 """``hf-finetune lr-find RECIPE.yaml [--key value ...] [--start_lr 1e-7] [--end_lr 10] [--num_steps 100]
-[--plot PATH]``: a learning-rate range test (:mod:`hf_finetune.search.lr_find`). ``--help`` imports nothing
-heavy."""
+[--plot PATH]``: a learning-rate range test (:mod:`hf_finetune.search.lr_find`), in one process
+(:mod:`hf_finetune.search.one_process`). ``--help`` imports nothing heavy."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         "to it) ramps exponentially from --start_lr to --end_lr over --num_steps training steps; the test stops "
         "once the smoothed loss exceeds 4x its best. Suggested: the rate where the smoothed loss falls fastest "
         "(steepest slope against log lr, before the minimum); the minimum's rate / 10 is printed too. The model "
-        "and the recipe's output folder are left untouched. Other --key value flags override the recipe.",
+        "and the recipe's output folder are left untouched. Other --key value flags override the recipe. Runs in one process: train's "
+        "--accelerate_config and launch flags are refused.",
     )
     parser.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe whose run is tested")
     parser.add_argument(
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     args, rest = build_parser().parse_known_args(argv)
+    from hf_finetune.search.one_process import refuse_launch_flags, refuse_several_processes
+
+    refuse_several_processes("lr-find")  # one ramp of one model (docs/search.md)
+    refuse_launch_flags("lr-find", rest)
     from hf_finetune.search.lr_find import check_ramp, find_learning_rate
 
     check_ramp(args.start_lr, args.end_lr, args.num_steps)

@@ -1,7 +1,8 @@
 """``hf-finetune search RECIPE.yaml --search_space SPACE.yaml [--n_trials 20] [--timeout S] [--output_dir DIR]
 [--key value ...]``: Optuna through ``Trainer.hyperparameter_search`` (:mod:`hf_finetune.search.search`).
 
-The arguments and the space are checked before anything is loaded; ``--help`` imports nothing heavy."""
+The arguments and the space are checked before anything is loaded, and a launch of several processes is refused
+(:mod:`hf_finetune.search.one_process`); ``--help`` imports nothing heavy."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(metric_for_best_model) after every epoch; Optuna's MedianPruner stops trials below the median. "
         "Trial 0 is the recipe as given. Written into the output folder: trials.csv, trials.png and "
         "best_recipe.yaml (the recipe with the best values, for `hf-finetune train`). Other --key value flags "
-        "override the recipe for every trial. Needs optuna: pip install 'hf-finetune[search]'.",
+        "override the recipe for every trial. Runs in one process: train's --accelerate_config and launch flags are "
+        "refused (train the best recipe under them). Needs optuna: pip install 'hf-finetune[search]'.",
     )
     parser.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe to search around")
     parser.add_argument(
@@ -51,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     args, rest = build_parser().parse_known_args(argv)
+    from hf_finetune.search.one_process import refuse_launch_flags, refuse_several_processes
+
+    refuse_several_processes("search")  # one Optuna study, one writer (docs/search.md)
+    refuse_launch_flags("search", rest)
     if args.n_trials < 1:
         raise ConfigError(f"--n_trials: got {args.n_trials}; expected at least 1 trial")
     if args.timeout is not None and not args.timeout > 0:

@@ -25,6 +25,7 @@ import torch
 from hf_finetune.config.parser import parse_train_args
 from hf_finetune.errors import ConfigError
 from hf_finetune.run.build import build_trainer
+from hf_finetune.search.one_process import refuse_several_processes
 
 __all__ = [
     "DIVERGE",
@@ -71,6 +72,10 @@ def lr_find(trainer, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: in
     """The range test on ``trainer`` (a built :class:`~hf_finetune.training.trainer.FinetuneTrainer`): its
     optimizer groups, batches, loss and device; its model's weights are put back afterwards."""
     check_ramp(start_lr, end_lr, num_steps)
+    if (
+        trainer.args.world_size > 1
+    ):  # no gradient is shared outside train(): each rank would ramp its own copy
+        raise ConfigError(f"lr_find: the trainer runs on {trainer.args.world_size} processes; expected one")
     model, result = trainer.model, LrFindResult()
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     optimizer_before, was_training = trainer.optimizer, model.training
@@ -183,6 +188,7 @@ def find_learning_rate(
     in a temporary folder (the recipe's ``output_dir`` is never created or changed); the plot saved to ``plot``
     when given."""
     check_ramp(start_lr, end_lr, num_steps)
+    refuse_several_processes("lr-find")  # each rank would ramp a copy of its own (one_process.py)
     model_args, data_args, training_args = parse_train_args(list(argv))
     if plot is not None:
         check_plot_path(plot, training_args.output_dir)

@@ -27,6 +27,7 @@ from hf_finetune.config.parser import parse_train_args
 from hf_finetune.config.path_checks import check_writable_dir
 from hf_finetune.errors import ConfigError, HfFinetuneError
 from hf_finetune.run.build import build_trainer, load_data, set_up_process
+from hf_finetune.search.one_process import refuse_several_processes
 from hf_finetune.search.report import write_best_recipe, write_trials
 from hf_finetune.search.space import SearchSpace, value_flag
 
@@ -92,6 +93,7 @@ def run_search(
     ``output_dir`` (default :func:`search_output_dir`). ``seed``: the sampler's (default: the recipe's seed)."""
     import optuna
 
+    refuse_several_processes("search")  # each rank would run a study of its own (one_process.py)
     if n_trials < 1:
         raise ConfigError(f"n_trials: got {n_trials}; expected at least 1 trial")
     if timeout is not None and not timeout > 0:

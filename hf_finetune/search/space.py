@@ -8,7 +8,8 @@ trial runs.
     freeze_layers: {choices: [0, 2, -1]}                     # a categorical choice
     label_smoothing_factor: {low: 0.0, high: 0.2, step: 0.05}
 
-Every key must be a recipe key (``hf-finetune train`` knows it); every bound and choice must be a value the recipe
+Every key must be a recipe key (``hf-finetune train`` knows it), not one read when the data is loaded
+(:data:`DATA_KEYS`: a search loads the data once); every bound and choice must be a value the recipe
 would accept for it (each is parsed with the recipe, as ``hf-finetune train RECIPE --key value`` would).
 """
 
@@ -23,9 +24,17 @@ from hf_finetune.config.parser import RecipeParser, known_keys, parse_train_args
 from hf_finetune.config.safe_yaml import load_yaml
 from hf_finetune.errors import ConfigError, suggest
 
-__all__ = ["Param", "SearchSpace", "load_space", "value_flag"]
+__all__ = ["DATA_KEYS", "Param", "SearchSpace", "load_space", "value_flag"]
 
 RANGE_KEYS = ("low", "high", "log", "step")
+# Keys read when the data is loaded, which a search does once for all its trials (search.py): a trial's value of
+# one of them would change nothing (a stream's shuffle buffer, the examples kept, the split), so they are refused
+DATA_KEYS = (
+    "dataset_name", "dataset_config_name", "train_split", "validation_split", "train_dir", "validation_dir",
+    "train_file", "validation_file", "test_file", "problem_type", "label_separator", "image_column_name",
+    "label_column_name", "train_val_split", "max_train_samples", "max_eval_samples", "streaming", "labels",
+    "shuffle_buffer_size",
+)  # fmt: skip
 FORMAT = "expected {low: L, high: H[, log: true][, step: S]} or {choices: [a, b, ...]}"
 
 
@@ -118,6 +127,11 @@ def load_space(path: str | Path, recipe_argv: list[str]) -> SearchSpace:
         name = str(name)
         if name not in keys:
             raise ConfigError(f"{where}: {name!r} is not a recipe key{suggest(name, keys)}")
+        if name in DATA_KEYS:
+            raise ConfigError(
+                f"{where}: {name} is read when the data is loaded, once for all the trials; expected a key of the "
+                "model or the training (the data is the recipe's)"
+            )
         params.append(_param(name, entry, types.get(name), where))
     for param in params:
         _check_values(param, recipe_argv, where)
