@@ -27,7 +27,16 @@ from hf_finetune.runtime.launch import (
 
 CONFIGS_DIR = ROOT / "recipes" / "accelerate_configs"
 CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))
-EXPECTED = {"cpu", "cpu_ddp", "single_gpu", "multi_gpu", "fsdp", "deepspeed_zero2", "multi_node"}
+EXPECTED = {
+    "cpu",
+    "cpu_ddp",
+    "single_gpu",
+    "multi_gpu",
+    "fsdp",
+    "deepspeed_zero2",
+    "deepspeed_zero2_cpu",
+    "multi_node",
+}
 
 
 def test_the_configs_the_issue_names_exist():

@@ -19,6 +19,7 @@ keys' ``auto`` values stay unset here; they are chosen when the run is built
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "FinetuneTrainingArguments",
     "FEATURE_GROUPS",
     "check_allowed_changes",
+    "deepspeed_backend_on_cpu",
     "AUGMENTATIONS",
     "BATCHNORM_MODES",
     "UNFREEZE_SCHEDULES",
@@ -98,6 +100,7 @@ class FinetuneTrainingArguments(
         self.check_freeze_patterns()
         check_lora_keys(self)  # lora_r, lora_alpha, lora_dropout, lora_target_modules and their combinations
         self.resume_allow_changes = check_allowed_changes(self.resume_allow_changes)
+        deepspeed_backend_on_cpu(self)  # DeepSpeed without a GPU: gloo, before the devices are set up
         try:
             with machine_checks_deferred(self):  # what the run resolves for the machine is checked then
                 super().__post_init__()
@@ -106,6 +109,21 @@ class FinetuneTrainingArguments(
         except (ValueError, TypeError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"training arguments: {first}") from None
+
+
+def deepspeed_backend_on_cpu(training_args) -> bool:
+    """Under a DeepSpeed launch (``ACCELERATE_USE_DEEPSPEED``) where no GPU is visible, the ranks talk over gloo
+    (``ddp_backend``, unless the recipe names one); True when it set it. accelerate 1.16's ``PartialState``
+    knows no backend for a CPU-only torch: DeepSpeed's CPU accelerator would still join the ranks, but each
+    would count itself as process 0 of 1 and write the output folder (docs/distributed.md, DeepSpeed)."""
+    import torch
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true" or training_args.ddp_backend:
+        return False
+    if torch.cuda.is_available():
+        return False
+    training_args.ddp_backend = "gloo"
+    return True
 
 
 def check_allowed_changes(keys: Any) -> list[str]:

@@ -17,7 +17,7 @@ from hf_finetune.models.heads import copy_source_rows
 from hf_finetune.models.position_embeddings import resize_position_embeddings
 from hf_finetune.models.zero_shot import scale_to_training_images
 from hf_finetune.runtime import performance, same_padding, tuning
-from hf_finetune.runtime.launch import fsdp_launch
+from hf_finetune.runtime.launch import deepspeed_launch, fsdp_launch
 from hf_finetune.runtime.plan import RunPlan
 
 __all__ = ["lora_on", "prepare_model", "preprocessing", "head_from_data"]
@@ -103,6 +103,9 @@ def _apply_channels_last(model, training_args) -> bool:
     if wanted is None and fsdp_launch():  # FSDP2 shards contiguous parameters only
         wanted = False
         logger.info("channels_last: off (auto: FSDP shards contiguous parameters only)")
+    elif wanted is None and deepspeed_launch():  # its first broadcast views each weight as bytes
+        wanted = False
+        logger.info("channels_last: off (auto: DeepSpeed broadcasts contiguous parameters only)")
     elif wanted is None:
         wanted = performance.wants_channels_last(model)
         logger.info(

@@ -7,7 +7,8 @@ recipes. ``hf-finetune train RECIPE --accelerate_config NAME_OR_PATH`` is the sa
 
 A multi-process launch on a machine where no GPU is visible trains on the CPU over gloo: without it, each
 process would believe it is alone and train, evaluate and write the output folder by itself. FSDP there too
-(:func:`enable_fsdp_on_cpu`: accelerate turns it on for GPU-like devices only).
+(:func:`enable_fsdp_on_cpu`: accelerate turns it on for GPU-like devices only), and DeepSpeed in fp32 over
+gloo with DeepSpeed's CPU accelerator (``hf_finetune.config.arguments.deepspeed_backend_on_cpu``).
 
 Several machines: the same command on each, with accelerate's placement flags (:data:`LAUNCH_FLAGS`:
 ``--machine_rank``, ``--num_machines``, ``--num_processes``, ``--main_process_ip``, ``--main_process_port``,
@@ -18,6 +19,7 @@ Several machines: the same command on each, with accelerate's placement flags (:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import signal
@@ -47,6 +49,7 @@ __all__ = [
     "main_machine",
     "enable_fsdp_on_cpu",
     "fsdp_launch",
+    "deepspeed_launch",
     "fsdp_ready",
     "launch_command",
     "launch",
@@ -199,6 +202,11 @@ def fsdp_launch() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
+def deepspeed_launch() -> bool:
+    """True in a rank of an ``accelerate launch`` with ``distributed_type: DEEPSPEED`` (``ACCELERATE_USE_DEEPSPEED``)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
 def enable_fsdp_on_cpu(accelerator) -> bool:
     """FSDP on a CPU launch (gloo), as accelerate does it on GPUs; True when it turned it on.
 
@@ -283,17 +291,29 @@ def _free_port_flags(config: Path, launch_flags: list[str]) -> list[str]:
         return ["--main_process_port", str(probe.getsockname()[1])]
 
 
+def _deepspeed_installed() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
+
+
 def _check_hardware(config: Path) -> None:
-    """A DeepSpeed config on a machine without a visible GPU is a ConfigError: hf-finetune's CPU switch
-    (:func:`use_cpu_when_no_gpu`) would make accelerate train plain DDP, not ZeRO."""
-    if torch.cuda.is_available():
+    """A DeepSpeed config is a ConfigError without the deepspeed package, and on a machine without a visible
+    GPU unless it is an fp32 one (``mixed_precision: 'no'``, as deepspeed_zero2_cpu.yaml): DeepSpeed's CPU
+    accelerator runs ZeRO over gloo in fp32; bf16 there is not proven."""
+    loaded = load_config_from_file(str(config))
+    if not str(getattr(loaded, "distributed_type", "")).endswith("DEEPSPEED"):
         return
-    kind = str(getattr(load_config_from_file(str(config)), "distributed_type", ""))
-    if kind.endswith("DEEPSPEED"):
+    if not _deepspeed_installed():
         raise ConfigError(
-            f"accelerate_config: {config} asks for DeepSpeed, which needs a GPU, and none is visible here; "
-            "on CPUs use fsdp_cpu (FSDP) or cpu_ddp (DDP)"
+            f"accelerate_config: {config} asks for DeepSpeed, and the deepspeed package is not installed; "
+            "install it with pip install 'hf-finetune[deepspeed]'"
         )
+    if torch.cuda.is_available() or str(getattr(loaded, "mixed_precision", "no")) == "no":
+        return
+    raise ConfigError(
+        f"accelerate_config: {config} asks for DeepSpeed in {loaded.mixed_precision}, which needs a GPU, and "
+        "none is visible here; on CPUs use deepspeed_zero2_cpu (DeepSpeed, fp32), fsdp_cpu (FSDP) or "
+        "cpu_ddp (DDP)"
+    )
 
 
 def launch(
@@ -360,7 +380,8 @@ def use_cpu_when_no_gpu() -> bool:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("ACCELERATE_USE_CPU"):
         return False
-
+    if deepspeed_launch():  # accelerate drops DeepSpeed under use_cpu (gloo: config.arguments)
+        return False
     if torch.cuda.is_available():
         return False
     if getattr(torch, "xpu", None) is not None and torch.xpu.is_available():
