@@ -164,10 +164,40 @@ def test_epochs_from_the_metadata_and_an_interrupted_run_resumes_exactly(
     assert before.ids[: 5 * 4] + after.ids == whole.ids
 
 
+def test_an_open_parquet_shard_holds_pages_not_its_row_group(tmp_path):
+    """4 parquet shards of one 8 MiB row group each (as datasets' to_parquet writes up to 100 MB), all 4 read at once
+    by the shuffle: the open shards hold under half a row group of Arrow memory each (a read buffer and a page;
+    8.2 MiB in all measured), where pyarrow's dataset scanner (datasets' parquet builder) held each one's whole
+    row group decoded (32.2 MiB in all) and its raw bytes besides."""
+    import pyarrow
+
+    rng = np.random.default_rng(0)
+    for shard in range(4):
+        rows = {
+            "image": [{"bytes": rng.bytes(4096), "path": f"s{shard}-{i}.png"} for i in range(2048)],
+            "label": [i % 3 for i in range(2048)],
+        }
+        datasets.Dataset.from_dict(rows, features=FEATURES).to_parquet(
+            str(tmp_path / f"part-{shard}.parquet")
+        )
+    args = parse_train_args(["--train_file", str(tmp_path), "--validation_file", str(tmp_path / "part-0.parquet"),
+                             "--streaming", "true", "--model_name_or_path", "x", "--output_dir", str(tmp_path)])  # fmt: skip
+    data = load_streamed_data(args[1], seed=0)
+    before = pyarrow.total_allocated_bytes()
+    rows = iter(data.dataset["train"])
+    first = [next(rows) for _ in range(300)]
+    held = pyarrow.total_allocated_bytes() - before
+    rows.close()
+    join_closers()
+    assert len({row["key"].split("-")[0] for row in first}) == 4  # the 4 shards were open
+    assert held < 16 * 2**20, f"{held / 2**20:.1f} MiB of Arrow memory for 4 open shards"
+
+
 def test_the_pause_when_a_stream_stops_is_paid_beside_training(monkeypatch, tmp_path, shards):
-    """datasets pauses SLEEP_TIME_ON_THREADS_SHUTDOWN (1 s here) when a shuffled parquet stream stops; two epochs, a
-    stop after 3 examples and the head sample each hand it to a closing thread: the reader waits far less than one
-    pause per stop, and join_closers then waits for the pauses (the closers were still running)."""
+    """datasets pauses SLEEP_TIME_ON_THREADS_SHUTDOWN (1 s here) when a shuffled stream of its parquet builder stops
+    (a Hub dataset; these files are read without it); two epochs, a stop after 3 examples and the head sample each
+    hand the pause to a closing thread: the reader waits far less than one pause per stop, and join_closers then
+    waits for the pauses (the closers were still running)."""
     args = parse_train_args(["--train_file", str(shards / "train"), "--validation_file", str(shards / "val"),
                              "--streaming", "true", "--model_name_or_path", "x", "--output_dir", str(tmp_path)])  # fmt: skip
     data = load_streamed_data(args[1], seed=0)

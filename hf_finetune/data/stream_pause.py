@@ -1,7 +1,8 @@
 """``datasets``' pause when a stream stops, taken off the thread that reads the stream.
 
-When a shuffled parquet stream's reader threads stop (its shards read to the end, or the stream closed early),
-``datasets`` sleeps ``datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN`` (5 s) in the reading thread, so that a
+When the reader threads of a shuffled stream from ``datasets``' parquet builder stop (its shards read to the end,
+or the stream closed early; a Hub dataset: parquet files named by ``train_file`` are read without pyarrow's
+threads, :mod:`hf_finetune.data.streaming`), ``datasets`` sleeps ``datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN`` (5 s) in the reading thread, so that a
 process ending just after a scan does not end while pyarrow's threads still run (apache/arrow#45214). Paid by the
 training loop, that is 5 s of training lost per pass and per stop.
 

@@ -4,8 +4,8 @@ streaming loaders, never in full before the first step.
 * Sources: a Hub dataset (``dataset_name``: ``load_dataset(name, split=..., streaming=True)``), and
   ``train_file``/``validation_file`` (or a ``dataset_name`` that is a file spec) given as parquet, arrow or
   WebDataset ``.tar`` shards (a file, a glob or a folder: :func:`hf_finetune.data.data_files.data_source`), read by
-  ``load_dataset(builder, data_files=..., streaming=True)``; a ``save_to_disk`` folder is
-  ``load_from_disk(...).to_iterable_dataset(num_shards=...)``.
+  ``load_dataset(builder, data_files=..., streaming=True)`` (parquet files a page at a time instead:
+  :func:`_parquet_rows`); a ``save_to_disk`` folder is ``load_from_disk(...).to_iterable_dataset(num_shards=...)``.
 * Labels: the label feature's ``ClassLabel`` names (or a sequence of ``ClassLabel``: multi-label), else the
   recipe's ``labels:`` (:mod:`hf_finetune.data.stream_labels`).
 * Size: from metadata only (the Hub's ``info.splits``, parquet footers, arrow batch headers, a saved dataset's
