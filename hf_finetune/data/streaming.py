@@ -5,7 +5,7 @@ streaming loaders, never in full before the first step.
   ``train_file``/``validation_file`` (or a ``dataset_name`` that is a file spec) given as parquet, arrow or
   WebDataset ``.tar`` shards (a file, a glob or a folder: :func:`hf_finetune.data.data_files.data_source`), read by
   ``load_dataset(builder, data_files=..., streaming=True)`` (parquet files a page at a time instead:
-  :func:`_parquet_rows`); a ``save_to_disk`` folder is ``load_from_disk(...).to_iterable_dataset(num_shards=...)``.
+  :func:`_parquet_tables`); a ``save_to_disk`` folder is ``load_from_disk(...).to_iterable_dataset(num_shards=...)``.
 * Labels: the label feature's ``ClassLabel`` names (or a sequence of ``ClassLabel``: multi-label), else the
   recipe's ``labels:`` (:mod:`hf_finetune.data.stream_labels`).
 * Size: from metadata only (the Hub's ``info.splits``, parquet footers, arrow batch headers, a saved dataset's
@@ -32,6 +32,7 @@ import pyarrow
 import pyarrow.ipc
 import pyarrow.parquet
 from datasets.distributed import split_dataset_by_node
+from datasets.table import table_cast
 
 from hf_finetune.config.arguments import DataArguments
 from hf_finetune.data.columns import find_columns
@@ -245,33 +246,35 @@ def _open_files(found: DataSource, key: str, spec: str, world_size: int, label_c
 
 
 def _parquet_stream(files: list[str]) -> datasets.IterableDataset:
-    """Parquet shards as a ``datasets`` stream of one shard per file (``IterableDataset.from_generator`` over the
-    file list: shuffled, interleaved and split by node as ``datasets``' parquet builder's would be), read a few
-    pages at a time (:func:`_parquet_rows`); the features are those the first file's schema stores, as the
-    builder takes them."""
+    """Parquet shards as a ``datasets`` stream of one shard per file, shuffled, interleaved and split by node as
+    ``datasets``' parquet builder's would be (an ``ArrowExamplesIterable`` over the file list, as
+    ``IterableDataset.from_polars`` builds its own; ``from_generator`` would re-encode every example through the
+    features, 3-4x the reading time), read a few pages at a time (:func:`_parquet_tables`); the features are those
+    the first file's schema stores, as the builder takes them."""
+    from datasets.iterable_dataset import ArrowExamplesIterable
+
     features = datasets.Features.from_arrow_schema(pyarrow.parquet.read_schema(files[0]))
-    return datasets.IterableDataset.from_generator(
-        _parquet_rows, features=features, gen_kwargs={"files": list(files)}
-    )
+    tables = ArrowExamplesIterable(_parquet_tables, kwargs={"files": list(files), "features": features})
+    return datasets.IterableDataset(tables, info=datasets.DatasetInfo(features=features))
 
 
-def _parquet_rows(files: list[str]):
-    """The rows of ``files`` in order, ``_BATCH`` at a time through a ``_PARQUET_BUFFER``-byte read buffer: an open
-    shard holds about one data page and one batch, where pyarrow's dataset scanner (``datasets``' parquet builder)
-    holds a whole row group, read and decoded (twice its size; ``datasets`` writes row groups of up to 100 MB),
-    per open shard. With mimalloc (pyarrow's default pool) the pool returns what this thread freed after each
-    batch: ``datasets`` reads each interleaved shard in a thread of its own, and mimalloc kept about 15 MiB a
+def _parquet_tables(files: list[str], features: datasets.Features):
+    """The rows of ``files`` in order, as tables of ``_BATCH`` rows read through a ``_PARQUET_BUFFER``-byte buffer:
+    an open shard holds about one data page and one batch, where pyarrow's dataset scanner (``datasets``' parquet
+    builder) holds a whole row group, read and decoded (twice its size; ``datasets`` writes row groups of up to
+    100 MB), per open shard. With mimalloc (pyarrow's default pool) the pool returns what this thread freed after
+    each batch: ``datasets`` reads each interleaved shard in a thread of its own, and mimalloc kept about 15 MiB a
     thread otherwise (docs/streaming.md); the call takes about 10 us."""
     pool = pyarrow.default_memory_pool()
     release = pool.backend_name == "mimalloc"  # the system pool's would be a malloc_trim of the whole process
-    for path in files:
+    schema = features.arrow_schema
+    for index, path in enumerate(files):
         with pyarrow.parquet.ParquetFile(path, buffer_size=_PARQUET_BUFFER, pre_buffer=False) as shard:
-            for batch in shard.iter_batches(batch_size=_BATCH, use_threads=False):
-                rows = batch.to_pylist()
+            for number, batch in enumerate(shard.iter_batches(batch_size=_BATCH, use_threads=False)):
+                yield (index, number), table_cast(pyarrow.Table.from_batches([batch]), schema)
                 del batch
                 if release:
                     pool.release_unused()
-                yield from rows
 
 
 def _open_saved(
