@@ -330,6 +330,21 @@ def test_a_bad_image_is_skipped_counted_and_named_and_a_saved_dataset_streams(tm
     assert [e["pixel_values"] is None for e in examples] == [i == 3 for i in range(6)]
     assert [path for path, _ in decode_failures()] == ["img3.png"]
 
+    # No loader worker (threads 0): read and decoded in the training thread, the same examples in the same order,
+    # a resume's skip included. A chunk is a training batch: one whose images all failed takes the last good
+    # image and label (as a map-style batch does); a thread's part of a chunk does not decide that alone.
+    def stream(threads, chunk=4):
+        transform = make_batch_transform(lambda image: image.size, repeat_failed_batch=False)
+        return rank_stream(data.dataset["train"], transform, chunk, threads, 6)
+
+    inline, threaded = stream(0), stream(3)  # 3 threads: img3 alone in its part of the chunk img2..img5
+    inline.resume_at(2)
+    threaded.resume_at(2)
+    assert inline.threads == 0 and list(inline) == list(threaded) == examples[2:]
+    one_by_one = list(stream(0, chunk=1))
+    assert one_by_one[3] == {**examples[2], "key": "img3.png"}
+    assert [e["key"] for e in one_by_one] == [e["key"] for e in examples]
+
     saved = tmp_path / "saved"
     datasets.load_dataset(
         "parquet", data_files=str(shards / "train" / "*.parquet"), split="train"

@@ -45,11 +45,12 @@ class RankStream(torch.utils.data.IterableDataset):
         self.stream = stream
         self.transform = transform
         self.chunk = max(1, int(chunk))
-        self.threads = max(1, int(threads))
+        self.threads = max(0, int(threads))
         self.length = length
         self.where = where  # the Stream it reads (to name a shard that fails), or None
         self.epoch = 0
         self.skip = 0
+        self._last_good: dict | None = None  # the last example whose image decoded (see _whole)
 
     @property
     def features(self):
@@ -82,6 +83,9 @@ class RankStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         skip, self.skip = self.skip, 0
         rows = itertools.islice(self._raw(), skip, None)
+        if self.threads == 0:
+            yield from self._inline(rows)
+            return
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(self.threads) as pool:
             reading = reader.submit(read_without_pause, rows, self.chunk)  # raw rows, read beside training
             pending = None  # the chunk being decoded while the one before it trains
@@ -91,10 +95,31 @@ class RankStream(torch.utils.data.IterableDataset):
                     reading = reader.submit(read_without_pause, rows, self.chunk)
                 submitted = self._submit(pool, chunk) if chunk else None
                 if pending is not None:
-                    yield from self._in_order(*pending)
+                    yield from self._whole(list(self._in_order(*pending)))
                 if submitted is None:
                     return
                 pending = (len(chunk), submitted)
+
+    def _inline(self, rows: Iterator[dict]) -> Iterator[dict]:
+        """Read and transform in the training thread, one chunk at a time: where every core computes (no loader
+        worker), a thread decoding beside the compute threads would contend with them for the cores."""
+        while chunk := read_without_pause(rows, self.chunk):
+            part = self._transform(chunk)
+            yield from self._whole(
+                [{name: values[i] for name, values in part.items()} for i in range(len(chunk))]
+            )
+
+    def _whole(self, examples: list[dict]) -> list[dict]:
+        """A chunk (one training batch: ``chunk`` is the batch size, and a resume skips whole batches) whose images
+        all failed to decode takes the last good image and label, as a map-style batch does
+        (:func:`hf_finetune.data.transforms.make_batch_transform`); a part of a chunk decides nothing alone."""
+        good = [e for e in examples if e.get("pixel_values") is not None]
+        if good:
+            self._last_good = good[-1]
+        elif examples and "pixel_values" in examples[0] and self._last_good is not None:
+            keep = {k: v for k, v in self._last_good.items() if k in ("pixel_values", "labels")}
+            examples = [{**example, **keep} for example in examples]
+        return examples
 
     def _submit(self, pool, chunk: list[dict]) -> list:
         """The chunk split among the threads (every ``threads``-th example each), submitted."""

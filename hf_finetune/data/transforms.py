@@ -360,14 +360,18 @@ def as_rgb(image: Any):
 
 
 def make_batch_transform(
-    transform: Callable, image_column: str = "image", label_column: str = "label"
+    transform: Callable,
+    image_column: str = "image",
+    label_column: str = "label",
+    repeat_failed_batch: bool = True,
 ) -> Callable:
     """A ``Dataset.with_transform`` function: images (paths or PIL) -> ``pixel_values``, labels -> ``labels``.
 
     An image that fails to decode is skipped: it is logged and reported
     (:func:`hf_finetune.data.image_check.record_decode_failure`; under ``strict: true`` that raises instead),
     and its ``pixel_values`` are taken from the last good image this transform made (with that image's
-    label) when the whole batch failed, else ``None``, which :func:`collate_images` drops."""
+    label) when the whole batch failed (unless ``repeat_failed_batch`` is False: a caller that transforms parts
+    of a training batch decides for the whole batch), else ``None``, which :func:`collate_images` drops."""
 
     last_good: list[tuple[Any, Any]] = []  # (pixel values, label) of the last image decoded
 
@@ -387,7 +391,9 @@ def make_batch_transform(
         if good:
             last = good[-1]
             last_good[:] = [(pixel_values[last], labels[last] if labels is not None else None)]
-        elif last_good and pixel_values:  # nothing left to train on in this batch: repeat a good image
+        elif (
+            repeat_failed_batch and last_good and pixel_values
+        ):  # nothing left in this batch: repeat a good image
             value, label = last_good[0]
             pixel_values = [value] * len(pixel_values)
             if labels is not None:

@@ -104,7 +104,7 @@ def _streamed(model, data, training_args, train_transform, eval_transform, chann
     train_transform, eval_transform, normalizer = _uint8_transforms(
         training_args, train_transform, eval_transform
     )
-    threads = max(1, int(training_args.dataloader_num_workers or 0))
+    threads = max(0, int(training_args.dataloader_num_workers or 0))
     logger.info(
         "streaming: %s per epoch on this process, decoded in %d thread%s; no feature or image cache",
         "unknown examples" if data.rank_size is None else f"{data.rank_size} examples",
@@ -113,7 +113,9 @@ def _streamed(model, data, training_args, train_transform, eval_transform, chann
     )
     train = rank_stream(
         data.dataset["train"],
-        make_batch_transform(train_transform),
+        make_batch_transform(
+            train_transform, repeat_failed_batch=False
+        ),  # the stream decides per training batch
         training_args.per_device_train_batch_size,
         threads,
         data.rank_size,
