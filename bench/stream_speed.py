@@ -41,7 +41,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="the project's default")
     parser.add_argument("--model", choices=["tiny", "mobilenet_v2"], default="tiny")
     parser.add_argument(
-        "--threads", type=int, default=1, help="OMP_NUM_THREADS for the runs (see stream_memory)"
+        "--threads",
+        type=int,
+        default=0,
+        help="OMP_NUM_THREADS for the runs; 0 (the default) leaves it unset: the project's own choice of compute "
+        "threads and loader workers, what a user gets",
     )
     parser.add_argument("--modes", nargs="+", choices=["map", "stream"], default=["map", "stream"])
     parser.add_argument("--keep-output", action="store_true", help="keep each run's output folder")
