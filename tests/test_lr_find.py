@@ -120,7 +120,7 @@ def test_on_a_stream_a_suggestion_with_the_weights_and_the_output_folder_untouch
     """A streamed recipe: the ramp reads the stream pass after pass (8 steps of a 2-step stream), suggests a
     rate, puts the weights back and never creates the recipe's output folder."""
     import datasets
-    from test_search import streamed_recipe
+    from conftest import streamed_recipe
 
     from hf_finetune.search import lr_find as lr_find_module
     from hf_finetune.training.stream_state import is_rank_stream

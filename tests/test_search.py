@@ -11,7 +11,7 @@ import io
 
 import pytest
 import yaml
-from conftest import SHARED_DATA, SHARED_MODELS, requires_shared
+from conftest import SHARED_DATA, SHARED_MODELS, requires_shared, streamed_recipe
 
 from hf_finetune.cli.commands import main
 from hf_finetune.config.parser import parse_train_args
@@ -223,40 +223,6 @@ def test_without_optuna_one_line(small_recipe, tmp_path, monkeypatch):
     assert stderr == (
         "hf-finetune: error: search needs optuna, which is not installed: pip install 'hf-finetune[search]'\n"
     )
-
-
-def streamed_recipe(root, checkpoint, images, **keys):
-    """Some of ``tiny_image_folder``'s photos as parquet shards (8 training images of the 3 classes in 2 shards, 4
-    validation images in 1; ClassLabel labels), and a streamed recipe over them: 24 px, batches of 4 (2 steps per
-    epoch)."""
-    import datasets
-
-    names = sorted(p.name for p in (images / "train").iterdir())
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
-    for split, shards, every in (("train", 2, 5), ("val", 1, 3)):
-        paths = sorted((images / split).glob("*/*.png"))[::every]
-        rows = [
-            {"image": {"bytes": p.read_bytes(), "path": p.name}, "label": names.index(p.parent.name)}
-            for p in paths
-        ]
-        (root / split).mkdir(parents=True)
-        for shard in range(shards):
-            part = datasets.Dataset.from_list(rows[shard::shards], features=features)
-            part.to_parquet(str(root / split / f"part-{shard}.parquet"))
-    recipe = {
-        "model_name_or_path": str(checkpoint),
-        "train_file": str(root / "train" / "*.parquet"),
-        "validation_file": str(root / "val"),
-        "streaming": True,
-        "shuffle_buffer_size": 4,
-        "image_size": 24,
-        "per_device_train_batch_size": 4,
-        "bf16": False,
-        "seed": 0,
-        "output_dir": str(root / "model"),
-        **keys,
-    }
-    return _write(root / "recipe.yaml", recipe)
 
 
 def test_on_a_stream_each_trial_trains_its_own_pass_of_the_stream(
