@@ -789,3 +789,19 @@ def test_depthwise_timings_that_cannot_be_saved_leave_the_run_alone(
     assert tuning.tune_depthwise_precision(model, (2, 3, 32, 32), reps=1, margin=1e9)
     assert blocked.read_text() == ""
     assert "the layer timings could not be saved" in caplog.text
+
+
+def test_channels_last_auto_stays_off_for_fastvit_on_cpus_without_avx512(monkeypatch):
+    """torch's AVX2 CPU kernels corrupt the heap in FastViT's NHWC backward pass (a segfault): auto keeps NCHW
+    there, and only there."""
+    import timm
+    import torch
+
+    fastvit = timm.create_model("fastvit_t8", pretrained=False, num_classes=3)
+    resnet = timm.create_model("resnet10t", pretrained=False, num_classes=3)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert "FastViT" in performance.channels_last_breaks(fastvit, "cpu")
+    assert performance.channels_last_breaks(fastvit, "cuda") is None
+    assert performance.channels_last_breaks(resnet, "cpu") is None
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert performance.channels_last_breaks(fastvit, "cpu") is None

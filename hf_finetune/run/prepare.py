@@ -106,6 +106,9 @@ def _apply_channels_last(model, training_args) -> bool:
     elif wanted is None and deepspeed_launch():  # its first broadcast views each weight as bytes
         wanted = False
         logger.info("channels_last: off (auto: DeepSpeed broadcasts contiguous parameters only)")
+    elif wanted is None and (reason := performance.channels_last_breaks(model, training_args.device.type)):
+        wanted = False
+        logger.info("channels_last: off (auto: %s)", reason)
     elif wanted is None:
         wanted = performance.wants_channels_last(model)
         logger.info(

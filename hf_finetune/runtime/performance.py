@@ -35,6 +35,7 @@ __all__ = [
     "bf16_supported",
     "loader_settings",
     "conv_weight_fraction",
+    "channels_last_breaks",
     "wants_channels_last",
     "glibc_malloc_available",
     "keep_freed_memory",
@@ -140,6 +141,19 @@ def conv_weight_fraction(model) -> float:
 def wants_channels_last(model) -> bool:
     """``channels_last: auto``: NHWC pays off when most weights are 2-D convolutions (CNNs, not ViTs)."""
     return conv_weight_fraction(model) >= 0.5
+
+
+def channels_last_breaks(model, device_type: str) -> str | None:
+    """Why ``channels_last: auto`` must stay off for ``model`` on ``device_type``, or ``None``.
+
+    torch's CPU kernels without AVX-512 (AVX2) corrupt the heap in the backward pass of timm's FastViT in NHWC:
+    ``fastvit_t8`` at 64 px, batch 4, two steps, with timm and torch alone, ends in a segmentation fault or
+    "double free or corruption" (torch 2.14.1, a 2-core AMD EPYC); contiguous (NCHW) tensors train."""
+    if device_type != "cpu" or "AVX512" in str(torch.backends.cpu.get_cpu_capability()):
+        return None
+    if any(type(module).__module__.startswith("timm.models.fastvit") for module in model.modules()):
+        return "torch's AVX2 CPU kernels corrupt memory in FastViT's NHWC backward pass"
+    return None
 
 
 # mallopt(3) parameters (glibc's malloc.h)
