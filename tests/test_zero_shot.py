@@ -238,7 +238,9 @@ def test_explicit_names_and_none(clip_checkpoint):
     assert kinds == {"cat": "text", "dog": "text", "hot_dog": "text", "zebra": "none", "ship": "text"}
     plain = _zero_shot_head(clip_checkpoint).model.timm_model.head
     head = loaded.model.timm_model.head
-    assert torch.equal(head.weight[:2], plain.weight[:2])  # cat, dog: their own names
+    # cat, dog: their own names. The text encoder sees the prompts in batches of other sizes in the two loads, and
+    # CPUs whose torch kernels are AVX2 (not AVX-512) sum in a batch-dependent order: equal to float precision
+    assert torch.allclose(head.weight[:2], plain.weight[:2], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(head.weight[2], plain.weight[2])  # hot_dog from "frankfurter"
     assert "'a photo of a frankfurter.'" in loaded.mapping.matches[2].note
     with pytest.raises(ConfigError, match="label_mapping: key 'zebr' is not one of the 5 target labels"):
