@@ -95,7 +95,8 @@ class RankStream(torch.utils.data.IterableDataset):
                     reading = reader.submit(read_without_pause, rows, self.chunk)
                 submitted = self._submit(pool, chunk) if chunk else None
                 if pending is not None:
-                    yield from self._whole(list(self._in_order(*pending)))
+                    size, futures = pending
+                    yield from self._whole(list(self._in_order(size, [f.result() for f in futures])))
                 if submitted is None:
                     return
                 pending = (len(chunk), submitted)
@@ -104,10 +105,7 @@ class RankStream(torch.utils.data.IterableDataset):
         """Read and transform in the training thread, one chunk at a time: where every core computes (no loader
         worker), a thread decoding beside the compute threads would contend with them for the cores."""
         while chunk := read_without_pause(rows, self.chunk):
-            part = self._transform(chunk)
-            yield from self._whole(
-                [{name: values[i] for name, values in part.items()} for i in range(len(chunk))]
-            )
+            yield from self._whole(list(self._in_order(len(chunk), [self._transform(chunk)])))
 
     def _whole(self, examples: list[dict]) -> list[dict]:
         """A chunk (one training batch: ``chunk`` is the batch size, and a resume skips whole batches) whose images
@@ -127,9 +125,9 @@ class RankStream(torch.utils.data.IterableDataset):
         return [pool.submit(self._transform, chunk[i::count]) for i in range(count)]
 
     @staticmethod
-    def _in_order(size: int, futures: list) -> Iterator[dict]:
-        """The transformed examples of one chunk, back in the stream's order."""
-        parts = [future.result() for future in futures]
+    def _in_order(size: int, parts: list[dict]) -> Iterator[dict]:
+        """The transformed examples of one chunk (``parts``: every ``len(parts)``-th example each), in the stream's
+        order."""
         for i in range(size):
             part = parts[i % len(parts)]
             yield {name: values[i // len(parts)] for name, values in part.items()}

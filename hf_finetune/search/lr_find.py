@@ -72,9 +72,8 @@ def lr_find(trainer, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: in
     """The range test on ``trainer`` (a built :class:`~hf_finetune.training.trainer.FinetuneTrainer`): its
     optimizer groups, batches, loss and device; its model's weights are put back afterwards."""
     check_ramp(start_lr, end_lr, num_steps)
-    if (
-        trainer.args.world_size > 1
-    ):  # no gradient is shared outside train(): each rank would ramp its own copy
+    # no gradient is shared outside train(): each rank would ramp its own copy
+    if trainer.args.world_size > 1:
         raise ConfigError(f"lr_find: the trainer runs on {trainer.args.world_size} processes; expected one")
     model, result = trainer.model, LrFindResult()
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
